@@ -1,0 +1,64 @@
+// Deterministic sum (and mean, via `scale`) over any set of axes of a
+// tensor of rank <= 4. Launcher and CPU reference: src/ops/reduce.rs.
+//
+// Entry point: reduce_sum(out, x)
+//   x:   the input, any shape of rank <= 4, contiguous
+//   out: (n_out) the kept axes in order; out[o] = scale * sum over the
+//        reduced axes of x
+// The host splits the axes into kept and reduced groups, each described by
+// up to four (size, stride) pairs, innermost last; unused pairs are (1, 0).
+//
+// One workgroup per output: each of the 64 lanes sums a fixed strided subset
+// sequentially, then a fixed-order tree in workgroup memory adds the lanes.
+// No atomics, so the same input always gives bit-identical output.
+
+struct Params {
+    kept_size: vec4<u32>,
+    kept_stride: vec4<u32>,
+    red_size: vec4<u32>,
+    red_stride: vec4<u32>,
+    n_out: u32,
+    n_red: u32,
+    scale: f32,
+    _pad: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(1) @binding(0) var<storage, read_write> out: array<f32>;
+@group(1) @binding(1) var<storage, read> x: array<f32>;
+
+const WG: u32 = 64u;
+var<workgroup> partial: array<f32, WG>;
+
+// Offset in x of linear index `i` over the axes described by (size, stride).
+fn offset(i: u32, size: vec4<u32>, stride: vec4<u32>) -> u32 {
+    var r = i;
+    var off = 0u;
+    for (var d = 3; d >= 0; d--) {
+        off += (r % size[d]) * stride[d];
+        r /= size[d];
+    }
+    return off;
+}
+
+@compute @workgroup_size(WG)
+fn reduce_sum(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    // Uniform across the workgroup, so every lane reaches the barriers.
+    let o = wid.x + wid.y * nwg.x;
+    let base = offset(min(o, p.n_out - 1u), p.kept_size, p.kept_stride);
+    var sum = 0.0;
+    for (var j = li; j < p.n_red; j += WG) {
+        sum += x[base + offset(j, p.red_size, p.red_stride)];
+    }
+    partial[li] = sum;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s /= 2u) {
+        if li < s {
+            partial[li] += partial[li + s];
+        }
+        workgroupBarrier();
+    }
+    if li == 0u && o < p.n_out {
+        out[o] = p.scale * partial[0];
+    }
+}

@@ -1,0 +1,154 @@
+//! The shader registry and the pipeline cache.
+//!
+//! Every `.wgsl` file in `shaders/` is one [`Shader`], embedded at compile
+//! time. A [`Kernel`] names an entry point, its storage bindings and the
+//! template defines of the variant wanted; its pipeline and bind-group layout
+//! are built on first use and cached for the life of the [`Gpu`].
+
+use std::sync::Arc;
+
+use anyhow::{anyhow, Result};
+
+use super::{template, Gpu};
+
+/// One shader file in `shaders/`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Shader {
+    Elementwise,
+    Reduce,
+    Matmul,
+}
+
+/// Every shader, so tests can check that each file in `shaders/` is here.
+pub const ALL_SHADERS: &[Shader] = &[Shader::Elementwise, Shader::Reduce, Shader::Matmul];
+
+impl Shader {
+    pub fn file_name(self) -> &'static str {
+        match self {
+            Shader::Elementwise => "elementwise.wgsl",
+            Shader::Reduce => "reduce.wgsl",
+            Shader::Matmul => "matmul.wgsl",
+        }
+    }
+
+    pub fn source(self) -> &'static str {
+        match self {
+            Shader::Elementwise => include_str!("../../shaders/elementwise.wgsl"),
+            Shader::Reduce => include_str!("../../shaders/reduce.wgsl"),
+            Shader::Matmul => include_str!("../../shaders/matmul.wgsl"),
+        }
+    }
+
+    /// Every define set the engine may launch this shader with; the naga
+    /// test translates each one for every backend.
+    pub fn variants(self) -> Vec<Vec<(&'static str, i64)>> {
+        match self {
+            Shader::Elementwise | Shader::Reduce => vec![vec![]],
+            Shader::Matmul => crate::ops::matmul::variants(),
+        }
+    }
+
+    /// The WGSL for one variant.
+    pub fn expand(self, defines: &[(&str, i64)]) -> Result<String> {
+        template::expand(self.source(), defines).map_err(|e| anyhow!("{}: {e}", self.file_name()))
+    }
+}
+
+/// How a kernel uses one storage binding (group 1, in order).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Access {
+    Read,
+    ReadWrite,
+}
+
+/// One entry point of one shader variant.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Kernel {
+    pub shader: Shader,
+    pub entry: &'static str,
+    pub bindings: &'static [Access],
+    pub defines: Vec<(&'static str, i64)>,
+}
+
+impl Kernel {
+    pub fn new(shader: Shader, entry: &'static str, bindings: &'static [Access]) -> Kernel {
+        Kernel { shader, entry, bindings, defines: Vec::new() }
+    }
+
+    pub fn with_defines(mut self, defines: Vec<(&'static str, i64)>) -> Kernel {
+        self.defines = defines;
+        self
+    }
+}
+
+pub(crate) type PipelineKey = Kernel;
+
+pub(crate) struct Pipeline {
+    pub pipeline: wgpu::ComputePipeline,
+    pub tensors_layout: wgpu::BindGroupLayout,
+}
+
+impl Gpu {
+    pub(crate) fn pipeline(&self, kernel: &Kernel) -> Result<Arc<Pipeline>> {
+        if let Some(p) = self.pipelines.lock().unwrap().get(kernel) {
+            return Ok(p.clone());
+        }
+        let p = Arc::new(self.build_pipeline(kernel)?);
+        self.pipelines.lock().unwrap().insert(kernel.clone(), p.clone());
+        Ok(p)
+    }
+
+    /// Build (and so compile) a kernel ahead of its first launch.
+    pub fn prepare(&self, kernel: &Kernel) -> Result<()> {
+        self.pipeline(kernel).map(|_| ())
+    }
+
+    fn build_pipeline(&self, kernel: &Kernel) -> Result<Pipeline> {
+        let source = kernel.shader.expand(&kernel.defines)?;
+        let label = format!("{}::{}", kernel.shader.file_name(), kernel.entry);
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some(&label),
+            source: wgpu::ShaderSource::Wgsl(source.into()),
+        });
+        let entries: Vec<wgpu::BindGroupLayoutEntry> = kernel
+            .bindings
+            .iter()
+            .enumerate()
+            .map(|(i, access)| wgpu::BindGroupLayoutEntry {
+                binding: i as u32,
+                visibility: wgpu::ShaderStages::COMPUTE,
+                ty: wgpu::BindingType::Buffer {
+                    ty: wgpu::BufferBindingType::Storage { read_only: *access == Access::Read },
+                    has_dynamic_offset: false,
+                    min_binding_size: None,
+                },
+                count: None,
+            })
+            .collect();
+        let tensors_layout = self.device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+            label: Some(&label),
+            entries: &entries,
+        });
+        let layout = self.device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+            label: Some(&label),
+            bind_group_layouts: &[Some(&self.params_layout), Some(&tensors_layout)],
+            immediate_size: 0,
+        });
+        let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(&label),
+            layout: Some(&layout),
+            module: &module,
+            entry_point: Some(kernel.entry),
+            compilation_options: wgpu::PipelineCompilationOptions {
+                constants: &[],
+                zero_initialize_workgroup_memory: false,
+            },
+            cache: None,
+        });
+        if let Some(err) = pollster::block_on(scope.pop()) {
+            return Err(anyhow!("building kernel {label} {:?}: {err}", kernel.defines));
+        }
+        Ok(Pipeline { pipeline, tensors_layout })
+    }
+}

@@ -1,0 +1,500 @@
+//! The GPU context: adapter selection, the device, one pending command
+//! stream, the buffer pool and the pipeline cache.
+//!
+//! Everything the engine launches goes through [`Gpu::launch`], which records
+//! into a single open compute pass. Nothing is submitted until the caller reads
+//! a tensor back ([`Gpu::read`]), uploads new data, or calls [`Gpu::submit`];
+//! a training step is therefore one queue submission.
+
+mod kernel;
+mod pool;
+mod template;
+mod tensor;
+
+pub use kernel::{Access, Kernel, Shader, ALL_SHADERS};
+pub use pool::PoolStats;
+pub use template::expand as expand_template;
+pub use tensor::Tensor;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use anyhow::{anyhow, bail, Context, Result};
+
+use kernel::{Pipeline, PipelineKey};
+use pool::{BufferKind, Pool};
+
+/// Bytes reserved for one launch's parameters in the uniform ring. Every
+/// kernel's `Params` struct must fit (checked at launch).
+pub const PARAM_SLOT_BYTES: u64 = 256;
+/// Launch parameters recorded before a forced submit.
+const PARAM_RING_SLOTS: u64 = 4096;
+/// WebGPU's per-dimension dispatch limit; larger grids fold into `y`.
+pub const MAX_WORKGROUPS_PER_DIM: u32 = 65535;
+
+/// How to pick an adapter. `None` fields defer to `WGPU_BACKEND` and
+/// `WGPU_ADAPTER_NAME`.
+#[derive(Clone, Debug, Default)]
+pub struct GpuOptions {
+    /// `vulkan`, `metal`, `dx12` or `gl` (comma-separated list allowed).
+    pub backend: Option<String>,
+    /// Case-insensitive substring of the adapter name.
+    pub adapter_name: Option<String>,
+    /// Disable subgroup kernels even when the adapter has them (to test or
+    /// benchmark the portable path).
+    pub no_subgroups: bool,
+    /// Share values across subgroups with shuffles, as on adapters whose
+    /// subgroups are wider than 8 lanes, even where broadcasts would do
+    /// (to test that path on an 8-lane adapter).
+    pub force_subgroup_shuffle: bool,
+    /// Fill every uninitialised tensor with NaN, so kernels that leave an
+    /// output element unwritten are caught by tests.
+    pub poison_uninit: bool,
+}
+
+/// What the engine knows about the adapter it runs on.
+#[derive(Clone, Debug)]
+pub struct DeviceInfo {
+    pub name: String,
+    pub backend: wgpu::Backend,
+    pub device_type: wgpu::DeviceType,
+    pub driver: String,
+    pub driver_info: String,
+    /// Subgroup kernels are used (feature present, size >= 8, not disabled).
+    pub subgroups: bool,
+    /// Subgroups are exactly 8 lanes, so kernels may broadcast from a
+    /// constant lane; otherwise they shuffle within aligned groups of 8.
+    pub subgroup_is_8: bool,
+    pub subgroup_min_size: u32,
+    pub subgroup_max_size: u32,
+    pub timestamps: bool,
+    pub max_storage_binding: u64,
+    pub max_buffer_size: u64,
+    pub max_workgroup_storage: u32,
+    pub max_invocations_per_workgroup: u32,
+}
+
+impl std::fmt::Display for DeviceInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({:?}, {})", self.name, self.backend, self.driver_info)
+    }
+}
+
+pub struct Gpu {
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    info: DeviceInfo,
+    poison_uninit: bool,
+    pool: Arc<Mutex<Pool>>,
+    pipelines: Mutex<HashMap<PipelineKey, Arc<Pipeline>>>,
+    params_layout: wgpu::BindGroupLayout,
+    params_ring: wgpu::Buffer,
+    params_bind_group: wgpu::BindGroup,
+    param_align: u64,
+    recording: Mutex<Recording>,
+}
+
+/// Commands recorded since the last submit.
+#[derive(Default)]
+struct Recording {
+    encoder: Option<wgpu::CommandEncoder>,
+    pass: Option<wgpu::ComputePass<'static>>,
+    /// Launch parameters, copied into the uniform ring just before submit.
+    params: Vec<u8>,
+    launches: u64,
+}
+
+fn parse_backends(list: &str) -> Result<wgpu::Backends> {
+    let mut backends = wgpu::Backends::empty();
+    for name in list.split(',').map(|s| s.trim().to_lowercase()) {
+        backends |= match name.as_str() {
+            "vulkan" | "vk" => wgpu::Backends::VULKAN,
+            "metal" | "mtl" => wgpu::Backends::METAL,
+            "dx12" | "d3d12" => wgpu::Backends::DX12,
+            "gl" | "gles" | "opengl" => wgpu::Backends::GL,
+            other => bail!("unknown backend '{other}': use vulkan, metal, dx12 or gl"),
+        };
+    }
+    Ok(backends)
+}
+
+fn backend_rank(b: wgpu::Backend) -> u32 {
+    match b {
+        wgpu::Backend::Vulkan | wgpu::Backend::Metal | wgpu::Backend::Dx12 => 0,
+        _ => 1,
+    }
+}
+
+fn device_type_rank(t: wgpu::DeviceType) -> u32 {
+    match t {
+        wgpu::DeviceType::DiscreteGpu => 0,
+        wgpu::DeviceType::IntegratedGpu => 1,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Cpu => 3,
+        wgpu::DeviceType::Other => 4,
+    }
+}
+
+/// Every adapter wgpu can reach with the given options' backends, best first.
+pub fn enumerate_adapters(options: &GpuOptions) -> Result<Vec<wgpu::Adapter>> {
+    let backend = options
+        .backend
+        .clone()
+        .or_else(|| std::env::var("WGPU_BACKEND").ok());
+    let backends = match backend {
+        Some(list) => parse_backends(&list)?,
+        None => wgpu::Backends::all(),
+    };
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+    desc.backends = backends;
+    let instance = wgpu::Instance::new(desc);
+    let mut adapters = pollster::block_on(instance.enumerate_adapters(backends));
+    adapters.sort_by_key(|a| {
+        let info = a.get_info();
+        (backend_rank(info.backend), device_type_rank(info.device_type))
+    });
+    Ok(adapters)
+}
+
+const NO_ADAPTER_HELP: &str = "no GPU adapter found. Install a Vulkan, Metal or DX12 driver for your GPU; \
+on Linux without a GPU, install the software Vulkan driver: \
+`sudo apt-get install mesa-vulkan-drivers libvulkan1` (run `ddpm devices` to list what wgpu sees)";
+
+impl Gpu {
+    /// Open the best adapter allowed by `options` and the environment.
+    pub fn new(options: &GpuOptions) -> Result<Gpu> {
+        let adapters = enumerate_adapters(options)?;
+        let wanted = options
+            .adapter_name
+            .clone()
+            .or_else(|| std::env::var("WGPU_ADAPTER_NAME").ok())
+            .map(|s| s.to_lowercase());
+        let adapter = match &wanted {
+            Some(name) => adapters
+                .into_iter()
+                .find(|a| a.get_info().name.to_lowercase().contains(name))
+                .ok_or_else(|| anyhow!("no adapter whose name contains '{name}'; {NO_ADAPTER_HELP}"))?,
+            None => adapters
+                .into_iter()
+                .next()
+                .ok_or_else(|| anyhow!(NO_ADAPTER_HELP))?,
+        };
+        Self::from_adapter(adapter, options)
+    }
+
+    fn from_adapter(adapter: wgpu::Adapter, options: &GpuOptions) -> Result<Gpu> {
+        let adapter_info = adapter.get_info();
+        let features = adapter.features();
+        // Kernels share values across subgroups in groups of 8 lanes, so
+        // smaller subgroups take the portable path.
+        let subgroups = features.contains(wgpu::Features::SUBGROUP)
+            && adapter_info.subgroup_min_size >= 8
+            && !options.no_subgroups;
+        let timestamps = features.contains(wgpu::Features::TIMESTAMP_QUERY);
+        let mut required_features = wgpu::Features::empty();
+        if subgroups {
+            required_features |= wgpu::Features::SUBGROUP;
+        }
+        if timestamps {
+            required_features |= wgpu::Features::TIMESTAMP_QUERY;
+        }
+        // Ask for everything the adapter offers: big storage bindings and many
+        // storage buffers per stage matter for fused kernels.
+        let limits = adapter.limits();
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("ddpm-wgpu"),
+            required_features,
+            required_limits: limits.clone(),
+            experimental_features: wgpu::ExperimentalFeatures::disabled(),
+            memory_hints: wgpu::MemoryHints::Performance,
+            trace: wgpu::Trace::Off,
+        }))
+        .with_context(|| format!("could not open device on adapter {}", adapter_info.name))?;
+
+        let info = DeviceInfo {
+            name: adapter_info.name.clone(),
+            backend: adapter_info.backend,
+            device_type: adapter_info.device_type,
+            driver: adapter_info.driver.clone(),
+            driver_info: adapter_info.driver_info.clone(),
+            subgroups,
+            subgroup_is_8: subgroups
+                && adapter_info.subgroup_max_size == 8
+                && !options.force_subgroup_shuffle,
+            subgroup_min_size: adapter_info.subgroup_min_size,
+            subgroup_max_size: adapter_info.subgroup_max_size,
+            timestamps,
+            max_storage_binding: limits.max_storage_buffer_binding_size as u64,
+            max_buffer_size: limits.max_buffer_size,
+            max_workgroup_storage: limits.max_compute_workgroup_storage_size,
+            max_invocations_per_workgroup: limits.max_compute_invocations_per_workgroup,
+        };
+
+        let param_align = (limits.min_uniform_buffer_offset_alignment as u64).max(PARAM_SLOT_BYTES);
+        let params_ring = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("params ring"),
+            size: param_align * PARAM_RING_SLOTS,
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let params_layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+            label: Some("params"),
+            entries: &[wgpu::BindGroupLayoutEntry {
+                binding: 0,
+                visibility: wgpu::ShaderStages::COMPUTE,
+                ty: wgpu::BindingType::Buffer {
+                    ty: wgpu::BufferBindingType::Uniform,
+                    has_dynamic_offset: true,
+                    min_binding_size: None,
+                },
+                count: None,
+            }],
+        });
+        let params_bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some("params"),
+            layout: &params_layout,
+            entries: &[wgpu::BindGroupEntry {
+                binding: 0,
+                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                    buffer: &params_ring,
+                    offset: 0,
+                    size: wgpu::BufferSize::new(PARAM_SLOT_BYTES),
+                }),
+            }],
+        });
+
+        Ok(Gpu {
+            device,
+            queue,
+            info,
+            poison_uninit: options.poison_uninit,
+            pool: Arc::new(Mutex::new(Pool::default())),
+            pipelines: Mutex::new(HashMap::new()),
+            params_layout,
+            params_ring,
+            params_bind_group,
+            param_align,
+            recording: Mutex::new(Recording::default()),
+        })
+    }
+
+    pub fn info(&self) -> &DeviceInfo {
+        &self.info
+    }
+
+    pub fn device(&self) -> &wgpu::Device {
+        &self.device
+    }
+
+    pub fn queue(&self) -> &wgpu::Queue {
+        &self.queue
+    }
+
+    pub fn pool_stats(&self) -> PoolStats {
+        self.pool.lock().unwrap().stats()
+    }
+
+    /// Free every pooled buffer that no tensor holds.
+    pub fn trim_pool(&self) {
+        self.pool.lock().unwrap().trim();
+    }
+
+    fn pooled_buffer(&self, bytes: u64, kind: BufferKind) -> Result<wgpu::Buffer> {
+        if kind == BufferKind::Storage && bytes > self.info.max_storage_binding {
+            bail!(
+                "a tensor of {} MiB exceeds this adapter's largest storage binding ({} MiB)",
+                bytes >> 20,
+                self.info.max_storage_binding >> 20
+            );
+        }
+        Pool::take(&self.pool, &self.device, bytes, kind)
+    }
+
+    /// A tensor whose contents are undefined (NaN when `poison_uninit`).
+    pub fn uninit(&self, shape: &[usize]) -> Result<Tensor> {
+        let t = Tensor::new(self, shape)?;
+        if self.poison_uninit {
+            crate::ops::elementwise::fill_into(self, &t, f32::NAN)?;
+        }
+        Ok(t)
+    }
+
+    pub fn zeros(&self, shape: &[usize]) -> Result<Tensor> {
+        let t = Tensor::new(self, shape)?;
+        self.with_encoder(|enc| enc.clear_buffer(t.buffer(), 0, None));
+        Ok(t)
+    }
+
+    pub fn upload(&self, shape: &[usize], data: &[f32]) -> Result<Tensor> {
+        let t = Tensor::new(self, shape)?;
+        self.write(&t, data)?;
+        Ok(t)
+    }
+
+    /// Overwrite a tensor's contents from the host.
+    pub fn write(&self, t: &Tensor, data: &[f32]) -> Result<()> {
+        if data.len() != t.len() {
+            bail!("write: {} values for a tensor of shape {:?}", data.len(), t.shape());
+        }
+        // Queue writes run before the next submission's commands, so anything
+        // already recorded (which may read this pooled buffer's previous
+        // owner) must be submitted first.
+        self.submit();
+        self.queue.write_buffer(t.buffer(), 0, bytemuck::cast_slice(data));
+        Ok(())
+    }
+
+    /// Copy a tensor back to the host (submits and waits).
+    pub fn read(&self, t: &Tensor) -> Result<Vec<f32>> {
+        let bytes = (t.len() * 4) as u64;
+        let staging = self.pooled_buffer(bytes.max(4), BufferKind::Readback)?;
+        self.with_encoder(|enc| enc.copy_buffer_to_buffer(t.buffer(), 0, &staging, 0, bytes));
+        self.submit();
+        let out = if bytes == 0 {
+            Vec::new()
+        } else {
+            let slice = staging.slice(0..bytes);
+            let (tx, rx) = std::sync::mpsc::channel();
+            slice.map_async(wgpu::MapMode::Read, move |r| {
+                let _ = tx.send(r);
+            });
+            self.wait()?;
+            rx.recv()
+                .context("readback callback dropped")?
+                .context("mapping readback buffer")?;
+            let view = slice.get_mapped_range().map_err(|e| anyhow!("reading back: {e:?}"))?;
+            let v = bytemuck::cast_slice::<u8, f32>(&view).to_vec();
+            drop(view);
+            staging.unmap();
+            v
+        };
+        Pool::give_back(&self.pool, staging, BufferKind::Readback);
+        Ok(out)
+    }
+
+    /// Copy `src` into `dst` (same element count) on the GPU.
+    pub fn copy(&self, src: &Tensor, dst: &Tensor) -> Result<()> {
+        if src.len() != dst.len() {
+            bail!("copy: shapes {:?} and {:?} differ in size", src.shape(), dst.shape());
+        }
+        self.with_encoder(|enc| {
+            enc.copy_buffer_to_buffer(src.buffer(), 0, dst.buffer(), 0, (src.len() * 4) as u64)
+        });
+        Ok(())
+    }
+
+    /// Block until every submitted command has finished.
+    pub fn wait(&self) -> Result<()> {
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| anyhow!("waiting for the GPU: {e}"))?;
+        Ok(())
+    }
+
+    /// Submit everything recorded so far (does not wait).
+    pub fn submit(&self) {
+        let mut rec = self.recording.lock().unwrap();
+        self.submit_locked(&mut rec);
+    }
+
+    /// Number of kernel launches recorded since the context was created.
+    pub fn launch_count(&self) -> u64 {
+        self.recording.lock().unwrap().launches
+    }
+
+    fn submit_locked(&self, rec: &mut Recording) {
+        rec.pass = None;
+        let Some(encoder) = rec.encoder.take() else { return };
+        if !rec.params.is_empty() {
+            self.queue.write_buffer(&self.params_ring, 0, &rec.params);
+            rec.params.clear();
+        }
+        self.queue.submit([encoder.finish()]);
+    }
+
+    /// Run `f` on the pending encoder outside any compute pass.
+    fn with_encoder(&self, f: impl FnOnce(&mut wgpu::CommandEncoder)) {
+        let mut rec = self.recording.lock().unwrap();
+        rec.pass = None;
+        let encoder = rec.encoder.get_or_insert_with(|| {
+            self.device
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("step") })
+        });
+        f(encoder);
+    }
+
+    /// Record one dispatch of `kernel` with `params` (a `#[repr(C)]` struct
+    /// mirrored in the shader) and `tensors` bound in declaration order.
+    pub fn launch<P: bytemuck::Pod>(
+        &self,
+        kernel: &Kernel,
+        params: &P,
+        tensors: &[&Tensor],
+        workgroups: [u32; 3],
+    ) -> Result<()> {
+        let param_bytes = bytemuck::bytes_of(params);
+        if param_bytes.len() as u64 > PARAM_SLOT_BYTES {
+            bail!("{}: params struct of {} bytes exceeds the {PARAM_SLOT_BYTES}-byte slot", kernel.entry, param_bytes.len());
+        }
+        if tensors.len() != kernel.bindings.len() {
+            bail!("{}: {} tensors given, kernel binds {}", kernel.entry, tensors.len(), kernel.bindings.len());
+        }
+        if workgroups.iter().any(|&w| w > MAX_WORKGROUPS_PER_DIM) {
+            bail!("{}: dispatch {:?} exceeds {MAX_WORKGROUPS_PER_DIM} workgroups per dimension", kernel.entry, workgroups);
+        }
+        if workgroups.contains(&0) {
+            return Ok(());
+        }
+        let pipeline = self.pipeline(kernel)?;
+        let entries: Vec<wgpu::BindGroupEntry> = tensors
+            .iter()
+            .enumerate()
+            .map(|(i, t)| wgpu::BindGroupEntry {
+                binding: i as u32,
+                resource: t.buffer().as_entire_binding(),
+            })
+            .collect();
+        let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(kernel.entry),
+            layout: &pipeline.tensors_layout,
+            entries: &entries,
+        });
+
+        let mut rec = self.recording.lock().unwrap();
+        if rec.params.len() as u64 >= self.param_align * PARAM_RING_SLOTS {
+            self.submit_locked(&mut rec);
+        }
+        let offset = rec.params.len() as u64;
+        rec.params.extend_from_slice(param_bytes);
+        rec.params.resize((offset + self.param_align) as usize, 0);
+        rec.launches += 1;
+        if rec.pass.is_none() {
+            let encoder = rec.encoder.get_or_insert_with(|| {
+                self.device
+                    .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("step") })
+            });
+            let pass = encoder
+                .begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("kernels"), timestamp_writes: None })
+                .forget_lifetime();
+            rec.pass = Some(pass);
+        }
+        let pass = rec.pass.as_mut().unwrap();
+        pass.set_pipeline(&pipeline.pipeline);
+        pass.set_bind_group(0, &self.params_bind_group, &[offset as u32]);
+        pass.set_bind_group(1, &bind_group, &[]);
+        pass.dispatch_workgroups(workgroups[0], workgroups[1], workgroups[2]);
+        Ok(())
+    }
+
+    /// Workgroup grid for `n` workgroups in a 1-D launch, folding into `y`
+    /// past the per-dimension limit. Shaders recover the linear index as
+    /// `wid.x + wid.y * num_workgroups.x`.
+    pub fn grid_1d(n: u32) -> [u32; 3] {
+        if n <= MAX_WORKGROUPS_PER_DIM {
+            [n, 1, 1]
+        } else {
+            let y = n.div_ceil(MAX_WORKGROUPS_PER_DIM);
+            [n.div_ceil(y), y, 1]
+        }
+    }
+}
