@@ -15,11 +15,7 @@ fn uses_subgroups(defines: &[(&str, i64)]) -> bool {
 
 fn translate(name: &str, source: &str, subgroups: bool) -> Result<(), String> {
     let module = naga::front::wgsl::parse_str(source).map_err(|e| e.emit_to_string(source))?;
-    let caps = if subgroups {
-        Capabilities::SUBGROUP | Capabilities::SUBGROUP_BARRIER
-    } else {
-        Capabilities::empty()
-    };
+    let caps = if subgroups { Capabilities::SUBGROUP | Capabilities::SUBGROUP_BARRIER } else { Capabilities::empty() };
     let info = Validator::new(ValidationFlags::all(), caps)
         .validate(&module)
         .map_err(|e| format!("validation: {}", e.emit_to_string(source)))?;
@@ -48,9 +44,16 @@ fn translate(name: &str, source: &str, subgroups: bool) -> Result<(), String> {
                 multiview: None,
             };
             let mut out = String::new();
-            glsl::Writer::new(&mut out, &module, &info, &options, &pipeline, naga::proc::BoundsCheckPolicies::default())
-                .and_then(|mut w| w.write())
-                .map_err(|e| format!("GLSL ({}): {e}", ep.name))?;
+            glsl::Writer::new(
+                &mut out,
+                &module,
+                &info,
+                &options,
+                &pipeline,
+                naga::proc::BoundsCheckPolicies::default(),
+            )
+            .and_then(|mut w| w.write())
+            .map_err(|e| format!("GLSL ({}): {e}", ep.name))?;
         }
     }
     let _ = name;

@@ -137,10 +137,7 @@ fn device_type_rank(t: wgpu::DeviceType) -> u32 {
 
 /// Every adapter wgpu can reach with the given options' backends, best first.
 pub fn enumerate_adapters(options: &GpuOptions) -> Result<Vec<wgpu::Adapter>> {
-    let backend = options
-        .backend
-        .clone()
-        .or_else(|| std::env::var("WGPU_BACKEND").ok());
+    let backend = options.backend.clone().or_else(|| std::env::var("WGPU_BACKEND").ok());
     let backends = match backend {
         Some(list) => parse_backends(&list)?,
         None => wgpu::Backends::all(),
@@ -164,20 +161,14 @@ impl Gpu {
     /// Open the best adapter allowed by `options` and the environment.
     pub fn new(options: &GpuOptions) -> Result<Gpu> {
         let adapters = enumerate_adapters(options)?;
-        let wanted = options
-            .adapter_name
-            .clone()
-            .or_else(|| std::env::var("WGPU_ADAPTER_NAME").ok())
-            .map(|s| s.to_lowercase());
+        let wanted =
+            options.adapter_name.clone().or_else(|| std::env::var("WGPU_ADAPTER_NAME").ok()).map(|s| s.to_lowercase());
         let adapter = match &wanted {
             Some(name) => adapters
                 .into_iter()
                 .find(|a| a.get_info().name.to_lowercase().contains(name))
                 .ok_or_else(|| anyhow!("no adapter whose name contains '{name}'; {NO_ADAPTER_HELP}"))?,
-            None => adapters
-                .into_iter()
-                .next()
-                .ok_or_else(|| anyhow!(NO_ADAPTER_HELP))?,
+            None => adapters.into_iter().next().ok_or_else(|| anyhow!(NO_ADAPTER_HELP))?,
         };
         Self::from_adapter(adapter, options)
     }
@@ -187,9 +178,8 @@ impl Gpu {
         let features = adapter.features();
         // Kernels share values across subgroups in groups of 8 lanes, so
         // smaller subgroups take the portable path.
-        let subgroups = features.contains(wgpu::Features::SUBGROUP)
-            && adapter_info.subgroup_min_size >= 8
-            && !options.no_subgroups;
+        let subgroups =
+            features.contains(wgpu::Features::SUBGROUP) && adapter_info.subgroup_min_size >= 8 && !options.no_subgroups;
         let timestamps = features.contains(wgpu::Features::TIMESTAMP_QUERY);
         let mut required_features = wgpu::Features::empty();
         if subgroups {
@@ -218,9 +208,7 @@ impl Gpu {
             driver: adapter_info.driver.clone(),
             driver_info: adapter_info.driver_info.clone(),
             subgroups,
-            subgroup_is_8: subgroups
-                && adapter_info.subgroup_max_size == 8
-                && !options.force_subgroup_shuffle,
+            subgroup_is_8: subgroups && adapter_info.subgroup_max_size == 8 && !options.force_subgroup_shuffle,
             subgroup_min_size: adapter_info.subgroup_min_size,
             subgroup_max_size: adapter_info.subgroup_max_size,
             timestamps,
@@ -359,9 +347,7 @@ impl Gpu {
                 let _ = tx.send(r);
             });
             self.wait()?;
-            rx.recv()
-                .context("readback callback dropped")?
-                .context("mapping readback buffer")?;
+            rx.recv().context("readback callback dropped")?.context("mapping readback buffer")?;
             let view = slice.get_mapped_range().map_err(|e| anyhow!("reading back: {e:?}"))?;
             let v = bytemuck::cast_slice::<u8, f32>(&view).to_vec();
             drop(view);
@@ -377,17 +363,13 @@ impl Gpu {
         if src.len() != dst.len() {
             bail!("copy: shapes {:?} and {:?} differ in size", src.shape(), dst.shape());
         }
-        self.with_encoder(|enc| {
-            enc.copy_buffer_to_buffer(src.buffer(), 0, dst.buffer(), 0, (src.len() * 4) as u64)
-        });
+        self.with_encoder(|enc| enc.copy_buffer_to_buffer(src.buffer(), 0, dst.buffer(), 0, (src.len() * 4) as u64));
         Ok(())
     }
 
     /// Block until every submitted command has finished.
     pub fn wait(&self) -> Result<()> {
-        self.device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| anyhow!("waiting for the GPU: {e}"))?;
+        self.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| anyhow!("waiting for the GPU: {e}"))?;
         Ok(())
     }
 
@@ -417,8 +399,7 @@ impl Gpu {
         let mut rec = self.recording.lock().unwrap();
         rec.pass = None;
         let encoder = rec.encoder.get_or_insert_with(|| {
-            self.device
-                .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("step") })
+            self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("step") })
         });
         f(encoder);
     }
@@ -434,13 +415,21 @@ impl Gpu {
     ) -> Result<()> {
         let param_bytes = bytemuck::bytes_of(params);
         if param_bytes.len() as u64 > PARAM_SLOT_BYTES {
-            bail!("{}: params struct of {} bytes exceeds the {PARAM_SLOT_BYTES}-byte slot", kernel.entry, param_bytes.len());
+            bail!(
+                "{}: params struct of {} bytes exceeds the {PARAM_SLOT_BYTES}-byte slot",
+                kernel.entry,
+                param_bytes.len()
+            );
         }
         if tensors.len() != kernel.bindings.len() {
             bail!("{}: {} tensors given, kernel binds {}", kernel.entry, tensors.len(), kernel.bindings.len());
         }
         if workgroups.iter().any(|&w| w > MAX_WORKGROUPS_PER_DIM) {
-            bail!("{}: dispatch {:?} exceeds {MAX_WORKGROUPS_PER_DIM} workgroups per dimension", kernel.entry, workgroups);
+            bail!(
+                "{}: dispatch {:?} exceeds {MAX_WORKGROUPS_PER_DIM} workgroups per dimension",
+                kernel.entry,
+                workgroups
+            );
         }
         if workgroups.contains(&0) {
             return Ok(());
@@ -449,10 +438,7 @@ impl Gpu {
         let entries: Vec<wgpu::BindGroupEntry> = tensors
             .iter()
             .enumerate()
-            .map(|(i, t)| wgpu::BindGroupEntry {
-                binding: i as u32,
-                resource: t.buffer().as_entire_binding(),
-            })
+            .map(|(i, t)| wgpu::BindGroupEntry { binding: i as u32, resource: t.buffer().as_entire_binding() })
             .collect();
         let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some(kernel.entry),
@@ -470,8 +456,7 @@ impl Gpu {
         rec.launches += 1;
         if rec.pass.is_none() {
             let encoder = rec.encoder.get_or_insert_with(|| {
-                self.device
-                    .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("step") })
+                self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("step") })
             });
             let pass = encoder
                 .begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("kernels"), timestamp_writes: None })

@@ -55,7 +55,12 @@ impl Pool {
         self.stats
     }
 
-    pub(crate) fn take(pool: &Arc<Mutex<Pool>>, device: &wgpu::Device, bytes: u64, kind: BufferKind) -> Result<wgpu::Buffer> {
+    pub(crate) fn take(
+        pool: &Arc<Mutex<Pool>>,
+        device: &wgpu::Device,
+        bytes: u64,
+        kind: BufferKind,
+    ) -> Result<wgpu::Buffer> {
         let size = rounded_size(bytes);
         let mut p = pool.lock().unwrap();
         p.stats.live_bytes += size;

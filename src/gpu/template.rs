@@ -37,7 +37,13 @@ fn directive(line: &str) -> Option<&str> {
 
 /// Expands lines from `start` until an unmatched `//@end`/`//@else` (whose
 /// index is returned) or the end of input. `emit` false only skips.
-fn expand_block(lines: &[&str], start: usize, vars: &mut Vec<(String, i64)>, out: &mut String, emit: bool) -> Result<usize> {
+fn expand_block(
+    lines: &[&str],
+    start: usize,
+    vars: &mut Vec<(String, i64)>,
+    out: &mut String,
+    emit: bool,
+) -> Result<usize> {
     let mut i = start;
     while i < lines.len() {
         let line = lines[i];
@@ -56,9 +62,8 @@ fn expand_block(lines: &[&str], start: usize, vars: &mut Vec<(String, i64)>, out
             let (var, range) = rest
                 .split_once(" in ")
                 .ok_or_else(|| anyhow!("template line {}: expected `//@for v in A..B`", i + 1))?;
-            let (a, b) = range
-                .split_once("..")
-                .ok_or_else(|| anyhow!("template line {}: expected a range A..B", i + 1))?;
+            let (a, b) =
+                range.split_once("..").ok_or_else(|| anyhow!("template line {}: expected a range A..B", i + 1))?;
             let (a, b) = (eval(a.trim(), vars)?, eval(b.trim(), vars)?);
             let mut body_end = i + 1;
             let count = if emit { (b - a).max(0) } else { 0 };

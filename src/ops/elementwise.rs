@@ -87,7 +87,12 @@ pub fn silu_backward(gpu: &Gpu, dy: &Tensor, x: &Tensor) -> Result<Tensor> {
 /// `x` seen as (N, C, spatial...) with axis 1 of length `v.len()`.
 fn channel_op(gpu: &Gpu, entry: &'static str, x: &Tensor, v: &Tensor) -> Result<Tensor> {
     let s = x.shape();
-    ensure!(s.len() >= 2 && s[1] == v.len() && v.shape().len() == 1, "{entry}: cannot broadcast {:?} over axis 1 of {:?}", v.shape(), s);
+    ensure!(
+        s.len() >= 2 && s[1] == v.len() && v.shape().len() == 1,
+        "{entry}: cannot broadcast {:?} over axis 1 of {:?}",
+        v.shape(),
+        s
+    );
     let spatial: usize = s[2..].iter().product();
     let out = gpu.uninit(s)?;
     let params = Params { len: x.len() as u32, spatial: spatial as u32, channels: s[1] as u32, s: 0.0 };
@@ -128,9 +133,6 @@ pub mod cpu {
 
     /// `f(x[n, c, ...], v[c])` for `x` seen as (N, channels, spatial).
     pub fn channel_op(x: &[f32], v: &[f32], spatial: usize, f: impl Fn(f64, f64) -> f64) -> Vec<f32> {
-        x.iter()
-            .enumerate()
-            .map(|(i, &a)| f(a as f64, v[(i / spatial) % v.len()] as f64) as f32)
-            .collect()
+        x.iter().enumerate().map(|(i, &a)| f(a as f64, v[(i / spatial) % v.len()] as f64) as f32).collect()
     }
 }

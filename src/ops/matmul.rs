@@ -27,7 +27,18 @@ pub struct Gemm {
 impl Gemm {
     /// A plain `C = A B` of one (M, K) by (K, N) product.
     pub fn new(m: usize, n: usize, k: usize) -> Gemm {
-        Gemm { batch: 1, m, n, k, trans_a: false, trans_b: false, shared_a: false, shared_b: false, alpha: 1.0, beta: 0.0 }
+        Gemm {
+            batch: 1,
+            m,
+            n,
+            k,
+            trans_a: false,
+            trans_b: false,
+            shared_a: false,
+            shared_b: false,
+            alpha: 1.0,
+            beta: 0.0,
+        }
     }
 
     fn a_len(&self) -> usize {
@@ -43,11 +54,19 @@ impl Gemm {
     }
 
     fn lda(&self) -> usize {
-        if self.trans_a { self.m } else { self.k }
+        if self.trans_a {
+            self.m
+        } else {
+            self.k
+        }
     }
 
     fn ldb(&self) -> usize {
-        if self.trans_b { self.k } else { self.n }
+        if self.trans_b {
+            self.k
+        } else {
+            self.n
+        }
     }
 
     /// Useful FLOPs: two per multiply-add.
@@ -112,7 +131,9 @@ fn defines(g: &Gemm, subgroups: bool, sg8: bool, vec4: bool, bias: bool) -> Vec<
 /// Every define set `gemm` can choose, for the cross-backend shader check.
 pub fn variants() -> Vec<Vec<(&'static str, i64)>> {
     let mut out = Vec::new();
-    for (subgroups, sg8, n) in [(false, false, 1), (true, true, 1), (true, true, 128), (true, false, 1), (true, false, 128)] {
+    for (subgroups, sg8, n) in
+        [(false, false, 1), (true, true, 1), (true, true, 128), (true, false, 1), (true, false, 128)]
+    {
         for bits in 0..16 {
             let g = Gemm { trans_a: bits & 1 != 0, trans_b: bits & 2 != 0, ..Gemm::new(1, n, 1) };
             out.push(defines(&g, subgroups, sg8, bits & 4 != 0, bits & 8 != 0));
@@ -134,7 +155,10 @@ pub fn gemm(gpu: &Gpu, g: &Gemm, c: &Tensor, a: &Tensor, b: &Tensor, bias: Optio
         ensure!(bias.len() == g.n, "matmul: bias has shape {:?}, expected ({})", bias.shape(), g.n);
     }
     ensure!(!c.same_buffer(a) && !c.same_buffer(b), "matmul: output must not alias an input");
-    ensure!(g.c_len() < u32::MAX as usize && g.a_len() < u32::MAX as usize && g.b_len() < u32::MAX as usize, "matmul: operands too large for 32-bit indexing");
+    ensure!(
+        g.c_len() < u32::MAX as usize && g.a_len() < u32::MAX as usize && g.b_len() < u32::MAX as usize,
+        "matmul: operands too large for 32-bit indexing"
+    );
     if g.m == 0 || g.n == 0 || g.batch == 0 {
         return Ok(());
     }
@@ -170,14 +194,22 @@ pub fn gemm(gpu: &Gpu, g: &Gemm, c: &Tensor, a: &Tensor, b: &Tensor, bias: Optio
 /// shared across the batch).
 pub fn matmul(gpu: &Gpu, a: &Tensor, b: &Tensor, trans_a: bool, trans_b: bool) -> Result<Tensor> {
     let (sa, sb) = (a.shape(), b.shape());
-    ensure!((2..=3).contains(&sa.len()) && (2..=3).contains(&sb.len()), "matmul: operands must be 2-D or 3-D, got {sa:?} and {sb:?}");
+    ensure!(
+        (2..=3).contains(&sa.len()) && (2..=3).contains(&sb.len()),
+        "matmul: operands must be 2-D or 3-D, got {sa:?} and {sb:?}"
+    );
     let mat = |s: &[usize]| (s[s.len() - 2], s[s.len() - 1]);
     let batch_of = |s: &[usize]| if s.len() == 3 { Some(s[0]) } else { None };
     let (ar, ac) = mat(sa);
     let (br, bc) = mat(sb);
     let (m, k) = if trans_a { (ac, ar) } else { (ar, ac) };
     let (kb, n) = if trans_b { (bc, br) } else { (br, bc) };
-    ensure!(k == kb, "matmul: inner dimensions differ: {sa:?}{} x {sb:?}{}", if trans_a { "^T" } else { "" }, if trans_b { "^T" } else { "" });
+    ensure!(
+        k == kb,
+        "matmul: inner dimensions differ: {sa:?}{} x {sb:?}{}",
+        if trans_a { "^T" } else { "" },
+        if trans_b { "^T" } else { "" }
+    );
     let batch = match (batch_of(sa), batch_of(sb)) {
         (Some(x), Some(y)) => {
             ensure!(x == y, "matmul: batch sizes differ: {sa:?} and {sb:?}");

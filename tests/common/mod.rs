@@ -47,7 +47,8 @@ pub fn each_path(mut f: impl FnMut(&Gpu, Path)) {
         sg.info().subgroups
     };
     drop(default);
-    let paths: &[Path] = if has_subgroups { &[Path::Subgroups, Path::SubgroupShuffle, Path::Portable] } else { &[Path::Portable] };
+    let paths: &[Path] =
+        if has_subgroups { &[Path::Subgroups, Path::SubgroupShuffle, Path::Portable] } else { &[Path::Portable] };
     for &path in paths {
         let gpu = gpu_on(path);
         f(&gpu, path);
@@ -67,10 +68,8 @@ pub fn gpu() -> (MutexGuard<'static, ()>, MutexGuard<'static, Gpu>) {
 
 /// A fresh seed each run (printed, and fixed by `TEST_SEED` to reproduce).
 pub fn rng() -> StdRng {
-    let seed = std::env::var("TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| rand::rng().random::<u64>());
+    let seed =
+        std::env::var("TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| rand::rng().random::<u64>());
     eprintln!("TEST_SEED={seed}");
     StdRng::seed_from_u64(seed)
 }
