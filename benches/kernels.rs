@@ -1,1 +1,217 @@
-fn main() {}
+//! `cargo bench`: every kernel family at the UNet's real shapes, on the
+//! adapter chosen by WGPU_BACKEND / WGPU_ADAPTER_NAME, each figure also as a
+//! fraction of this adapter's own ceilings measured in the same run.
+//!
+//! `cargo bench -- matmul conv` runs only benchmarks whose kernel name
+//! contains one of the words. Results go to `target/bench-results.json`.
+//! BENCH_REPEATS sets the timed runs per case (default 5; median reported).
+
+use anyhow::Result;
+use ddpm_wgpu::ceiling;
+use ddpm_wgpu::ops::{elementwise as ew, matmul, reduce};
+use ddpm_wgpu::{Gpu, GpuOptions, Tensor};
+use rand::{rngs::StdRng, Rng, SeedableRng};
+use serde::Serialize;
+
+#[derive(Serialize)]
+struct Record {
+    kernel: String,
+    shape: String,
+    median_ms: f64,
+    min_ms: f64,
+    max_ms: f64,
+    gflops: Option<f64>,
+    gbps: Option<f64>,
+    fraction: Option<f64>,
+}
+
+#[derive(Serialize)]
+struct Report {
+    adapter: String,
+    backend: String,
+    driver: String,
+    subgroups: bool,
+    timing: &'static str,
+    peak_fma_gflops: f64,
+    copy_gbps: f64,
+    results: Vec<Record>,
+}
+
+struct Bench {
+    gpu: Gpu,
+    rng: StdRng,
+    repeats: usize,
+    filters: Vec<String>,
+    report: Report,
+}
+
+/// Work per run, for the throughput columns.
+enum Work {
+    Flops(f64),
+    Bytes(f64),
+}
+
+impl Bench {
+    fn wanted(&self, kernel: &str) -> bool {
+        self.filters.is_empty() || self.filters.iter().any(|f| kernel.contains(f.as_str()))
+    }
+
+    fn random(&mut self, shape: &[usize]) -> Result<Tensor> {
+        let n: usize = shape.iter().product();
+        let data: Vec<f32> = (0..n).map(|_| self.rng.random_range(-1.0..1.0)).collect();
+        self.gpu.upload(shape, &data)
+    }
+
+    /// Warm up (compiles the pipelines), then time `repeats` runs.
+    fn time(&self, mut record: impl FnMut(&Gpu) -> Result<()>) -> Result<(f64, f64, f64)> {
+        self.gpu.time(|| record(&self.gpu))?;
+        let mut ms: Vec<f64> =
+            (0..self.repeats).map(|_| self.gpu.time(|| record(&self.gpu)).map(|t| t.ms())).collect::<Result<_>>()?;
+        ms.sort_by(f64::total_cmp);
+        Ok((ms[ms.len() / 2], ms[0], ms[ms.len() - 1]))
+    }
+
+    fn run(&mut self, kernel: &str, shape: &str, work: Work, record: impl FnMut(&Gpu) -> Result<()>) -> Result<()> {
+        let (median_ms, min_ms, max_ms) = self.time(record)?;
+        let (gflops, gbps, fraction) = match work {
+            Work::Flops(f) => {
+                let g = f / median_ms * 1e-6;
+                (Some(g), None, Some(g / self.report.peak_fma_gflops))
+            }
+            Work::Bytes(b) => {
+                let g = b / median_ms * 1e-6;
+                (None, Some(g), Some(g / self.report.copy_gbps))
+            }
+        };
+        let rate = match (gflops, gbps) {
+            (Some(g), _) => format!("{g:8.2} GFLOP/s"),
+            (_, Some(g)) => format!("{g:8.2} GB/s   "),
+            _ => String::new(),
+        };
+        println!(
+            "{kernel:<28} {shape:<34} {median_ms:9.3} ms [{min_ms:.3}-{max_ms:.3}]  {rate}  {:5.1}% of ceiling",
+            fraction.unwrap_or(0.0) * 100.0
+        );
+        self.report.results.push(Record {
+            kernel: kernel.into(),
+            shape: shape.into(),
+            median_ms,
+            min_ms,
+            max_ms,
+            gflops,
+            gbps,
+            fraction,
+        });
+        Ok(())
+    }
+}
+
+fn ceilings(gpu: &Gpu) -> Result<(f64, f64)> {
+    let fma_out = gpu.uninit(&[4 * 64 * 1024])?;
+    let iterations = 2048;
+    let mut flops = 0.0;
+    let fma_ms = best_of(gpu, 5, || {
+        flops = ceiling::peak_fma(gpu, &fma_out, iterations)?;
+        Ok(())
+    })?;
+    let n = 8 << 20; // 32 MiB each way
+    let src = gpu.upload(&[n], &vec![1.0; n])?;
+    let dst = gpu.uninit(&[n])?;
+    let mut bytes = 0.0;
+    let copy_ms = best_of(gpu, 5, || {
+        bytes = ceiling::copy(gpu, &dst, &src)?;
+        Ok(())
+    })?;
+    Ok((flops / fma_ms * 1e-6, bytes / copy_ms * 1e-6))
+}
+
+/// Ceilings are the best of several runs: they bound what kernels can reach.
+fn best_of(gpu: &Gpu, runs: usize, mut record: impl FnMut() -> Result<()>) -> Result<f64> {
+    gpu.time(&mut record)?;
+    let mut best = f64::INFINITY;
+    for _ in 0..runs {
+        best = best.min(gpu.time(&mut record)?.ms());
+    }
+    Ok(best)
+}
+
+fn main() -> Result<()> {
+    // `cargo bench` passes `--bench`; other words filter kernels.
+    let filters: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let repeats = std::env::var("BENCH_REPEATS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
+    let gpu = Gpu::new(&GpuOptions::default())?;
+    let info = gpu.info().clone();
+    println!("adapter: {}  backend: {:?}  driver: {} {}", info.name, info.backend, info.driver, info.driver_info);
+    println!(
+        "subgroup kernels: {}  timing: {}",
+        info.subgroups,
+        if info.timestamps { "GPU timestamps" } else { "wall clock" }
+    );
+    let (peak, copy) = ceilings(&gpu)?;
+    println!("ceilings: peak FMA {peak:.1} GFLOP/s, storage copy {copy:.2} GB/s\n");
+    let mut b = Bench {
+        gpu,
+        rng: StdRng::seed_from_u64(0x5eed),
+        repeats,
+        filters,
+        report: Report {
+            adapter: info.name.clone(),
+            backend: format!("{:?}", info.backend).to_lowercase(),
+            driver: format!("{} {}", info.driver, info.driver_info).trim().to_string(),
+            subgroups: info.subgroups,
+            timing: if info.timestamps { "gpu-timestamps" } else { "wall-clock" },
+            peak_fma_gflops: peak,
+            copy_gbps: copy,
+            results: Vec::new(),
+        },
+    };
+
+    bench_matmul(&mut b)?;
+    bench_elementwise(&mut b)?;
+
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/target/bench-results.json");
+    std::fs::write(path, serde_json::to_string_pretty(&b.report)?)?;
+    println!("\nwrote {path}");
+    Ok(())
+}
+
+fn bench_matmul(b: &mut Bench) -> Result<()> {
+    if !b.wanted("matmul") {
+        return Ok(());
+    }
+    use matmul::Gemm;
+    // (label, gemm): 1024^3, then the UNet's: attention scores and values
+    // (batch 32, 256 tokens, 64 channels), a conv as GEMM, a linear layer.
+    let cases = [
+        ("[1024,1024]x[1024,1024]", Gemm::new(1024, 1024, 1024)),
+        ("attn QK^T [32,256,64]x[32,256,64]^T", Gemm { batch: 32, trans_b: true, ..Gemm::new(256, 256, 64) }),
+        ("attn PV [32,256,256]x[32,256,64]", Gemm { batch: 32, ..Gemm::new(256, 64, 256) }),
+        ("im2col [8192,576]x[576,64]", Gemm::new(8192, 64, 576)),
+        ("linear [32,128]x[512,128]^T", Gemm { trans_b: true, ..Gemm::new(32, 512, 128) }),
+    ];
+    for (label, g) in cases {
+        let a = b.random(&[g.batch * g.m * g.k])?;
+        let bm = b.random(&[g.batch * g.k * g.n])?;
+        let c = b.gpu.uninit(&[g.batch * g.m * g.n])?;
+        b.run("matmul", label, Work::Flops(g.flops()), |gpu| matmul::gemm(gpu, &g, &c, &a, &bm, None))?;
+    }
+    Ok(())
+}
+
+fn bench_elementwise(b: &mut Bench) -> Result<()> {
+    let shape = [32, 64, 32, 32];
+    let n: usize = shape.iter().product();
+    if b.wanted("elementwise") {
+        let x = b.random(&shape)?;
+        let y = b.random(&shape)?;
+        b.run("elementwise_add", "[32,64,32,32]", Work::Bytes((n * 12) as f64), |gpu| ew::add(gpu, &x, &y).map(drop))?;
+        b.run("elementwise_silu", "[32,64,32,32]", Work::Bytes((n * 8) as f64), |gpu| ew::silu(gpu, &x).map(drop))?;
+    }
+    if b.wanted("reduce") {
+        let x = b.random(&shape)?;
+        b.run("reduce_sum", "[32,64,32,32] over (0,2,3)", Work::Bytes((n * 4) as f64), |gpu| {
+            reduce::sum(gpu, &x, &[0, 2, 3]).map(drop)
+        })?;
+    }
+    Ok(())
+}

@@ -9,7 +9,7 @@
 // up to four (size, stride) pairs, innermost last; unused pairs are (1, 0).
 //
 // One workgroup per output: each of the 64 lanes sums a fixed strided subset
-// sequentially, then a fixed-order tree in workgroup memory adds the lanes.
+// sequentially (in an order that depends only on the shape), then a fixed-order tree in workgroup memory adds the lanes.
 // No atomics, so the same input always gives bit-identical output.
 
 struct Params {
@@ -46,9 +46,18 @@ fn reduce_sum(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
     // Uniform across the workgroup, so every lane reaches the barriers.
     let o = wid.x + wid.y * nwg.x;
     let base = offset(min(o, p.n_out - 1u), p.kept_size, p.kept_stride);
+    // The innermost reduced axis is walked by the lanes together; the outer
+    // reduced axes, uniform across the workgroup, are decomposed once each.
+    let inner = p.red_size[3];
+    let inner_stride = p.red_stride[3];
+    let outer_size = vec4<u32>(p.red_size.xyz, 1u);
+    let outer_stride = vec4<u32>(p.red_stride.xyz, 0u);
     var sum = 0.0;
-    for (var j = li; j < p.n_red; j += WG) {
-        sum += x[base + offset(j, p.red_size, p.red_stride)];
+    for (var j = 0u; j < p.n_red / inner; j++) {
+        let start = base + offset(j, outer_size, outer_stride);
+        for (var i = li; i < inner; i += WG) {
+            sum += x[start + i * inner_stride];
+        }
     }
     partial[li] = sum;
     workgroupBarrier();

@@ -14,17 +14,19 @@ use super::{template, Gpu};
 /// One shader file in `shaders/`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Shader {
+    Ceiling,
     Elementwise,
     Reduce,
     Matmul,
 }
 
 /// Every shader, so tests can check that each file in `shaders/` is here.
-pub const ALL_SHADERS: &[Shader] = &[Shader::Elementwise, Shader::Reduce, Shader::Matmul];
+pub const ALL_SHADERS: &[Shader] = &[Shader::Ceiling, Shader::Elementwise, Shader::Reduce, Shader::Matmul];
 
 impl Shader {
     pub fn file_name(self) -> &'static str {
         match self {
+            Shader::Ceiling => "ceiling.wgsl",
             Shader::Elementwise => "elementwise.wgsl",
             Shader::Reduce => "reduce.wgsl",
             Shader::Matmul => "matmul.wgsl",
@@ -33,6 +35,7 @@ impl Shader {
 
     pub fn source(self) -> &'static str {
         match self {
+            Shader::Ceiling => include_str!("../../shaders/ceiling.wgsl"),
             Shader::Elementwise => include_str!("../../shaders/elementwise.wgsl"),
             Shader::Reduce => include_str!("../../shaders/reduce.wgsl"),
             Shader::Matmul => include_str!("../../shaders/matmul.wgsl"),
@@ -43,7 +46,7 @@ impl Shader {
     /// test translates each one for every backend.
     pub fn variants(self) -> Vec<Vec<(&'static str, i64)>> {
         match self {
-            Shader::Elementwise | Shader::Reduce => vec![vec![]],
+            Shader::Ceiling | Shader::Elementwise | Shader::Reduce => vec![vec![]],
             Shader::Matmul => crate::ops::matmul::variants(),
         }
     }

@@ -10,11 +10,13 @@ mod kernel;
 mod pool;
 mod template;
 mod tensor;
+mod timing;
 
 pub use kernel::{Access, Kernel, Shader, ALL_SHADERS};
 pub use pool::PoolStats;
 pub use template::expand as expand_template;
 pub use tensor::Tensor;
+pub use timing::Timing;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -67,6 +69,7 @@ pub struct DeviceInfo {
     pub subgroup_is_8: bool,
     pub subgroup_min_size: u32,
     pub subgroup_max_size: u32,
+    /// GPU timestamps between commands are available (for benchmarks).
     pub timestamps: bool,
     pub max_storage_binding: u64,
     pub max_buffer_size: u64,
@@ -185,8 +188,9 @@ impl Gpu {
         if subgroups {
             required_features |= wgpu::Features::SUBGROUP;
         }
+        let timestamps = timestamps && features.contains(wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS);
         if timestamps {
-            required_features |= wgpu::Features::TIMESTAMP_QUERY;
+            required_features |= wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS;
         }
         // Ask for everything the adapter offers: big storage bindings and many
         // storage buffers per stage matter for fused kernels.
