@@ -8,13 +8,15 @@
 //   mul(out, x, y)                  out = x * y
 //   scale(out, x)                   out = s * x
 //   axpy(out, x, y)                 out = x + s * y
+//   accumulate(out, x)              out = out + s * x   (gradient accumulation)
 //   silu(out, x)                    out = x * sigmoid(x)
 //   silu_backward(out, dy, x)       out = dy * sigmoid(x) * (1 + x * (1 - sigmoid(x)))
 //   add_channel(out, x, v)          out[n,c,h,w] = x[n,c,h,w] + v[c]
 //   mul_channel(out, x, v)          out[n,c,h,w] = x[n,c,h,w] * v[c]
-//   out, x, y: (len) f32, read as vec4; buffers are padded to 16 bytes, so
-//   the last vec4 may cover up to 3 padding elements, which are never read
-//   back. v: (channels) f32, for tensors seen as (.., channels, spatial).
+//   out, x, y: (len) f32, read as vec4 (bindings are padded to 16 bytes);
+//   only the `len` elements of `out` are written, never its padding, so an
+//   output may be a view inside a larger buffer (parameter gradients).
+//   v: (channels) f32, for tensors seen as (.., channels, spatial).
 
 struct Params {
     len: u32,
@@ -39,11 +41,22 @@ fn vec4_count() -> u32 {
     return (p.len + 3u) / 4u;
 }
 
+// out[i] = v, writing only the components that are inside `len`.
+fn store(i: u32, v: vec4<f32>) {
+    if 4u * i + 4u <= p.len {
+        out[i] = v;
+    } else {
+        for (var e = 0u; 4u * i + e < p.len; e++) {
+            out[i][e] = v[e];
+        }
+    }
+}
+
 @compute @workgroup_size(WG)
 fn fill(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     let i = slot(wid, nwg, li);
     if i < vec4_count() {
-        out[i] = vec4<f32>(p.s);
+        store(i, vec4<f32>(p.s));
     }
 }
 
@@ -51,7 +64,7 @@ fn fill(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 fn add(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     let i = slot(wid, nwg, li);
     if i < vec4_count() {
-        out[i] = x[i] + y[i];
+        store(i, x[i] + y[i]);
     }
 }
 
@@ -59,7 +72,7 @@ fn add(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3
 fn sub(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     let i = slot(wid, nwg, li);
     if i < vec4_count() {
-        out[i] = x[i] - y[i];
+        store(i, x[i] - y[i]);
     }
 }
 
@@ -67,7 +80,7 @@ fn sub(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3
 fn mul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     let i = slot(wid, nwg, li);
     if i < vec4_count() {
-        out[i] = x[i] * y[i];
+        store(i, x[i] * y[i]);
     }
 }
 
@@ -75,7 +88,7 @@ fn mul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3
 fn scale(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     let i = slot(wid, nwg, li);
     if i < vec4_count() {
-        out[i] = p.s * x[i];
+        store(i, p.s * x[i]);
     }
 }
 
@@ -83,7 +96,15 @@ fn scale(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
 fn axpy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     let i = slot(wid, nwg, li);
     if i < vec4_count() {
-        out[i] = fma(vec4<f32>(p.s), y[i], x[i]);
+        store(i, fma(vec4<f32>(p.s), y[i], x[i]));
+    }
+}
+
+@compute @workgroup_size(WG)
+fn accumulate(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let i = slot(wid, nwg, li);
+    if i < vec4_count() {
+        store(i, fma(vec4<f32>(p.s), x[i], out[i]));
     }
 }
 
@@ -96,7 +117,7 @@ fn silu(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let i = slot(wid, nwg, li);
     if i < vec4_count() {
         let v = x[i];
-        out[i] = v * sigmoid(v);
+        store(i, v * sigmoid(v));
     }
 }
 
@@ -106,7 +127,7 @@ fn silu_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
     if i < vec4_count() {
         let v = y[i];
         let s = sigmoid(v);
-        out[i] = x[i] * s * (1.0 + v * (1.0 - s));
+        store(i, x[i] * s * (1.0 + v * (1.0 - s)));
     }
 }
 
@@ -125,7 +146,7 @@ fn channel_values(i: u32) -> vec4<f32> {
 fn add_channel(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     let i = slot(wid, nwg, li);
     if i < vec4_count() {
-        out[i] = x[i] + channel_values(i);
+        store(i, x[i] + channel_values(i));
     }
 }
 
@@ -133,6 +154,6 @@ fn add_channel(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
 fn mul_channel(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     let i = slot(wid, nwg, li);
     if i < vec4_count() {
-        out[i] = x[i] * channel_values(i);
+        store(i, x[i] * channel_values(i));
     }
 }

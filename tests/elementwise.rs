@@ -92,3 +92,27 @@ fn shape_mismatch_is_an_error() {
     let v = gpu.zeros(&[4]).unwrap();
     assert!(ew::add_channel(&gpu, &a, &v).is_err());
 }
+
+#[test]
+fn views_and_in_place_accumulation_write_only_their_elements() {
+    let mut r = rng();
+    each_path(|gpu, path| {
+        // Two 5-element views inside one flat buffer, as parameters' gradients sit.
+        let flat = gpu.zeros(&[200]).unwrap();
+        let first = flat.view(0, &[5]).unwrap();
+        let second = flat.view(64, &[5]).unwrap();
+        let x = uniform(&mut r, 5);
+        let tx = gpu.upload(&[5], &x).unwrap();
+        ew::accumulate(gpu, &second, 2.0, &tx).unwrap();
+        ew::accumulate(gpu, &second, -0.5, &tx).unwrap();
+        ew::fill_into(gpu, &first, 7.0).unwrap();
+        let all = gpu.read(&flat).unwrap();
+        let mut want = vec![0.0; 200];
+        want[..5].fill(7.0);
+        for i in 0..5 {
+            want[64 + i] = (1.5 * x[i] as f64) as f32;
+        }
+        assert_close(&format!("views in a flat buffer on {path:?}"), &all, &want, 1e-6, 1e-6);
+        assert_eq!(gpu.read(&second).unwrap().len(), 5);
+    });
+}

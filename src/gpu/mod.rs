@@ -15,7 +15,7 @@ mod timing;
 pub use kernel::{Access, Kernel, Shader, ALL_SHADERS};
 pub use pool::PoolStats;
 pub use template::expand as expand_template;
-pub use tensor::Tensor;
+pub use tensor::{Tensor, VIEW_ALIGN_ELEMS};
 pub use timing::Timing;
 
 use std::collections::HashMap;
@@ -317,6 +317,12 @@ impl Gpu {
         Ok(t)
     }
 
+    /// Set every element of `t` (which may be a view) to zero.
+    pub fn clear(&self, t: &Tensor) -> Result<()> {
+        self.with_encoder(|enc| enc.clear_buffer(t.buffer(), t.byte_offset(), Some(t.byte_len())));
+        Ok(())
+    }
+
     pub fn upload(&self, shape: &[usize], data: &[f32]) -> Result<Tensor> {
         let t = Tensor::new(self, shape)?;
         self.write(&t, data)?;
@@ -332,15 +338,15 @@ impl Gpu {
         // already recorded (which may read this pooled buffer's previous
         // owner) must be submitted first.
         self.submit();
-        self.queue.write_buffer(t.buffer(), 0, bytemuck::cast_slice(data));
+        self.queue.write_buffer(t.buffer(), t.byte_offset(), bytemuck::cast_slice(data));
         Ok(())
     }
 
     /// Copy a tensor back to the host (submits and waits).
     pub fn read(&self, t: &Tensor) -> Result<Vec<f32>> {
-        let bytes = (t.len() * 4) as u64;
+        let bytes = t.byte_len();
         let staging = self.pooled_buffer(bytes.max(4), BufferKind::Readback)?;
-        self.with_encoder(|enc| enc.copy_buffer_to_buffer(t.buffer(), 0, &staging, 0, bytes));
+        self.with_encoder(|enc| enc.copy_buffer_to_buffer(t.buffer(), t.byte_offset(), &staging, 0, bytes));
         self.submit();
         let out = if bytes == 0 {
             Vec::new()
@@ -442,7 +448,7 @@ impl Gpu {
         let entries: Vec<wgpu::BindGroupEntry> = tensors
             .iter()
             .enumerate()
-            .map(|(i, t)| wgpu::BindGroupEntry { binding: i as u32, resource: t.buffer().as_entire_binding() })
+            .map(|(i, t)| wgpu::BindGroupEntry { binding: i as u32, resource: t.binding() })
             .collect();
         let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some(kernel.entry),

@@ -70,6 +70,12 @@ pub fn axpy(gpu: &Gpu, x: &Tensor, s: f32, y: &Tensor) -> Result<Tensor> {
     binary(gpu, "axpy", x, y, s)
 }
 
+/// `out += s * x`, in place (`out` may be a view, e.g. a parameter's gradient).
+pub fn accumulate(gpu: &Gpu, out: &Tensor, s: f32, x: &Tensor) -> Result<()> {
+    ensure!(out.len() == x.len(), "accumulate: {:?} into {:?}", x.shape(), out.shape());
+    run(gpu, "accumulate", UNARY, flat(x.len(), s), &[out, x])
+}
+
 /// `s * x`
 pub fn scale(gpu: &Gpu, x: &Tensor, s: f32) -> Result<Tensor> {
     unary(gpu, "scale", x, s)
