@@ -18,10 +18,12 @@ pub enum Shader {
     Elementwise,
     Reduce,
     Matmul,
+    Optimizer,
 }
 
 /// Every shader, so tests can check that each file in `shaders/` is here.
-pub const ALL_SHADERS: &[Shader] = &[Shader::Ceiling, Shader::Elementwise, Shader::Reduce, Shader::Matmul];
+pub const ALL_SHADERS: &[Shader] =
+    &[Shader::Ceiling, Shader::Elementwise, Shader::Reduce, Shader::Matmul, Shader::Optimizer];
 
 impl Shader {
     pub fn file_name(self) -> &'static str {
@@ -30,6 +32,7 @@ impl Shader {
             Shader::Elementwise => "elementwise.wgsl",
             Shader::Reduce => "reduce.wgsl",
             Shader::Matmul => "matmul.wgsl",
+            Shader::Optimizer => "optimizer.wgsl",
         }
     }
 
@@ -39,6 +42,7 @@ impl Shader {
             Shader::Elementwise => include_str!("../../shaders/elementwise.wgsl"),
             Shader::Reduce => include_str!("../../shaders/reduce.wgsl"),
             Shader::Matmul => include_str!("../../shaders/matmul.wgsl"),
+            Shader::Optimizer => include_str!("../../shaders/optimizer.wgsl"),
         }
     }
 
@@ -46,7 +50,7 @@ impl Shader {
     /// test translates each one for every backend.
     pub fn variants(self) -> Vec<Vec<(&'static str, i64)>> {
         match self {
-            Shader::Ceiling | Shader::Elementwise | Shader::Reduce => vec![vec![]],
+            Shader::Ceiling | Shader::Elementwise | Shader::Reduce | Shader::Optimizer => vec![vec![]],
             Shader::Matmul => crate::ops::matmul::variants(),
         }
     }

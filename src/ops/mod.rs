@@ -4,4 +4,5 @@
 
 pub mod elementwise;
 pub mod matmul;
+pub mod optimizer;
 pub mod reduce;
