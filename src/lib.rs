@@ -4,5 +4,6 @@
 pub mod ceiling;
 pub mod gpu;
 pub mod ops;
+pub mod unet;
 
 pub use gpu::{Gpu, GpuOptions, Tensor};

@@ -1,0 +1,248 @@
+//! The UNet's architecture as data: every block with its diffusers name
+//! prefix and channel counts, built once from the config. The parameter
+//! table and the forward pass both walk this, so names, shapes and the
+//! order of operations cannot drift apart.
+
+use super::config::UNetConfig;
+
+/// How a parameter starts before training.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Init {
+    /// PyTorch's default for conv and linear layers (weights and biases):
+    /// uniform in ±1/sqrt(fan_in).
+    Uniform {
+        fan_in: usize,
+    },
+    Zeros,
+    Ones,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ParamSpec {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub init: Init,
+}
+
+/// GroupNorm, SiLU, conv3x3, + projected time embedding, GroupNorm, SiLU,
+/// dropout, conv3x3, plus the input (through a 1x1 conv if channels change).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ResBlock {
+    pub prefix: String,
+    pub c_in: usize,
+    pub c_out: usize,
+}
+
+impl ResBlock {
+    pub fn has_shortcut(&self) -> bool {
+        self.c_in != self.c_out
+    }
+}
+
+/// GroupNorm, q/k/v projections, multi-head attention over the H*W
+/// positions, output projection, plus the input.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AttnBlock {
+    pub prefix: String,
+    pub channels: usize,
+    pub heads: usize,
+    pub groups: usize,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct DownLevel {
+    pub resnets: Vec<ResBlock>,
+    /// One per resnet, or none.
+    pub attentions: Vec<AttnBlock>,
+    /// Stride-2 conv prefix (`down_blocks.i.downsamplers.0.conv`), except at the last level.
+    pub downsample: Option<String>,
+    pub channels: usize,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct UpLevel {
+    pub resnets: Vec<ResBlock>,
+    pub attentions: Vec<AttnBlock>,
+    /// Nearest x2 then conv prefix (`up_blocks.i.upsamplers.0.conv`), except at the last level.
+    pub upsample: Option<String>,
+    pub channels: usize,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct MidBlock {
+    pub resnet_in: ResBlock,
+    pub attention: Option<AttnBlock>,
+    pub resnet_out: ResBlock,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct UNetLayout {
+    pub config: UNetConfig,
+    pub down: Vec<DownLevel>,
+    pub mid: Option<MidBlock>,
+    pub up: Vec<UpLevel>,
+}
+
+impl UNetLayout {
+    /// Mirrors the channel bookkeeping of diffusers' `UNet2DModel.__init__`.
+    pub fn new(config: &UNetConfig) -> UNetLayout {
+        let ch = &config.block_out_channels;
+        let levels = ch.len();
+        let groups = config.norm_num_groups;
+        let attn_groups = config.attn_norm_num_groups.unwrap_or(groups);
+        let heads = |c: usize| config.attention_head_dim.map_or(1, |d| c / d);
+        let attn = |prefix: String, c: usize| AttnBlock { prefix, channels: c, heads: heads(c), groups: attn_groups };
+
+        let mut down = Vec::new();
+        let mut output = ch[0];
+        for (i, &c) in ch.iter().enumerate() {
+            let input = output;
+            output = c;
+            let with_attention = config.down_block_types[i] == "AttnDownBlock2D";
+            let resnets: Vec<ResBlock> = (0..config.layers_per_block)
+                .map(|j| ResBlock {
+                    prefix: format!("down_blocks.{i}.resnets.{j}"),
+                    c_in: if j == 0 { input } else { output },
+                    c_out: output,
+                })
+                .collect();
+            let attentions = if with_attention {
+                (0..config.layers_per_block).map(|j| attn(format!("down_blocks.{i}.attentions.{j}"), output)).collect()
+            } else {
+                Vec::new()
+            };
+            let downsample = (i + 1 < levels).then(|| format!("down_blocks.{i}.downsamplers.0.conv"));
+            down.push(DownLevel { resnets, attentions, downsample, channels: output });
+        }
+
+        let last = ch[levels - 1];
+        let mid = config.mid_block_type.as_ref().map(|_| {
+            // diffusers: heads = channels / (attention_head_dim or channels).
+            let head_dim = config.attention_head_dim.unwrap_or(last);
+            MidBlock {
+                resnet_in: ResBlock { prefix: "mid_block.resnets.0".into(), c_in: last, c_out: last },
+                attention: config.add_attention.then(|| AttnBlock {
+                    prefix: "mid_block.attentions.0".into(),
+                    channels: last,
+                    heads: last / head_dim,
+                    groups: attn_groups,
+                }),
+                resnet_out: ResBlock { prefix: "mid_block.resnets.1".into(), c_in: last, c_out: last },
+            }
+        });
+
+        let rev: Vec<usize> = ch.iter().rev().copied().collect();
+        let mut up = Vec::new();
+        let mut output = rev[0];
+        for i in 0..levels {
+            let prev = output;
+            output = rev[i];
+            let input = rev[(i + 1).min(levels - 1)];
+            let with_attention = config.up_block_types[i] == "AttnUpBlock2D";
+            let n = config.layers_per_block + 1;
+            let resnets: Vec<ResBlock> = (0..n)
+                .map(|j| {
+                    let skip = if j == n - 1 { input } else { output };
+                    let resnet_in = if j == 0 { prev } else { output };
+                    ResBlock { prefix: format!("up_blocks.{i}.resnets.{j}"), c_in: resnet_in + skip, c_out: output }
+                })
+                .collect();
+            let attentions = if with_attention {
+                (0..n).map(|j| attn(format!("up_blocks.{i}.attentions.{j}"), output)).collect()
+            } else {
+                Vec::new()
+            };
+            let upsample = (i + 1 < levels).then(|| format!("up_blocks.{i}.upsamplers.0.conv"));
+            up.push(UpLevel { resnets, attentions, upsample, channels: output });
+        }
+        UNetLayout { config: config.clone(), down, mid, up }
+    }
+
+    /// Every parameter with its diffusers name, PyTorch shape and initial
+    /// values, in a fixed order (the forward pass's).
+    pub fn params(&self) -> Vec<ParamSpec> {
+        let c = &self.config;
+        let mut out = Vec::new();
+        let c0 = c.block_out_channels[0];
+        let temb = c.time_embed_dim();
+        conv(&mut out, "conv_in", c.in_channels, c0, 3, Init::Uniform { fan_in: c.in_channels * 9 });
+        linear(&mut out, "time_embedding.linear_1", c0, temb, false);
+        linear(&mut out, "time_embedding.linear_2", temb, temb, false);
+        for level in &self.down {
+            for (j, r) in level.resnets.iter().enumerate() {
+                resblock(&mut out, r, temb);
+                if let Some(a) = level.attentions.get(j) {
+                    attention(&mut out, a);
+                }
+            }
+            if let Some(prefix) = &level.downsample {
+                conv(&mut out, prefix, level.channels, level.channels, 3, Init::Uniform { fan_in: level.channels * 9 });
+            }
+        }
+        if let Some(mid) = &self.mid {
+            resblock(&mut out, &mid.resnet_in, temb);
+            if let Some(a) = &mid.attention {
+                attention(&mut out, a);
+            }
+            resblock(&mut out, &mid.resnet_out, temb);
+        }
+        for level in &self.up {
+            for (j, r) in level.resnets.iter().enumerate() {
+                resblock(&mut out, r, temb);
+                if let Some(a) = level.attentions.get(j) {
+                    attention(&mut out, a);
+                }
+            }
+            if let Some(prefix) = &level.upsample {
+                conv(&mut out, prefix, level.channels, level.channels, 3, Init::Uniform { fan_in: level.channels * 9 });
+            }
+        }
+        norm(&mut out, "conv_norm_out", c0);
+        // The DDPM reference code zero-initialises the output convolution.
+        conv(&mut out, "conv_out", c0, c.out_channels, 3, Init::Zeros);
+        out
+    }
+}
+
+fn param(out: &mut Vec<ParamSpec>, name: String, shape: Vec<usize>, init: Init) {
+    out.push(ParamSpec { name, shape, init });
+}
+
+fn conv(out: &mut Vec<ParamSpec>, prefix: &str, c_in: usize, c_out: usize, k: usize, init: Init) {
+    param(out, format!("{prefix}.weight"), vec![c_out, c_in, k, k], init);
+    let bias_init = if init == Init::Zeros { Init::Zeros } else { Init::Uniform { fan_in: c_in * k * k } };
+    param(out, format!("{prefix}.bias"), vec![c_out], bias_init);
+}
+
+fn linear(out: &mut Vec<ParamSpec>, prefix: &str, c_in: usize, c_out: usize, zero: bool) {
+    let init = if zero { Init::Zeros } else { Init::Uniform { fan_in: c_in } };
+    param(out, format!("{prefix}.weight"), vec![c_out, c_in], init);
+    param(out, format!("{prefix}.bias"), vec![c_out], init);
+}
+
+fn norm(out: &mut Vec<ParamSpec>, prefix: &str, c: usize) {
+    param(out, format!("{prefix}.weight"), vec![c], Init::Ones);
+    param(out, format!("{prefix}.bias"), vec![c], Init::Zeros);
+}
+
+fn resblock(out: &mut Vec<ParamSpec>, r: &ResBlock, temb: usize) {
+    let p = &r.prefix;
+    norm(out, &format!("{p}.norm1"), r.c_in);
+    conv(out, &format!("{p}.conv1"), r.c_in, r.c_out, 3, Init::Uniform { fan_in: r.c_in * 9 });
+    linear(out, &format!("{p}.time_emb_proj"), temb, r.c_out, false);
+    norm(out, &format!("{p}.norm2"), r.c_out);
+    // Zero, as the DDPM code does: each residual branch starts as identity.
+    conv(out, &format!("{p}.conv2"), r.c_out, r.c_out, 3, Init::Zeros);
+    if r.has_shortcut() {
+        conv(out, &format!("{p}.conv_shortcut"), r.c_in, r.c_out, 1, Init::Uniform { fan_in: r.c_in });
+    }
+}
+
+fn attention(out: &mut Vec<ParamSpec>, a: &AttnBlock) {
+    let p = &a.prefix;
+    norm(out, &format!("{p}.group_norm"), a.channels);
+    for proj in ["to_q", "to_k", "to_v"] {
+        linear(out, &format!("{p}.{proj}"), a.channels, a.channels, false);
+    }
+    linear(out, &format!("{p}.to_out.0"), a.channels, a.channels, true);
+}

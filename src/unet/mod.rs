@@ -1,0 +1,9 @@
+//! The DDPM UNet (diffusers' `UNet2DModel` layout and names).
+
+pub mod config;
+pub mod layout;
+pub mod params;
+
+pub use config::UNetConfig;
+pub use layout::UNetLayout;
+pub use params::ParamStore;

@@ -1,0 +1,94 @@
+//! The UNet's config, parameter names and shapes against a checkpoint saved
+//! by diffusers (tests/fixtures/tiny_unet, made by make_tiny_unet.py), and
+//! checkpoint round trips and errors. No GPU needed.
+
+use std::path::PathBuf;
+
+use ddpm_wgpu::unet::params::ParamTable;
+use ddpm_wgpu::unet::{UNetConfig, UNetLayout};
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny_unet").join(name)
+}
+
+fn tiny() -> (UNetConfig, ParamTable) {
+    let config = UNetConfig::load(&fixture("config.json")).unwrap();
+    let table = ParamTable::new(&UNetLayout::new(&config).params());
+    (config, table)
+}
+
+#[test]
+fn names_and_shapes_match_diffusers() {
+    let (config, table) = tiny();
+    assert_eq!(config.block_out_channels, vec![16, 32]);
+    let bytes = std::fs::read(fixture("diffusion_pytorch_model.safetensors")).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut theirs: Vec<(String, Vec<usize>)> =
+        file.tensors().into_iter().map(|(n, t)| (n, t.shape().to_vec())).collect();
+    let mut ours: Vec<(String, Vec<usize>)> = table.entries.iter().map(|e| (e.name.clone(), e.shape.clone())).collect();
+    theirs.sort();
+    ours.sort();
+    assert_eq!(ours, theirs);
+    assert_eq!(table.count(), 177_427, "diffusers reported 177427 parameters");
+}
+
+#[test]
+fn checkpoint_round_trip_is_bit_identical() {
+    let (_, table) = tiny();
+    let loaded = table.load(&fixture("diffusion_pytorch_model.safetensors")).unwrap();
+    let dir = std::env::temp_dir().join(format!("ddpm-roundtrip-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("weights.safetensors");
+    table.save(&loaded, &path).unwrap();
+    let again = table.load(&path).unwrap();
+    assert!(loaded.iter().zip(&again).all(|(a, b)| a.to_bits() == b.to_bits()));
+    assert!(!path.with_extension("tmp").exists(), "the temporary file must be renamed away");
+    // Padding between parameters stays zero.
+    let e = &table.entries[0];
+    assert!(loaded[e.offset + e.len()..table.entries[1].offset].iter().all(|&v| v == 0.0));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn bad_checkpoints_get_clear_errors() {
+    let (config, table) = tiny();
+    let bytes = std::fs::read(fixture("diffusion_pytorch_model.safetensors")).unwrap();
+    let err = format!("{:#}", table.load_bytes(&bytes[..bytes.len() / 2]).unwrap_err());
+    assert!(err.contains("truncated or corrupt"), "{err}");
+    let other = UNetConfig { block_out_channels: vec![16, 48], ..config.clone() };
+    let other_table = ParamTable::new(&UNetLayout::new(&other).params());
+    let err = format!("{:#}", other_table.load_bytes(&bytes).unwrap_err());
+    assert!(err.contains("another config"), "{err}");
+    let fewer = UNetConfig { layers_per_block: 2, ..config };
+    let err = format!("{:#}", ParamTable::new(&UNetLayout::new(&fewer).params()).load_bytes(&bytes).unwrap_err());
+    assert!(err.contains("another config"), "{err}");
+}
+
+#[test]
+fn configs_that_cannot_work_are_refused() {
+    let bad_groups = r#"{"block_out_channels": [24, 48], "norm_num_groups": 32, "down_block_types": ["DownBlock2D", "DownBlock2D"], "up_block_types": ["UpBlock2D", "UpBlock2D"]}"#;
+    let err = UNetConfig::from_json(bad_groups).unwrap_err().to_string();
+    assert!(err.contains("not divisible by norm_num_groups"), "{err}");
+    let bad_block = r#"{"block_out_channels": [32], "down_block_types": ["CrossAttnDownBlock2D"], "up_block_types": ["UpBlock2D"]}"#;
+    assert!(UNetConfig::from_json(bad_block).unwrap_err().to_string().contains("CrossAttnDownBlock2D"));
+    assert!(UNetConfig::from_json("{ not json").is_err());
+}
+
+#[test]
+fn config_round_trips_with_unknown_keys() {
+    let (config, _) = tiny();
+    let again = UNetConfig::from_json(&config.to_json()).unwrap();
+    assert_eq!(config, again);
+    assert!(config.other.contains_key("_diffusers_version"));
+}
+
+/// The DDPM paper's CIFAR-10 model: 35.7M parameters.
+#[test]
+fn ddpm_cifar10_parameter_count() {
+    let json = r#"{"sample_size": 32, "block_out_channels": [128, 256, 256, 256], "layers_per_block": 2,
+        "down_block_types": ["DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"],
+        "up_block_types": ["UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"], "attention_head_dim": null}"#;
+    let config = UNetConfig::from_json(json).unwrap();
+    let count = ParamTable::new(&UNetLayout::new(&config).params()).count();
+    assert!((35_700_000..35_800_000).contains(&count), "{count}");
+}
