@@ -19,11 +19,12 @@ pub enum Shader {
     Reduce,
     Matmul,
     Optimizer,
+    Permute,
 }
 
 /// Every shader, so tests can check that each file in `shaders/` is here.
 pub const ALL_SHADERS: &[Shader] =
-    &[Shader::Ceiling, Shader::Elementwise, Shader::Reduce, Shader::Matmul, Shader::Optimizer];
+    &[Shader::Ceiling, Shader::Elementwise, Shader::Reduce, Shader::Matmul, Shader::Optimizer, Shader::Permute];
 
 impl Shader {
     pub fn file_name(self) -> &'static str {
@@ -33,6 +34,7 @@ impl Shader {
             Shader::Reduce => "reduce.wgsl",
             Shader::Matmul => "matmul.wgsl",
             Shader::Optimizer => "optimizer.wgsl",
+            Shader::Permute => "permute.wgsl",
         }
     }
 
@@ -43,6 +45,7 @@ impl Shader {
             Shader::Reduce => include_str!("../../shaders/reduce.wgsl"),
             Shader::Matmul => include_str!("../../shaders/matmul.wgsl"),
             Shader::Optimizer => include_str!("../../shaders/optimizer.wgsl"),
+            Shader::Permute => include_str!("../../shaders/permute.wgsl"),
         }
     }
 
@@ -50,7 +53,9 @@ impl Shader {
     /// test translates each one for every backend.
     pub fn variants(self) -> Vec<Vec<(&'static str, i64)>> {
         match self {
-            Shader::Ceiling | Shader::Elementwise | Shader::Reduce | Shader::Optimizer => vec![vec![]],
+            Shader::Ceiling | Shader::Elementwise | Shader::Reduce | Shader::Optimizer | Shader::Permute => {
+                vec![vec![]]
+            }
             Shader::Matmul => crate::ops::matmul::variants(),
         }
     }

@@ -5,4 +5,5 @@
 pub mod elementwise;
 pub mod matmul;
 pub mod optimizer;
+pub mod permute;
 pub mod reduce;
