@@ -2,6 +2,7 @@
 //! in `shaders/`, launched through wgpu on Vulkan, Metal, DX12 or GL.
 
 pub mod ceiling;
+pub mod data;
 pub mod gpu;
 pub mod ops;
 pub mod unet;

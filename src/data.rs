@@ -1,0 +1,204 @@
+//! Training images: a folder of image files, or the MNIST digits shipped in
+//! `assets/`, as a host-side array of (C, R, R) samples scaled to [-1, 1]
+//! as the DDPM paper does. Batches are gathered on the host (a few hundred
+//! KiB per step) and uploaded once per step.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use image::{imageops::FilterType, DynamicImage};
+use rand::Rng;
+
+/// The MNIST atlas: 100 x 100 tiles of 28x28 (see assets/mnist/README.md).
+const MNIST_ATLAS: &[u8] = include_bytes!("../assets/mnist/digits.png");
+const MNIST_TILE: usize = 28;
+
+pub struct Dataset {
+    pub channels: usize,
+    pub resolution: usize,
+    /// (len, channels, resolution, resolution), values in [-1, 1].
+    pixels: Vec<f32>,
+    /// Where each sample came from, for messages.
+    pub source: String,
+}
+
+impl std::fmt::Debug for Dataset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Dataset({} x {}x{}x{} from {})",
+            self.len(),
+            self.channels,
+            self.resolution,
+            self.resolution,
+            self.source
+        )
+    }
+}
+
+impl Dataset {
+    pub fn len(&self) -> usize {
+        self.pixels.len() / self.sample_len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn sample_len(&self) -> usize {
+        self.channels * self.resolution * self.resolution
+    }
+
+    pub fn sample(&self, i: usize) -> &[f32] {
+        &self.pixels[i * self.sample_len()..(i + 1) * self.sample_len()]
+    }
+
+    /// The MNIST digits shipped with the crate, centred on a black canvas of
+    /// `resolution` (28 or more; 32 is the usual power of two), 1 channel.
+    pub fn mnist(resolution: usize, limit: Option<usize>) -> Result<Dataset> {
+        if resolution < MNIST_TILE {
+            bail!("MNIST digits are 28x28: --resolution must be at least 28, got {resolution}");
+        }
+        let atlas = image::load_from_memory(MNIST_ATLAS).context("decoding the shipped MNIST atlas")?.to_luma8();
+        let cols = atlas.width() as usize / MNIST_TILE;
+        let count = (cols * (atlas.height() as usize / MNIST_TILE)).min(limit.unwrap_or(usize::MAX));
+        let pad = (resolution - MNIST_TILE) / 2;
+        let mut pixels = vec![-1.0; count * resolution * resolution];
+        for i in 0..count {
+            let (tr, tc) = (i / cols * MNIST_TILE, i % cols * MNIST_TILE);
+            let dst = &mut pixels[i * resolution * resolution..(i + 1) * resolution * resolution];
+            for y in 0..MNIST_TILE {
+                for x in 0..MNIST_TILE {
+                    let v = atlas.get_pixel((tc + x) as u32, (tr + y) as u32).0[0];
+                    dst[(y + pad) * resolution + x + pad] = v as f32 / 127.5 - 1.0;
+                }
+            }
+        }
+        Ok(Dataset { channels: 1, resolution, pixels, source: "MNIST digits (assets/mnist)".into() })
+    }
+
+    /// Every image under `dir` (recursive), centre-cropped to a square and
+    /// resized to `resolution`, as `channels` = 1 (grey) or 3 (RGB).
+    /// Unreadable files and images smaller than `resolution` are skipped with
+    /// a warning naming them; no usable image at all is an error.
+    pub fn from_folder(dir: &Path, resolution: usize, channels: usize) -> Result<Dataset> {
+        if channels != 1 && channels != 3 {
+            bail!("--channels must be 1 (grey) or 3 (RGB), got {channels}");
+        }
+        if !dir.is_dir() {
+            bail!("data folder {} does not exist or is not a folder", dir.display());
+        }
+        let mut files = Vec::new();
+        collect_images(dir, &mut files)?;
+        files.sort();
+        if files.is_empty() {
+            bail!("no image files (png, jpg, jpeg, bmp, gif, webp) under {}", dir.display());
+        }
+        let mut pixels = Vec::new();
+        let mut skipped = 0;
+        for file in &files {
+            match load_image(file, resolution) {
+                Ok(img) => push_pixels(&mut pixels, &img, channels),
+                Err(e) => {
+                    eprintln!("warning: skipping {}: {e:#}", file.display());
+                    skipped += 1;
+                }
+            }
+        }
+        if pixels.is_empty() {
+            bail!("none of the {} image files under {} could be used (see warnings above)", files.len(), dir.display());
+        }
+        if skipped > 0 {
+            eprintln!("warning: skipped {skipped} of {} files", files.len());
+        }
+        Ok(Dataset { channels, resolution, pixels, source: dir.display().to_string() })
+    }
+
+    /// Gather samples `indices` into one (batch, C, R, R) array, mirroring
+    /// each horizontally with probability 1/2 when `flip`.
+    pub fn batch(&self, indices: &[usize], flip: bool, rng: &mut impl Rng) -> Vec<f32> {
+        let r = self.resolution;
+        let mut out = Vec::with_capacity(indices.len() * self.sample_len());
+        for &i in indices {
+            let s = self.sample(i);
+            if flip && rng.random_bool(0.5) {
+                for row in s.chunks_exact(r) {
+                    out.extend(row.iter().rev());
+                }
+            } else {
+                out.extend_from_slice(s);
+            }
+        }
+        out
+    }
+}
+
+fn collect_images(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    for entry in std::fs::read_dir(dir).with_context(|| format!("reading folder {}", dir.display()))? {
+        let path = entry?.path();
+        if path.is_dir() {
+            collect_images(&path, out)?;
+        } else if path
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| ["png", "jpg", "jpeg", "bmp", "gif", "webp"].contains(&e.to_lowercase().as_str()))
+        {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+fn load_image(path: &Path, resolution: usize) -> Result<DynamicImage> {
+    let img = image::ImageReader::open(path)?.with_guessed_format()?.decode().context("cannot decode image")?;
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    if w.min(h) < resolution {
+        bail!("{w}x{h} is smaller than the training resolution {resolution}");
+    }
+    let side = w.min(h) as u32;
+    let cropped = img.crop_imm((img.width() - side) / 2, (img.height() - side) / 2, side, side);
+    Ok(cropped.resize_exact(resolution as u32, resolution as u32, FilterType::Lanczos3))
+}
+
+/// Append `img` as (C, R, R) values in [-1, 1].
+fn push_pixels(out: &mut Vec<f32>, img: &DynamicImage, channels: usize) {
+    let scale = |v: u8| v as f32 / 127.5 - 1.0;
+    if channels == 1 {
+        out.extend(img.to_luma8().pixels().map(|p| scale(p.0[0])));
+    } else {
+        let rgb = img.to_rgb8();
+        for c in 0..3 {
+            out.extend(rgb.pixels().map(|p| scale(p.0[c])));
+        }
+    }
+}
+
+/// Save images (batch, C, R, R) in [-1, 1] as a grid PNG with `cols` columns
+/// and a 2-pixel border, written atomically.
+pub fn save_grid(path: &Path, images: &[f32], channels: usize, resolution: usize, cols: usize) -> Result<()> {
+    let r = resolution;
+    let n = images.len() / (channels * r * r);
+    let cols = cols.clamp(1, n.max(1));
+    let rows = n.div_ceil(cols);
+    let pad = 2;
+    let (w, h) = (cols * (r + pad) + pad, rows * (r + pad) + pad);
+    let mut grid = image::RgbImage::new(w as u32, h as u32);
+    for i in 0..n {
+        let (gx, gy) = (pad + i % cols * (r + pad), pad + i / cols * (r + pad));
+        let img = &images[i * channels * r * r..(i + 1) * channels * r * r];
+        for y in 0..r {
+            for x in 0..r {
+                let px = |c: usize| to_u8(img[(c.min(channels - 1) * r + y) * r + x]);
+                grid.put_pixel((gx + x) as u32, (gy + y) as u32, image::Rgb([px(0), px(1), px(2)]));
+            }
+        }
+    }
+    let mut bytes = Vec::new();
+    grid.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)?;
+    crate::unet::params::write_atomically(path, &bytes)
+}
+
+/// [-1, 1] to [0, 255], as the paper's sampler outputs.
+pub fn to_u8(v: f32) -> u8 {
+    ((v.clamp(-1.0, 1.0) + 1.0) * 127.5).round() as u8
+}

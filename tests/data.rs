@@ -1,0 +1,94 @@
+//! Training data: the shipped MNIST digits, image folders (with the bad
+//! files people have), batches with flips, and sample grids.
+
+use std::path::PathBuf;
+
+use ddpm_wgpu::data::{save_grid, Dataset};
+use rand::{rngs::StdRng, SeedableRng};
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("ddpm-data-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn mnist_is_shipped_and_centred() {
+    let d = Dataset::mnist(32, None).unwrap();
+    assert_eq!((d.len(), d.channels, d.resolution), (10_000, 1, 32));
+    let s = d.sample(0);
+    assert!(s.iter().all(|v| (-1.0..=1.0).contains(v)));
+    // The 2-pixel frame added around the 28x28 digit is black.
+    assert!(s[..64].iter().all(|&v| v == -1.0));
+    // A digit has ink.
+    assert!(s.iter().filter(|&&v| v > 0.5).count() > 30);
+    assert!(Dataset::mnist(16, None).is_err());
+    assert_eq!(Dataset::mnist(28, Some(16)).unwrap().len(), 16);
+}
+
+#[test]
+fn folder_loading_skips_bad_files_and_reports_empty_ones() {
+    let dir = temp_dir("folder");
+    std::fs::create_dir_all(dir.join("nested")).unwrap();
+    let img = image::RgbImage::from_fn(40, 30, |x, y| image::Rgb([x as u8 * 6, y as u8 * 8, 200]));
+    img.save(dir.join("nested/wide.png")).unwrap();
+    image::RgbImage::new(8, 8).save(dir.join("tiny.png")).unwrap();
+    std::fs::write(dir.join("corrupt.jpg"), b"not a jpeg at all").unwrap();
+    std::fs::write(dir.join("notes.txt"), b"ignored").unwrap();
+    let d = Dataset::from_folder(&dir, 16, 3).unwrap();
+    assert_eq!(d.len(), 1, "only the good image is used");
+    assert_eq!(d.sample(0).len(), 3 * 16 * 16);
+    let grey = Dataset::from_folder(&dir, 16, 1).unwrap();
+    assert_eq!(grey.sample(0).len(), 16 * 16);
+    assert!(Dataset::from_folder(&dir, 16, 2).is_err());
+
+    let empty = temp_dir("empty");
+    let err = Dataset::from_folder(&empty, 16, 3).unwrap_err().to_string();
+    assert!(err.contains("no image files"), "{err}");
+    let err = Dataset::from_folder(&empty.join("missing"), 16, 3).unwrap_err().to_string();
+    assert!(err.contains("does not exist"), "{err}");
+    std::fs::write(empty.join("bad.png"), b"garbage").unwrap();
+    let err = Dataset::from_folder(&empty, 16, 3).unwrap_err().to_string();
+    assert!(err.contains("could be used"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+    std::fs::remove_dir_all(&empty).unwrap();
+}
+
+#[test]
+fn batches_gather_and_flip() {
+    let d = Dataset::mnist(28, Some(4)).unwrap();
+    let mut rng = StdRng::seed_from_u64(1);
+    let plain = d.batch(&[2, 0], false, &mut rng);
+    assert_eq!(&plain[..784], d.sample(2));
+    assert_eq!(&plain[784..], d.sample(0));
+    // Over many draws, each sample appears both as is and mirrored.
+    let (mut mirrored, mut kept) = (0, 0);
+    for _ in 0..64 {
+        let b = d.batch(&[1], true, &mut rng);
+        let row = &d.sample(1)[10 * 28..11 * 28];
+        if b[10 * 28..11 * 28] == *row {
+            kept += 1;
+        }
+        if b[10 * 28..11 * 28].iter().eq(row.iter().rev()) {
+            mirrored += 1;
+        }
+    }
+    assert!(mirrored > 10 && kept > 10, "mirrored {mirrored}, kept {kept}");
+}
+
+#[test]
+fn grids_are_written_and_read_back() {
+    let d = Dataset::mnist(32, Some(6)).unwrap();
+    let mut rng = StdRng::seed_from_u64(0);
+    let images = d.batch(&[0, 1, 2, 3, 4, 5], false, &mut rng);
+    let dir = temp_dir("grid");
+    let path = dir.join("grid.png");
+    save_grid(&path, &images, 1, 32, 3).unwrap();
+    let back = image::open(&path).unwrap().to_rgb8();
+    assert_eq!((back.width(), back.height()), (3 * 34 + 2, 2 * 34 + 2));
+    // Pixel (2 + x, 2 + y) of the grid is pixel (x, y) of the first image.
+    let want = ddpm_wgpu::data::to_u8(d.sample(0)[14 * 32 + 14]);
+    assert_eq!(back.get_pixel(16, 16).0, [want; 3]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
