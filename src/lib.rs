@@ -3,5 +3,6 @@
 
 pub mod gpu;
 pub mod ops;
+pub mod schedule;
 
 pub use gpu::{Gpu, GpuOptions, Tensor};

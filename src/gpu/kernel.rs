@@ -17,10 +17,11 @@ pub enum Shader {
     Elementwise,
     Reduce,
     Matmul,
+    Ddpm,
 }
 
 /// Every shader, so tests can check that each file in `shaders/` is here.
-pub const ALL_SHADERS: &[Shader] = &[Shader::Elementwise, Shader::Reduce, Shader::Matmul];
+pub const ALL_SHADERS: &[Shader] = &[Shader::Elementwise, Shader::Reduce, Shader::Matmul, Shader::Ddpm];
 
 impl Shader {
     pub fn file_name(self) -> &'static str {
@@ -28,6 +29,7 @@ impl Shader {
             Shader::Elementwise => "elementwise.wgsl",
             Shader::Reduce => "reduce.wgsl",
             Shader::Matmul => "matmul.wgsl",
+            Shader::Ddpm => "ddpm.wgsl",
         }
     }
 
@@ -36,6 +38,7 @@ impl Shader {
             Shader::Elementwise => include_str!("../../shaders/elementwise.wgsl"),
             Shader::Reduce => include_str!("../../shaders/reduce.wgsl"),
             Shader::Matmul => include_str!("../../shaders/matmul.wgsl"),
+            Shader::Ddpm => include_str!("../../shaders/ddpm.wgsl"),
         }
     }
 
@@ -43,7 +46,7 @@ impl Shader {
     /// test translates each one for every backend.
     pub fn variants(self) -> Vec<Vec<(&'static str, i64)>> {
         match self {
-            Shader::Elementwise | Shader::Reduce => vec![vec![]],
+            Shader::Elementwise | Shader::Reduce | Shader::Ddpm => vec![vec![]],
             Shader::Matmul => crate::ops::matmul::variants(),
         }
     }
