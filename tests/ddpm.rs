@@ -7,7 +7,7 @@ mod common;
 
 use common::{assert_close, each_path, rng, uniform};
 use ddpm_wgpu::ops::ddpm::{self, cpu, DdimTables, DdpmTables, NoiseKey};
-use ddpm_wgpu::schedule::{Schedule, SchedulerConfig, VarianceType};
+use ddpm_wgpu::schedule::{BetaSchedule, Schedule, SchedulerConfig, VarianceType};
 use ddpm_wgpu::Gpu;
 use rand::{rngs::StdRng, seq::SliceRandom, Rng};
 
@@ -279,6 +279,41 @@ fn ddim_step_matches_cpu_at_every_timestep() {
                 assert_eq!(got, other, "eta = 0 must be deterministic");
             }
         }
+    }
+}
+
+#[test]
+fn cosine_schedule_steps_match_cpu_at_every_timestep() {
+    let mut r = rng();
+    let (_turn, gpu) = common::gpu();
+    let dim = 35;
+    let t = all_timesteps(&mut r, 1000);
+    let (x, eps) = step_inputs(&mut r, t.len() * dim);
+    let shape = [t.len(), dim];
+    let (gx, geps, gt) =
+        (gpu.upload(&shape, &x).unwrap(), gpu.upload(&shape, &eps).unwrap(), ddpm::timesteps(&gpu, &t).unwrap());
+    let k = key(&mut r);
+    let z = cpu::randn(k, t.len(), dim);
+    for (variance_type, clip_sample) in [(VarianceType::FixedSmall, true), (VarianceType::FixedLarge, false)] {
+        let config = SchedulerConfig {
+            beta_schedule: BetaSchedule::SquaredCosCapV2,
+            variance_type,
+            clip_sample,
+            ..SchedulerConfig::default()
+        };
+        let schedule = Schedule::new(config).unwrap();
+        let what = format!("cosine {variance_type} clip={clip_sample}");
+        let tables = DdpmTables::new(&gpu, &schedule).unwrap();
+        let (xt, _) = ddpm::q_sample(&gpu, &tables, &gx, &gt, k).unwrap();
+        let want = cpu::q_sample(&schedule, &x, &z, &t);
+        assert_close(&format!("{what}: q_sample"), &gpu.read(&xt).unwrap(), &to_f32(&want), 1e-5, 1e-4);
+        let got = gpu.read(&ddpm::p_sample(&gpu, &tables, &gx, &geps, &gt, k).unwrap()).unwrap();
+        let want = cpu::p_sample(&schedule, &x, &eps, &t, &z);
+        assert_close(&format!("{what}: p_sample"), &got, &to_f32(&want), 2e-5, 1e-4);
+        let ddim = DdimTables::new(&gpu, &schedule, 10, 0.7).unwrap();
+        let got = gpu.read(&ddpm::ddim_step(&gpu, &ddim, &gx, &geps, &gt, k).unwrap()).unwrap();
+        let want = cpu::ddim_step(&schedule, 10, 0.7, &x, &eps, &t, &z);
+        assert_close(&format!("{what}: ddim_step"), &got, &to_f32(&want), 2e-5, 1e-4);
     }
 }
 
