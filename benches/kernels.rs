@@ -8,7 +8,9 @@
 
 use anyhow::Result;
 use ddpm_wgpu::ceiling;
-use ddpm_wgpu::ops::{elementwise as ew, matmul, reduce};
+use ddpm_wgpu::ops::ddpm::{self, DdpmTables, NoiseKey};
+use ddpm_wgpu::ops::{elementwise as ew, matmul, optimizer, reduce};
+use ddpm_wgpu::schedule::{Schedule, SchedulerConfig};
 use ddpm_wgpu::{Gpu, GpuOptions, Tensor};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use serde::Serialize;
@@ -168,6 +170,8 @@ fn main() -> Result<()> {
 
     bench_matmul(&mut b)?;
     bench_elementwise(&mut b)?;
+    bench_ddpm(&mut b)?;
+    bench_optimizer(&mut b)?;
 
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/target/bench-results.json");
     std::fs::write(path, serde_json::to_string_pretty(&b.report)?)?;
@@ -213,5 +217,51 @@ fn bench_elementwise(b: &mut Bench) -> Result<()> {
             reduce::sum(gpu, &x, &[0, 2, 3]).map(drop)
         })?;
     }
+    Ok(())
+}
+
+fn bench_ddpm(b: &mut Bench) -> Result<()> {
+    let shape = [64, 3, 32, 32];
+    let n: usize = shape.iter().product();
+    let label = "[64,3,32,32]";
+    let tables = DdpmTables::new(&b.gpu, &Schedule::new(SchedulerConfig::default())?)?;
+    let t = ddpm::timesteps(&b.gpu, &(0..shape[0]).map(|i| i * 997 % 1000).collect::<Vec<_>>())?;
+    let x = b.random(&shape)?;
+    let eps = b.random(&shape)?;
+    let key = NoiseKey { seed: 7, step: 3 };
+    // Bytes that must move: x0 in, x_t and eps out; x_t and eps_theta in, x_{t-1} out.
+    if b.wanted("noise_step") {
+        b.run("noise_step", label, Work::Bytes((n * 12) as f64), |gpu| {
+            ddpm::q_sample(gpu, &tables, &x, &t, key).map(drop)
+        })?;
+    }
+    if b.wanted("denoise_step") {
+        b.run("denoise_step", label, Work::Bytes((n * 12) as f64), |gpu| {
+            ddpm::p_sample(gpu, &tables, &x, &eps, &t, key).map(drop)
+        })?;
+    }
+    if b.wanted("randn") {
+        b.run("randn", label, Work::Bytes((n * 4) as f64), |gpu| ddpm::randn(gpu, &shape, key).map(drop))?;
+    }
+    Ok(())
+}
+
+fn bench_optimizer(b: &mut Bench) -> Result<()> {
+    if !b.wanted("adam") {
+        return Ok(());
+    }
+    // The default config's parameter count, rounded.
+    let n = 1 << 20;
+    let params = b.random(&[n])?;
+    let grads = b.random(&[n])?;
+    let (m, v) = (b.gpu.zeros(&[n])?, b.gpu.zeros(&[n])?);
+    let ema = b.random(&[n])?;
+    let cfg = optimizer::Adam { max_grad_norm: 1.0, ..optimizer::Adam::default() };
+    // Reads params, m, v, grads (and the norm pass reads grads); writes params, m, v; EMA reads 2, writes 1.
+    b.run("adam_step", "1M params, clip + Adam + EMA", Work::Bytes((n * 4 * 11) as f64), |gpu| {
+        let norm_sq = optimizer::grad_norm_sq(gpu, &grads)?;
+        optimizer::adam_step(gpu, &cfg, 1, 1e-4, &params, &m, &v, &grads, &norm_sq)?;
+        optimizer::ema_update(gpu, &ema, &params, 0.999)
+    })?;
     Ok(())
 }

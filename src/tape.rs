@@ -50,16 +50,42 @@ impl From<&Var> for Input {
 /// method of the same name on [`Tape`].
 enum Op {
     /// y = x w^T + b; x (N, in), w (out, in), b (out)
-    Linear { x: Input, w: Input, b: Input, x_value: Tensor, w_value: Tensor },
-    Silu { x: Input, x_value: Tensor },
-    Add { a: Input, b: Input },
+    Linear {
+        x: Input,
+        w: Input,
+        b: Input,
+        x_value: Tensor,
+        w_value: Tensor,
+    },
+    Silu {
+        x: Input,
+        x_value: Tensor,
+    },
+    Add {
+        a: Input,
+        b: Input,
+    },
     /// y[n, c, ...] = x[n, c, ...] + v[n, c]
-    AddPerSample { x: Input, v: Input, spatial: usize },
+    AddPerSample {
+        x: Input,
+        v: Input,
+        spatial: usize,
+    },
     /// (a, b, c, d) -> (a, c, b, d)
-    Transpose12 { x: Input, dims: [usize; 4] },
-    Reshape { x: Input, shape: Vec<usize> },
+    Transpose12 {
+        x: Input,
+        dims: [usize; 4],
+    },
+    Reshape {
+        x: Input,
+        shape: Vec<usize>,
+    },
     /// mean((pred - target)^2); saves pred - target
-    MseLoss { pred: Input, target: Input, diff: Tensor },
+    MseLoss {
+        pred: Input,
+        target: Input,
+        diff: Tensor,
+    },
 }
 
 pub struct Tape<'g> {

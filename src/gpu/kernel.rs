@@ -20,11 +20,19 @@ pub enum Shader {
     Matmul,
     Optimizer,
     Permute,
+    Ddpm,
 }
 
 /// Every shader, so tests can check that each file in `shaders/` is here.
-pub const ALL_SHADERS: &[Shader] =
-    &[Shader::Ceiling, Shader::Elementwise, Shader::Reduce, Shader::Matmul, Shader::Optimizer, Shader::Permute];
+pub const ALL_SHADERS: &[Shader] = &[
+    Shader::Ceiling,
+    Shader::Elementwise,
+    Shader::Reduce,
+    Shader::Matmul,
+    Shader::Optimizer,
+    Shader::Permute,
+    Shader::Ddpm,
+];
 
 impl Shader {
     pub fn file_name(self) -> &'static str {
@@ -35,6 +43,7 @@ impl Shader {
             Shader::Matmul => "matmul.wgsl",
             Shader::Optimizer => "optimizer.wgsl",
             Shader::Permute => "permute.wgsl",
+            Shader::Ddpm => "ddpm.wgsl",
         }
     }
 
@@ -46,6 +55,7 @@ impl Shader {
             Shader::Matmul => include_str!("../../shaders/matmul.wgsl"),
             Shader::Optimizer => include_str!("../../shaders/optimizer.wgsl"),
             Shader::Permute => include_str!("../../shaders/permute.wgsl"),
+            Shader::Ddpm => include_str!("../../shaders/ddpm.wgsl"),
         }
     }
 
@@ -53,9 +63,12 @@ impl Shader {
     /// test translates each one for every backend.
     pub fn variants(self) -> Vec<Vec<(&'static str, i64)>> {
         match self {
-            Shader::Ceiling | Shader::Elementwise | Shader::Reduce | Shader::Optimizer | Shader::Permute => {
-                vec![vec![]]
-            }
+            Shader::Ceiling
+            | Shader::Elementwise
+            | Shader::Reduce
+            | Shader::Optimizer
+            | Shader::Permute
+            | Shader::Ddpm => vec![vec![]],
             Shader::Matmul => crate::ops::matmul::variants(),
         }
     }

@@ -1,0 +1,315 @@
+// DDPM noising and sampling steps, fused with a counter-based Gaussian
+// generator. Launchers, table layouts and CPU references: src/ops/ddpm.rs;
+// schedule and timestep indexing (index i = paper t - 1): src/schedule.rs.
+//
+// Entry points (bindings in order; outputs first):
+//   randn(out)                               out = z
+//   random_bits(out)                         out[n] = Philox4x32-10(counter + (n,0,0,0), key), raw words
+//   q_sample(out, eps, x, timestep, table)   eps = z;  out = sqrt(abar_t) x + sqrt(1 - abar_t) eps
+//   p_sample(out, eps, x, timestep, table)   out = x_(t-1) from x = x_t and eps = eps_theta (DDPM)
+//   ddim_step(out, eps, x, timestep, table)  out = x_prev from x = x_t and eps = eps_theta (DDIM)
+//
+//   out:      (N, D) f32, read_write
+//   eps:      (N, D) f32, read_write: q_sample writes the noise it drew; the
+//             samplers only read the model's prediction from it
+//   x:        (N, D) f32: x_0 for q_sample, x_t for the samplers
+//   timestep: (N) f32 holding each sample's index i in 0..T (exact integers)
+//   table:    (ROWS, T) f32, per-index coefficients computed in f64 on the
+//             host; the row constants below mirror src/ops/ddpm.rs
+//   For random_bits, out is (count, 4) and the words are f32 bit patterns.
+//
+// p_sample (diffusers DDPMScheduler.step, epsilon prediction):
+//   without clipping  mean = (x_t - beta_t / sqrt(1 - abar_t) eps) / sqrt(alpha_t)   (Algorithm 2)
+//   with clipping     x0 = clamp(x_t / sqrt(abar_t) - sqrt(1/abar_t - 1) eps, -r, r),
+//                     mean = posterior_mean_coef1 x0 + posterior_mean_coef2 x_t
+//   out = mean + sigma_t z, and no noise at index 0 (paper t = 1).
+// ddim_step (diffusers DDIMScheduler.step, eps not re-derived after clipping):
+//   out = coef_x0 x0 + coef_eps eps + sigma z, x0 clipped as above.
+//
+// Noise: z for element e of sample n is component e % 4 of
+// BoxMuller(Philox4x32-10(counter = (e / 4, n, step, 0), key = seed)), so a
+// sample's noise does not depend on the batch it is in or on the launch
+// geometry. Each invocation handles four consecutive elements of one sample:
+// one Philox call, two Box-Muller pairs, vec4 loads when D % 4 == 0.
+
+struct Params {
+    batch: u32,
+    dim: u32,
+    steps: u32,
+    clip: u32,
+    clip_range: f32,
+    seed_lo: u32,
+    seed_hi: u32,
+    noise_step: u32,
+    counter: vec4<u32>,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(1) @binding(0) var<storage, read_write> out: array<vec4<f32>>;
+@group(1) @binding(1) var<storage, read_write> eps: array<vec4<f32>>;
+@group(1) @binding(2) var<storage, read> x: array<vec4<f32>>;
+@group(1) @binding(3) var<storage, read> timestep: array<f32>;
+@group(1) @binding(4) var<storage, read> table: array<f32>;
+
+const WG: u32 = 64u;
+const PI: f32 = 3.14159265358979;
+
+// Rows of the DDPM table (q_sample, p_sample).
+const ROW_SQRT_ALPHAS_CUMPROD: u32 = 0u;
+const ROW_SQRT_ONE_MINUS_ALPHAS_CUMPROD: u32 = 1u;
+const ROW_SQRT_RECIP_ALPHAS_CUMPROD: u32 = 2u;
+const ROW_SQRT_RECIPM1_ALPHAS_CUMPROD: u32 = 3u;
+const ROW_SQRT_RECIP_ALPHAS: u32 = 4u;
+const ROW_EPS_COEF: u32 = 5u;
+const ROW_POSTERIOR_MEAN_COEF1: u32 = 6u;
+const ROW_POSTERIOR_MEAN_COEF2: u32 = 7u;
+const ROW_SIGMA: u32 = 8u;
+// Rows of the DDIM table (ddim_step); rows 2 and 3 as above.
+const DDIM_ROW_COEF_X0: u32 = 0u;
+const DDIM_ROW_COEF_EPS: u32 = 1u;
+const DDIM_ROW_SIGMA: u32 = 4u;
+
+// ---- Philox4x32-10 (Salmon et al. 2011, Random123) and Box-Muller ----
+
+const PHILOX_M0: u32 = 0xD2511F53u;
+const PHILOX_M1: u32 = 0xCD9E8D57u;
+const PHILOX_W0: u32 = 0x9E3779B9u;
+const PHILOX_W1: u32 = 0xBB67AE85u;
+
+// (high, low) words of the 64-bit product a * b, from 16-bit halves since
+// WGSL has no 64-bit integers.
+fn mul_hi_lo(a: u32, b: u32) -> vec2<u32> {
+    let a0 = a & 0xFFFFu;
+    let a1 = a >> 16u;
+    let b0 = b & 0xFFFFu;
+    let b1 = b >> 16u;
+    let p01 = a0 * b1;
+    let p10 = a1 * b0;
+    let mid = ((a0 * b0) >> 16u) + (p01 & 0xFFFFu) + (p10 & 0xFFFFu);
+    let hi = a1 * b1 + (p01 >> 16u) + (p10 >> 16u) + (mid >> 16u);
+    return vec2<u32>(hi, a * b);
+}
+
+fn philox4x32_10(counter: vec4<u32>, key: vec2<u32>) -> vec4<u32> {
+    var c = counter;
+    var k = key;
+    for (var r = 0u; r < 10u; r++) {
+        let m0 = mul_hi_lo(PHILOX_M0, c.x);
+        let m1 = mul_hi_lo(PHILOX_M1, c.z);
+        c = vec4<u32>(m1.x ^ c.y ^ k.x, m1.y, m0.x ^ c.w ^ k.y, m0.y);
+        k += vec2<u32>(PHILOX_W0, PHILOX_W1);
+    }
+    return c;
+}
+
+// The top 23 bits as a uniform in (0, 1), exactly representable, so log()
+// never sees 0 and the CPU twin can rebuild the same f32.
+fn open_uniform(bits: u32) -> f32 {
+    return (f32(bits >> 9u) + 0.5) * (1.0 / 8388608.0);
+}
+
+// -2 ln(u) to f32 relative precision for u in (0, 1). Near u = 1 the result
+// is tiny and log()'s absolute error (about 1e-7 on lavapipe, up to 2^-21 by
+// the WGSL spec) would swamp it, so there it comes from the series
+// ln(u) = 2 atanh(s), s = (u - 1) / (u + 1), |s| < 1/7 (truncation < 1e-9).
+fn minus_two_log(u: f32) -> f32 {
+    if u < 0.75 {
+        return -2.0 * log(u);
+    }
+    let s = (u - 1.0) / (u + 1.0);
+    let s2 = s * s;
+    return -4.0 * s * (1.0 + s2 * (1.0 / 3.0 + s2 * (1.0 / 5.0 + s2 * (1.0 / 7.0 + s2 * (1.0 / 9.0)))));
+}
+
+// Two independent N(0,1) values. The angle lies in (-pi, pi), where WGSL's
+// cos/sin accuracy is specified.
+fn box_muller(a: u32, b: u32) -> vec2<f32> {
+    let radius = sqrt(minus_two_log(open_uniform(a)));
+    let angle = PI * (2.0 * open_uniform(b) - 1.0);
+    return radius * vec2<f32>(cos(angle), sin(angle));
+}
+
+// N(0,1) noise for elements 4q..4q+3 of sample n.
+fn normal4(n: u32, q: u32) -> vec4<f32> {
+    let bits = philox4x32_10(vec4<u32>(q, n, p.noise_step, 0u), vec2<u32>(p.seed_lo, p.seed_hi));
+    return vec4<f32>(box_muller(bits.x, bits.y), box_muller(bits.z, bits.w));
+}
+
+// ---- geometry and guarded access: invocation -> (sample n, quad q) ----
+
+fn quads_per_sample() -> u32 {
+    return (p.dim + 3u) / 4u;
+}
+
+fn invocation(wid: vec3<u32>, nwg: vec3<u32>, li: u32) -> u32 {
+    return (wid.x + wid.y * nwg.x) * WG + li;
+}
+
+fn aligned() -> bool {
+    return p.dim % 4u == 0u;
+}
+
+// Flat element index of element 4q + k of sample n, or a value past the
+// tensor when that element does not exist (last quad of an unaligned D).
+fn element(n: u32, q: u32, k: u32) -> u32 {
+    if 4u * q + k < p.dim {
+        return n * p.dim + 4u * q + k;
+    }
+    return 0xFFFFFFFFu;
+}
+
+fn load_x(n: u32, q: u32) -> vec4<f32> {
+    if aligned() {
+        return x[(n * p.dim) / 4u + q];
+    }
+    var v = vec4<f32>(0.0);
+    for (var k = 0u; k < 4u; k++) {
+        let i = element(n, q, k);
+        if i != 0xFFFFFFFFu {
+            v[k] = x[i / 4u][i % 4u];
+        }
+    }
+    return v;
+}
+
+fn load_eps(n: u32, q: u32) -> vec4<f32> {
+    if aligned() {
+        return eps[(n * p.dim) / 4u + q];
+    }
+    var v = vec4<f32>(0.0);
+    for (var k = 0u; k < 4u; k++) {
+        let i = element(n, q, k);
+        if i != 0xFFFFFFFFu {
+            v[k] = eps[i / 4u][i % 4u];
+        }
+    }
+    return v;
+}
+
+fn store_out(n: u32, q: u32, v: vec4<f32>) {
+    if aligned() {
+        out[(n * p.dim) / 4u + q] = v;
+        return;
+    }
+    for (var k = 0u; k < 4u; k++) {
+        let i = element(n, q, k);
+        if i != 0xFFFFFFFFu {
+            out[i / 4u][i % 4u] = v[k];
+        }
+    }
+}
+
+fn store_eps(n: u32, q: u32, v: vec4<f32>) {
+    if aligned() {
+        eps[(n * p.dim) / 4u + q] = v;
+        return;
+    }
+    for (var k = 0u; k < 4u; k++) {
+        let i = element(n, q, k);
+        if i != 0xFFFFFFFFu {
+            eps[i / 4u][i % 4u] = v[k];
+        }
+    }
+}
+
+// This sample's timestep index, clamped into the table.
+fn sample_timestep(n: u32) -> u32 {
+    return min(u32(timestep[n]), p.steps - 1u);
+}
+
+fn table_at(row: u32, t: u32) -> f32 {
+    return table[row * p.steps + t];
+}
+
+// x0 = sqrt(1/abar_t) x_t - sqrt(1/abar_t - 1) eps, clipped when asked.
+fn predict_x0(t: u32, xt: vec4<f32>, e: vec4<f32>) -> vec4<f32> {
+    let x0 = table_at(ROW_SQRT_RECIP_ALPHAS_CUMPROD, t) * xt - table_at(ROW_SQRT_RECIPM1_ALPHAS_CUMPROD, t) * e;
+    if p.clip != 0u {
+        return clamp(x0, vec4<f32>(-p.clip_range), vec4<f32>(p.clip_range));
+    }
+    return x0;
+}
+
+// ---- entry points ----
+
+@compute @workgroup_size(WG)
+fn randn(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let g = invocation(wid, nwg, li);
+    let quads = quads_per_sample();
+    if g >= p.batch * quads {
+        return;
+    }
+    let n = g / quads;
+    let q = g % quads;
+    store_out(n, q, normal4(n, q));
+}
+
+@compute @workgroup_size(WG)
+fn random_bits(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let g = invocation(wid, nwg, li);
+    if g >= p.batch {
+        return;
+    }
+    let bits = philox4x32_10(p.counter + vec4<u32>(g, 0u, 0u, 0u), vec2<u32>(p.seed_lo, p.seed_hi));
+    out[g] = bitcast<vec4<f32>>(bits);
+}
+
+@compute @workgroup_size(WG)
+fn q_sample(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let g = invocation(wid, nwg, li);
+    let quads = quads_per_sample();
+    if g >= p.batch * quads {
+        return;
+    }
+    let n = g / quads;
+    let q = g % quads;
+    let t = sample_timestep(n);
+    let z = normal4(n, q);
+    store_eps(n, q, z);
+    store_out(n, q, table_at(ROW_SQRT_ALPHAS_CUMPROD, t) * load_x(n, q) + table_at(ROW_SQRT_ONE_MINUS_ALPHAS_CUMPROD, t) * z);
+}
+
+@compute @workgroup_size(WG)
+fn p_sample(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let g = invocation(wid, nwg, li);
+    let quads = quads_per_sample();
+    if g >= p.batch * quads {
+        return;
+    }
+    let n = g / quads;
+    let q = g % quads;
+    let t = sample_timestep(n);
+    let xt = load_x(n, q);
+    let e = load_eps(n, q);
+    var result: vec4<f32>;
+    if p.clip != 0u {
+        result = table_at(ROW_POSTERIOR_MEAN_COEF1, t) * predict_x0(t, xt, e) + table_at(ROW_POSTERIOR_MEAN_COEF2, t) * xt;
+    } else {
+        result = table_at(ROW_SQRT_RECIP_ALPHAS, t) * (xt - table_at(ROW_EPS_COEF, t) * e);
+    }
+    let sigma = table_at(ROW_SIGMA, t);
+    if t > 0u && sigma > 0.0 {
+        result += sigma * normal4(n, q);
+    }
+    store_out(n, q, result);
+}
+
+@compute @workgroup_size(WG)
+fn ddim_step(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let g = invocation(wid, nwg, li);
+    let quads = quads_per_sample();
+    if g >= p.batch * quads {
+        return;
+    }
+    let n = g / quads;
+    let q = g % quads;
+    let t = sample_timestep(n);
+    let xt = load_x(n, q);
+    let e = load_eps(n, q);
+    var result = table_at(DDIM_ROW_COEF_X0, t) * predict_x0(t, xt, e) + table_at(DDIM_ROW_COEF_EPS, t) * e;
+    let sigma = table_at(DDIM_ROW_SIGMA, t);
+    if sigma > 0.0 {
+        result += sigma * normal4(n, q);
+    }
+    store_out(n, q, result);
+}

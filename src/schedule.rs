@@ -1,0 +1,344 @@
+//! The DDPM noise schedule, computed once on the host in f64 with the names
+//! of the reference code (hojonathanho/diffusion, `diffusion_utils_2.py`),
+//! configured with the keys of diffusers' `DDPMScheduler`.
+//!
+//! # Timestep indexing (the one place this is defined)
+//!
+//! The paper numbers diffusion steps `t = 1..=T`, with `x_0` the data and
+//! `x_T` pure noise. Every table here, every GPU kernel and every timestep
+//! buffer uses the diffusers index `i = t - 1` in `0..T`:
+//!
+//! - `betas[i]` is the paper's `beta_t`, `alphas_cumprod[i]` is `abar_t`;
+//! - `alphas_cumprod_prev[i]` is `abar_{t-1}`, with `abar_0 = 1` at `i = 0`;
+//! - the last sampling step (paper `t = 1`, no noise added) is `i = 0`.
+
+use std::fmt;
+use std::str::FromStr;
+
+use anyhow::{bail, ensure, Result};
+
+/// How betas are spaced over the timesteps (diffusers' `beta_schedule`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BetaSchedule {
+    /// `betas = linspace(beta_start, beta_end, T)` (the DDPM paper: 1e-4..0.02).
+    Linear,
+    /// Cosine schedule of Nichol & Dhariwal: `abar(s) = cos²((s + 0.008) / 1.008 · π/2)`,
+    /// `beta_i = min(1 - abar((i+1)/T) / abar(i/T), 0.999)`.
+    SquaredCosCapV2,
+}
+
+/// The variance of the reverse step `p(x_{t-1} | x_t)` (diffusers' `variance_type`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VarianceType {
+    /// `sigma_t² = beta~_t = posterior_variance` (lower bound of the paper's §3.2).
+    FixedSmall,
+    /// `sigma_t² = beta_t` (upper bound).
+    FixedLarge,
+}
+
+impl FromStr for BetaSchedule {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "linear" => Ok(BetaSchedule::Linear),
+            "squaredcos_cap_v2" => Ok(BetaSchedule::SquaredCosCapV2),
+            other => bail!("unknown beta_schedule '{other}': use linear or squaredcos_cap_v2"),
+        }
+    }
+}
+
+impl fmt::Display for BetaSchedule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BetaSchedule::Linear => "linear",
+            BetaSchedule::SquaredCosCapV2 => "squaredcos_cap_v2",
+        })
+    }
+}
+
+impl FromStr for VarianceType {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "fixed_small" => Ok(VarianceType::FixedSmall),
+            "fixed_large" => Ok(VarianceType::FixedLarge),
+            other => bail!("unknown variance_type '{other}': use fixed_small or fixed_large"),
+        }
+    }
+}
+
+impl fmt::Display for VarianceType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            VarianceType::FixedSmall => "fixed_small",
+            VarianceType::FixedLarge => "fixed_large",
+        })
+    }
+}
+
+/// The keys of diffusers' `DDPMScheduler` config that this crate supports
+/// (epsilon prediction, no thresholding). Defaults are diffusers' defaults.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SchedulerConfig {
+    pub num_train_timesteps: usize,
+    pub beta_start: f64,
+    pub beta_end: f64,
+    pub beta_schedule: BetaSchedule,
+    pub variance_type: VarianceType,
+    /// Clip the predicted `x_0` to `[-clip_sample_range, clip_sample_range]`
+    /// before forming the posterior mean.
+    pub clip_sample: bool,
+    pub clip_sample_range: f64,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        SchedulerConfig {
+            num_train_timesteps: 1000,
+            beta_start: 1e-4,
+            beta_end: 0.02,
+            beta_schedule: BetaSchedule::Linear,
+            variance_type: VarianceType::FixedSmall,
+            clip_sample: true,
+            clip_sample_range: 1.0,
+        }
+    }
+}
+
+/// Every per-timestep table, indexed `0..T` (see the module doc), in f64.
+#[derive(Clone, Debug)]
+pub struct Schedule {
+    pub config: SchedulerConfig,
+    pub betas: Vec<f64>,
+    pub alphas: Vec<f64>,
+    pub alphas_cumprod: Vec<f64>,
+    /// `abar_{t-1}`, with 1 at index 0.
+    pub alphas_cumprod_prev: Vec<f64>,
+    pub sqrt_alphas_cumprod: Vec<f64>,
+    pub sqrt_one_minus_alphas_cumprod: Vec<f64>,
+    pub log_one_minus_alphas_cumprod: Vec<f64>,
+    /// `1 / sqrt(abar_t)`.
+    pub sqrt_recip_alphas_cumprod: Vec<f64>,
+    /// `sqrt(1 / abar_t - 1)`; `x_0 = sqrt_recip · x_t - sqrt_recipm1 · eps`.
+    pub sqrt_recipm1_alphas_cumprod: Vec<f64>,
+    /// `1 / sqrt(alpha_t)`, the outer factor of the paper's Algorithm 2.
+    pub sqrt_recip_alphas: Vec<f64>,
+    /// `beta_t / sqrt(1 - abar_t)`, the factor of `eps_theta` in Algorithm 2.
+    pub eps_coef: Vec<f64>,
+    /// `beta~_t = beta_t (1 - abar_{t-1}) / (1 - abar_t)` (0 at index 0).
+    pub posterior_variance: Vec<f64>,
+    /// `log(beta~_t)` with index 0 replaced by index 1, as the reference
+    /// does, since `beta~` is 0 there.
+    pub posterior_log_variance_clipped: Vec<f64>,
+    /// The posterior mean is `coef1 · x_0 + coef2 · x_t`.
+    pub posterior_mean_coef1: Vec<f64>,
+    pub posterior_mean_coef2: Vec<f64>,
+}
+
+fn betas_for(config: &SchedulerConfig) -> Vec<f64> {
+    let steps = config.num_train_timesteps;
+    match config.beta_schedule {
+        BetaSchedule::Linear => {
+            let (start, end) = (config.beta_start, config.beta_end);
+            if steps == 1 {
+                return vec![start];
+            }
+            (0..steps).map(|i| start + (end - start) * i as f64 / (steps - 1) as f64).collect()
+        }
+        BetaSchedule::SquaredCosCapV2 => {
+            const MAX_BETA: f64 = 0.999;
+            let alpha_bar = |s: f64| ((s + 0.008) / 1.008 * std::f64::consts::FRAC_PI_2).cos().powi(2);
+            (0..steps)
+                .map(|i| {
+                    let (s1, s2) = (i as f64 / steps as f64, (i + 1) as f64 / steps as f64);
+                    (1.0 - alpha_bar(s2) / alpha_bar(s1)).min(MAX_BETA)
+                })
+                .collect()
+        }
+    }
+}
+
+impl Schedule {
+    pub fn new(config: SchedulerConfig) -> Result<Schedule> {
+        ensure!(config.num_train_timesteps >= 2, "schedule: num_train_timesteps must be >= 2");
+        ensure!(
+            config.clip_sample_range > 0.0,
+            "schedule: clip_sample_range must be positive, got {}",
+            config.clip_sample_range
+        );
+        let betas = betas_for(&config);
+        ensure!(
+            betas.iter().all(|&b| b > 0.0 && b < 1.0),
+            "schedule: every beta must lie in (0, 1); {} gives {:?}..{:?}",
+            config.beta_schedule,
+            betas.first(),
+            betas.last()
+        );
+        let map = |v: &[f64], f: &dyn Fn(f64) -> f64| v.iter().map(|&x| f(x)).collect::<Vec<f64>>();
+        let alphas = map(&betas, &|b| 1.0 - b);
+        let alphas_cumprod: Vec<f64> = alphas
+            .iter()
+            .scan(1.0, |prod, &a| {
+                *prod *= a;
+                Some(*prod)
+            })
+            .collect();
+        let alphas_cumprod_prev: Vec<f64> =
+            std::iter::once(1.0).chain(alphas_cumprod[..alphas_cumprod.len() - 1].iter().copied()).collect();
+        let zip = |a: &[f64], b: &[f64], c: &[f64], f: &dyn Fn(f64, f64, f64) -> f64| {
+            a.iter().zip(b).zip(c).map(|((&x, &y), &z)| f(x, y, z)).collect::<Vec<f64>>()
+        };
+        let posterior_variance =
+            zip(&betas, &alphas_cumprod_prev, &alphas_cumprod, &|b, ap, a| b * (1.0 - ap) / (1.0 - a));
+        let posterior_log_variance_clipped: Vec<f64> = std::iter::once(posterior_variance[1])
+            .chain(posterior_variance[1..].iter().copied())
+            .map(f64::ln)
+            .collect();
+        Ok(Schedule {
+            sqrt_alphas_cumprod: map(&alphas_cumprod, &f64::sqrt),
+            sqrt_one_minus_alphas_cumprod: map(&alphas_cumprod, &|a| (1.0 - a).sqrt()),
+            log_one_minus_alphas_cumprod: map(&alphas_cumprod, &|a| (1.0 - a).ln()),
+            sqrt_recip_alphas_cumprod: map(&alphas_cumprod, &|a| (1.0 / a).sqrt()),
+            sqrt_recipm1_alphas_cumprod: map(&alphas_cumprod, &|a| (1.0 / a - 1.0).sqrt()),
+            sqrt_recip_alphas: map(&alphas, &|a| 1.0 / a.sqrt()),
+            eps_coef: zip(&betas, &alphas_cumprod, &betas, &|b, a, _| b / (1.0 - a).sqrt()),
+            posterior_mean_coef1: zip(&betas, &alphas_cumprod_prev, &alphas_cumprod, &|b, ap, a| {
+                b * ap.sqrt() / (1.0 - a)
+            }),
+            posterior_mean_coef2: zip(&alphas, &alphas_cumprod_prev, &alphas_cumprod, &|al, ap, a| {
+                (1.0 - ap) * al.sqrt() / (1.0 - a)
+            }),
+            posterior_variance,
+            posterior_log_variance_clipped,
+            alphas_cumprod_prev,
+            alphas_cumprod,
+            alphas,
+            betas,
+            config,
+        })
+    }
+
+    /// `T`, the number of training timesteps.
+    pub fn len(&self) -> usize {
+        self.betas.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.betas.is_empty()
+    }
+
+    /// Standard deviation `sigma_t` of the reverse step at index `i` for the
+    /// configured variance type. Sampling adds no noise at `i = 0` whatever
+    /// this returns.
+    pub fn sigma(&self, i: usize) -> f64 {
+        match self.config.variance_type {
+            VarianceType::FixedSmall => self.posterior_variance[i].sqrt(),
+            VarianceType::FixedLarge => self.betas[i].sqrt(),
+        }
+    }
+
+    /// DDIM step coefficients for every index `i` when each step jumps from
+    /// `i` to `i - stride` (diffusers' `DDIMScheduler.step`, with
+    /// `set_alpha_to_one`: `abar` of a negative index is 1):
+    /// `x_prev = coef_x0 · x0_hat + coef_eps · eps + sigma · z` with
+    /// `coef_x0 = sqrt(abar_prev)`, `sigma = eta · sqrt((1 - abar_prev)/(1 - abar_t) · (1 - abar_t/abar_prev))`,
+    /// `coef_eps = sqrt(1 - abar_prev - sigma²)`.
+    pub fn ddim_coefficients(&self, stride: usize, eta: f64) -> Result<DdimCoefficients> {
+        ensure!(stride >= 1 && stride <= self.len(), "ddim: stride {stride} outside 1..={}", self.len());
+        ensure!(eta >= 0.0, "ddim: eta must be >= 0, got {eta}");
+        let mut c = DdimCoefficients { stride, eta, coef_x0: vec![], coef_eps: vec![], sigma: vec![] };
+        for i in 0..self.len() {
+            let abar = self.alphas_cumprod[i];
+            let abar_prev = if i >= stride { self.alphas_cumprod[i - stride] } else { 1.0 };
+            let variance = (1.0 - abar_prev) / (1.0 - abar) * (1.0 - abar / abar_prev);
+            let sigma = eta * variance.sqrt();
+            c.coef_x0.push(abar_prev.sqrt());
+            c.coef_eps.push((1.0 - abar_prev - sigma * sigma).max(0.0).sqrt());
+            c.sigma.push(sigma);
+        }
+        Ok(c)
+    }
+}
+
+/// Per-index DDIM coefficients for one (stride, eta); see
+/// [`Schedule::ddim_coefficients`].
+#[derive(Clone, Debug)]
+pub struct DdimCoefficients {
+    pub stride: usize,
+    pub eta: f64,
+    pub coef_x0: Vec<f64>,
+    pub coef_eps: Vec<f64>,
+    pub sigma: Vec<f64>,
+}
+
+/// The DDIM sampling indices, largest first, for `num_inference_steps` out
+/// of `num_train_timesteps` (diffusers' default "leading" spacing:
+/// `i · (T / steps)` for `i` in `0..steps`), and the stride between them.
+pub fn ddim_timesteps(num_train_timesteps: usize, num_inference_steps: usize) -> Result<(Vec<usize>, usize)> {
+    ensure!(
+        (1..=num_train_timesteps).contains(&num_inference_steps),
+        "ddim: {num_inference_steps} inference steps for {num_train_timesteps} training timesteps"
+    );
+    let stride = num_train_timesteps / num_inference_steps;
+    Ok(((0..num_inference_steps).rev().map(|i| i * stride).collect(), stride))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn linear_schedule_matches_the_paper() {
+        let s = Schedule::new(SchedulerConfig::default()).unwrap();
+        assert_eq!(s.len(), 1000);
+        assert!((s.betas[0] - 1e-4).abs() < 1e-15 && (s.betas[999] - 0.02).abs() < 1e-15);
+        // abar_T for the paper's schedule is about 4.04e-5.
+        assert!((s.alphas_cumprod[999] - 4.0358e-5).abs() < 1e-8, "{}", s.alphas_cumprod[999]);
+        assert_eq!(s.alphas_cumprod_prev[0], 1.0);
+        assert_eq!(s.posterior_variance[0], 0.0);
+        assert_eq!(s.posterior_log_variance_clipped[0], s.posterior_variance[1].ln());
+        for i in 0..s.len() {
+            // The posterior mean of x_t = sqrt(abar) x0 + sqrt(1-abar) eps written
+            // through x0_hat equals Algorithm 2's mean.
+            let (x0, eps) = (0.3, -1.1);
+            let xt = s.sqrt_alphas_cumprod[i] * x0 + s.sqrt_one_minus_alphas_cumprod[i] * eps;
+            let x0_hat = s.sqrt_recip_alphas_cumprod[i] * xt - s.sqrt_recipm1_alphas_cumprod[i] * eps;
+            let mean_posterior = s.posterior_mean_coef1[i] * x0_hat + s.posterior_mean_coef2[i] * xt;
+            let mean_alg2 = s.sqrt_recip_alphas[i] * (xt - s.eps_coef[i] * eps);
+            assert!((mean_posterior - mean_alg2).abs() < 1e-12, "i={i}: {mean_posterior} vs {mean_alg2}");
+            assert!((x0_hat - x0).abs() < 1e-9);
+        }
+    }
+
+    #[test]
+    fn cosine_schedule_is_capped_and_decreasing() {
+        let config = SchedulerConfig { beta_schedule: BetaSchedule::SquaredCosCapV2, ..SchedulerConfig::default() };
+        let s = Schedule::new(config).unwrap();
+        assert_eq!(*s.betas.last().unwrap(), 0.999);
+        assert!(s.betas.windows(2).all(|w| w[1] >= w[0]));
+        // First beta from diffusers' betas_for_alpha_bar(1000), in float64.
+        let f = |t: f64| ((t + 0.008) / 1.008 * std::f64::consts::FRAC_PI_2).cos().powi(2);
+        assert!((s.betas[0] - (1.0 - f(0.001) / f(0.0))).abs() < 1e-18);
+        assert!(s.betas[0] > 4e-5 && s.betas[0] < 4.2e-5, "{}", s.betas[0]);
+    }
+
+    #[test]
+    fn names_parse_like_diffusers() {
+        assert_eq!("squaredcos_cap_v2".parse::<BetaSchedule>().unwrap(), BetaSchedule::SquaredCosCapV2);
+        assert_eq!("fixed_large".parse::<VarianceType>().unwrap(), VarianceType::FixedLarge);
+        assert!("scaled_linear".parse::<BetaSchedule>().is_err());
+        assert_eq!(BetaSchedule::Linear.to_string(), "linear");
+    }
+
+    #[test]
+    fn ddim_with_stride_one_and_eta_one_is_ddpm_fixed_small() {
+        let s = Schedule::new(SchedulerConfig::default()).unwrap();
+        let c = s.ddim_coefficients(1, 1.0).unwrap();
+        for i in 0..s.len() {
+            assert!((c.sigma[i] - s.posterior_variance[i].sqrt()).abs() < 1e-12, "i={i}");
+            assert!((c.coef_x0[i] - s.alphas_cumprod_prev[i].sqrt()).abs() < 1e-15);
+        }
+        let (steps, stride) = ddim_timesteps(1000, 50).unwrap();
+        assert_eq!((steps[0], steps[49], stride), (980, 0, 20));
+    }
+}
