@@ -107,3 +107,51 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f32], atol: f64, rtol: f64)
         );
     }
 }
+
+/// Check the tape's gradients of a scalar loss against central finite
+/// differences of the GPU forward pass: for each parameter, `probes`
+/// coordinates (all if fewer) are nudged by ±h. The loss is built by
+/// `build` from the parameter vars in order.
+pub fn check_gradients(
+    gpu: &Gpu,
+    what: &str,
+    params: &[(&[usize], Vec<f32>)],
+    probes: usize,
+    h: f32,
+    tolerance: (f64, f64),
+    build: impl Fn(&mut ddpm_wgpu::tape::Tape, &[ddpm_wgpu::tape::Var]) -> anyhow::Result<ddpm_wgpu::tape::Var>,
+) {
+    use ddpm_wgpu::tape::Tape;
+    let loss_at = |values: &[Vec<f32>]| -> f64 {
+        let mut tape = Tape::new(gpu);
+        let vars: Vec<_> =
+            params.iter().zip(values).map(|((shape, _), v)| tape.input(gpu.upload(shape, v).unwrap())).collect();
+        let loss = build(&mut tape, &vars).unwrap();
+        gpu.read(&loss.value).unwrap()[0] as f64
+    };
+    let mut tape = Tape::new(gpu);
+    let vars: Vec<_> = params.iter().map(|(shape, v)| tape.param(gpu.upload(shape, v).unwrap())).collect();
+    let loss = build(&mut tape, &vars).unwrap();
+    let grads = tape.backward(&loss).unwrap();
+    let mut values: Vec<Vec<f32>> = params.iter().map(|(_, v)| v.clone()).collect();
+    let mut r = StdRng::seed_from_u64(7);
+    for (p, var) in vars.iter().enumerate() {
+        let analytic =
+            gpu.read(grads.get(var).unwrap_or_else(|| panic!("{what}: no gradient for parameter {p}"))).unwrap();
+        let n = values[p].len();
+        let coords: Vec<usize> =
+            if n <= probes { (0..n).collect() } else { (0..probes).map(|_| r.random_range(0..n)).collect() };
+        let (mut got, mut want) = (Vec::new(), Vec::new());
+        for &i in &coords {
+            let original = values[p][i];
+            values[p][i] = original + h;
+            let up = loss_at(&values);
+            values[p][i] = original - h;
+            let down = loss_at(&values);
+            values[p][i] = original;
+            got.push(analytic[i]);
+            want.push(((up - down) / (2.0 * h as f64)) as f32);
+        }
+        assert_close(&format!("{what}: d loss / d param {p} {:?}", params[p].0), &got, &want, tolerance.0, tolerance.1);
+    }
+}
