@@ -3,5 +3,6 @@
 //! the WGSL lives in `shaders/` under the same name.
 
 pub mod elementwise;
+pub mod group_norm;
 pub mod matmul;
 pub mod reduce;
