@@ -52,8 +52,11 @@ fn check(shape: [usize; 4], groups: usize, fuse_silu: bool, offset: f32) {
     let want = cpu::forward(&op, &to_f64(&x), &to_f64(&gamma), &to_f64(&beta), batch, hw);
     let stats: Vec<f64> = want.mean.iter().zip(&want.rstd).flat_map(|(m, s)| [*m, *s]).collect();
     let grads = cpu::backward(&op, &to_f64(&dy), &to_f64(&x), &to_f64(&gamma), &to_f64(&beta), batch, hw);
+    // Inputs near `offset` carry an absolute rounding error of offset * f32
+    // epsilon, which normalising scales up by rstd (~1.7 for uniform data).
+    let atol = 1e-5 + 4.0 * offset as f64 * f32::EPSILON as f64;
     // Per-channel parameter gradients sum batch * hw terms.
-    let param_atol = 1e-5 * ((batch * hw) as f64).sqrt();
+    let param_atol = atol * ((batch * hw) as f64).sqrt();
     each_path(|gpu, path| {
         let what = format!("{op:?} {shape:?} offset {offset} on {path:?}");
         let tx = gpu.upload(&shape, &x).unwrap();
@@ -61,10 +64,10 @@ fn check(shape: [usize; 4], groups: usize, fuse_silu: bool, offset: f32) {
         let tbeta = gpu.upload(&[channels], &beta).unwrap();
         let tdy = gpu.upload(&shape, &dy).unwrap();
         let (y, tstats) = op.forward(gpu, &tx, &tgamma, &tbeta).unwrap();
-        assert_close(&format!("{what}: y"), &gpu.read(&y).unwrap(), &to_f32(&want.y), 1e-5, 1e-4);
+        assert_close(&format!("{what}: y"), &gpu.read(&y).unwrap(), &to_f32(&want.y), atol, 1e-4);
         assert_close(&format!("{what}: stats"), &gpu.read(&tstats).unwrap(), &to_f32(&stats), 1e-5, 1e-4);
         let g = op.backward(gpu, &tdy, &tx, &tgamma, &tbeta, &tstats).unwrap();
-        assert_close(&format!("{what}: dx"), &gpu.read(&g.dx).unwrap(), &to_f32(&grads.dx), 1e-5, 1e-4);
+        assert_close(&format!("{what}: dx"), &gpu.read(&g.dx).unwrap(), &to_f32(&grads.dx), atol, 1e-4);
         assert_close(
             &format!("{what}: dgamma"),
             &gpu.read(&g.dgamma).unwrap(),
