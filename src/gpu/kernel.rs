@@ -18,10 +18,12 @@ pub enum Shader {
     Reduce,
     Matmul,
     GroupNorm,
+    Attention,
 }
 
 /// Every shader, so tests can check that each file in `shaders/` is here.
-pub const ALL_SHADERS: &[Shader] = &[Shader::Elementwise, Shader::Reduce, Shader::Matmul, Shader::GroupNorm];
+pub const ALL_SHADERS: &[Shader] =
+    &[Shader::Elementwise, Shader::Reduce, Shader::Matmul, Shader::GroupNorm, Shader::Attention];
 
 impl Shader {
     pub fn file_name(self) -> &'static str {
@@ -30,6 +32,7 @@ impl Shader {
             Shader::Reduce => "reduce.wgsl",
             Shader::Matmul => "matmul.wgsl",
             Shader::GroupNorm => "group_norm.wgsl",
+            Shader::Attention => "attention.wgsl",
         }
     }
 
@@ -39,6 +42,7 @@ impl Shader {
             Shader::Reduce => include_str!("../../shaders/reduce.wgsl"),
             Shader::Matmul => include_str!("../../shaders/matmul.wgsl"),
             Shader::GroupNorm => include_str!("../../shaders/group_norm.wgsl"),
+            Shader::Attention => include_str!("../../shaders/attention.wgsl"),
         }
     }
 
@@ -49,6 +53,7 @@ impl Shader {
             Shader::Elementwise | Shader::Reduce => vec![vec![]],
             Shader::Matmul => crate::ops::matmul::variants(),
             Shader::GroupNorm => crate::ops::group_norm::variants(),
+            Shader::Attention => crate::ops::attention::variants(),
         }
     }
 

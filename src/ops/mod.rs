@@ -2,6 +2,7 @@
 //! beside a `cpu` module with the f64-accumulating reference the tests use;
 //! the WGSL lives in `shaders/` under the same name.
 
+pub mod attention;
 pub mod elementwise;
 pub mod group_norm;
 pub mod matmul;
