@@ -19,11 +19,24 @@ pub enum Shader {
     Matmul,
     GroupNorm,
     Attention,
+    Embedding,
+    Upsample,
+    Concat,
+    Loss,
 }
 
 /// Every shader, so tests can check that each file in `shaders/` is here.
-pub const ALL_SHADERS: &[Shader] =
-    &[Shader::Elementwise, Shader::Reduce, Shader::Matmul, Shader::GroupNorm, Shader::Attention];
+pub const ALL_SHADERS: &[Shader] = &[
+    Shader::Elementwise,
+    Shader::Reduce,
+    Shader::Matmul,
+    Shader::GroupNorm,
+    Shader::Attention,
+    Shader::Embedding,
+    Shader::Upsample,
+    Shader::Concat,
+    Shader::Loss,
+];
 
 impl Shader {
     pub fn file_name(self) -> &'static str {
@@ -33,6 +46,10 @@ impl Shader {
             Shader::Matmul => "matmul.wgsl",
             Shader::GroupNorm => "group_norm.wgsl",
             Shader::Attention => "attention.wgsl",
+            Shader::Embedding => "embedding.wgsl",
+            Shader::Upsample => "upsample.wgsl",
+            Shader::Concat => "concat.wgsl",
+            Shader::Loss => "loss.wgsl",
         }
     }
 
@@ -43,6 +60,10 @@ impl Shader {
             Shader::Matmul => include_str!("../../shaders/matmul.wgsl"),
             Shader::GroupNorm => include_str!("../../shaders/group_norm.wgsl"),
             Shader::Attention => include_str!("../../shaders/attention.wgsl"),
+            Shader::Embedding => include_str!("../../shaders/embedding.wgsl"),
+            Shader::Upsample => include_str!("../../shaders/upsample.wgsl"),
+            Shader::Concat => include_str!("../../shaders/concat.wgsl"),
+            Shader::Loss => include_str!("../../shaders/loss.wgsl"),
         }
     }
 
@@ -50,10 +71,11 @@ impl Shader {
     /// test translates each one for every backend.
     pub fn variants(self) -> Vec<Vec<(&'static str, i64)>> {
         match self {
-            Shader::Elementwise | Shader::Reduce => vec![vec![]],
+            Shader::Elementwise | Shader::Reduce | Shader::Embedding | Shader::Upsample | Shader::Loss => vec![vec![]],
             Shader::Matmul => crate::ops::matmul::variants(),
             Shader::GroupNorm => crate::ops::group_norm::variants(),
             Shader::Attention => crate::ops::attention::variants(),
+            Shader::Concat => crate::ops::concat::variants(),
         }
     }
 

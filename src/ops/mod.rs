@@ -3,7 +3,12 @@
 //! the WGSL lives in `shaders/` under the same name.
 
 pub mod attention;
+pub mod concat;
 pub mod elementwise;
+pub mod embedding;
 pub mod group_norm;
+pub mod linear;
+pub mod loss;
 pub mod matmul;
 pub mod reduce;
+pub mod upsample;
