@@ -14,62 +14,80 @@ use super::{template, Gpu};
 /// One shader file in `shaders/`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Shader {
+    Attention,
     Ceiling,
+    Concat,
+    Ddpm,
     Elementwise,
-    Reduce,
+    Embedding,
+    GroupNorm,
+    Loss,
     Matmul,
     Optimizer,
     Permute,
-    Ddpm,
+    Reduce,
+    Upsample,
 }
 
 /// Every shader, so tests can check that each file in `shaders/` is here.
 pub const ALL_SHADERS: &[Shader] = &[
+    Shader::Attention,
     Shader::Ceiling,
+    Shader::Concat,
+    Shader::Ddpm,
     Shader::Elementwise,
-    Shader::Reduce,
+    Shader::Embedding,
+    Shader::GroupNorm,
+    Shader::Loss,
     Shader::Matmul,
     Shader::Optimizer,
     Shader::Permute,
-    Shader::Ddpm,
+    Shader::Reduce,
+    Shader::Upsample,
 ];
 
 impl Shader {
-    pub fn file_name(self) -> &'static str {
+    /// The file name and its source, embedded at compile time.
+    fn file(self) -> (&'static str, &'static str) {
+        macro_rules! file {
+            ($name:literal) => {
+                ($name, include_str!(concat!("../../shaders/", $name)))
+            };
+        }
         match self {
-            Shader::Ceiling => "ceiling.wgsl",
-            Shader::Elementwise => "elementwise.wgsl",
-            Shader::Reduce => "reduce.wgsl",
-            Shader::Matmul => "matmul.wgsl",
-            Shader::Optimizer => "optimizer.wgsl",
-            Shader::Permute => "permute.wgsl",
-            Shader::Ddpm => "ddpm.wgsl",
+            Shader::Attention => file!("attention.wgsl"),
+            Shader::Ceiling => file!("ceiling.wgsl"),
+            Shader::Concat => file!("concat.wgsl"),
+            Shader::Ddpm => file!("ddpm.wgsl"),
+            Shader::Elementwise => file!("elementwise.wgsl"),
+            Shader::Embedding => file!("embedding.wgsl"),
+            Shader::GroupNorm => file!("group_norm.wgsl"),
+            Shader::Loss => file!("loss.wgsl"),
+            Shader::Matmul => file!("matmul.wgsl"),
+            Shader::Optimizer => file!("optimizer.wgsl"),
+            Shader::Permute => file!("permute.wgsl"),
+            Shader::Reduce => file!("reduce.wgsl"),
+            Shader::Upsample => file!("upsample.wgsl"),
         }
     }
 
+    pub fn file_name(self) -> &'static str {
+        self.file().0
+    }
+
     pub fn source(self) -> &'static str {
-        match self {
-            Shader::Ceiling => include_str!("../../shaders/ceiling.wgsl"),
-            Shader::Elementwise => include_str!("../../shaders/elementwise.wgsl"),
-            Shader::Reduce => include_str!("../../shaders/reduce.wgsl"),
-            Shader::Matmul => include_str!("../../shaders/matmul.wgsl"),
-            Shader::Optimizer => include_str!("../../shaders/optimizer.wgsl"),
-            Shader::Permute => include_str!("../../shaders/permute.wgsl"),
-            Shader::Ddpm => include_str!("../../shaders/ddpm.wgsl"),
-        }
+        self.file().1
     }
 
     /// Every define set the engine may launch this shader with; the naga
     /// test translates each one for every backend.
     pub fn variants(self) -> Vec<Vec<(&'static str, i64)>> {
         match self {
-            Shader::Ceiling
-            | Shader::Elementwise
-            | Shader::Reduce
-            | Shader::Optimizer
-            | Shader::Permute
-            | Shader::Ddpm => vec![vec![]],
+            Shader::Attention => crate::ops::attention::variants(),
+            Shader::Concat => crate::ops::concat::variants(),
+            Shader::GroupNorm => crate::ops::group_norm::variants(),
             Shader::Matmul => crate::ops::matmul::variants(),
+            _ => vec![vec![]],
         }
     }
 

@@ -1,0 +1,61 @@
+// Nearest-neighbour 2x upsampling of NCHW maps and its backward.
+// Launcher and CPU reference: src/ops/upsample.rs.
+//
+// Entry points (bindings in order; outputs first):
+//   upsample_nearest2x(dst, src)            dst: (N, C, 2H, 2W), src: (N, C, H, W)
+//     dst[n, c, y, x] = src[n, c, y / 2, x / 2]
+//   upsample_nearest2x_backward(dst, src)   dst = dx: (N, C, H, W), src = dy: (N, C, 2H, 2W)
+//     dx[n, c, y, x] = sum of the 2x2 block dy[n, c, 2y..2y+2, 2x..2x+2]
+// One invocation per vec4 of dst (buffers are padded to 16 bytes, so the
+// last vec4 may run into padding, which is never read back).
+
+struct Params {
+    h: u32,
+    w: u32,
+    len: u32,
+    _pad: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(1) @binding(0) var<storage, read_write> dst: array<vec4<f32>>;
+@group(1) @binding(1) var<storage, read> src: array<f32>;
+
+fn slot(wid: vec3<u32>, nwg: vec3<u32>, li: u32) -> u32 {
+    return (wid.x + wid.y * nwg.x) * 64u + li;
+}
+
+@compute @workgroup_size(64)
+fn upsample_nearest2x(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let s = slot(wid, nwg, li);
+    if 4u * s >= p.len {
+        return;
+    }
+    var v = vec4<f32>(0.0);
+    for (var e = 0u; e < 4u; e++) {
+        let o = min(4u * s + e, p.len - 1u);
+        let x = o % (2u * p.w);
+        let y = (o / (2u * p.w)) % (2u * p.h);
+        let plane = o / (4u * p.h * p.w);
+        v[e] = src[(plane * p.h + y / 2u) * p.w + x / 2u];
+    }
+    dst[s] = v;
+}
+
+@compute @workgroup_size(64)
+fn upsample_nearest2x_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let s = slot(wid, nwg, li);
+    if 4u * s >= p.len {
+        return;
+    }
+    var v = vec4<f32>(0.0);
+    for (var e = 0u; e < 4u; e++) {
+        let i = min(4u * s + e, p.len - 1u);
+        let x = i % p.w;
+        let y = (i / p.w) % p.h;
+        let plane = i / (p.h * p.w);
+        let top = (plane * 2u * p.h + 2u * y) * 2u * p.w + 2u * x;
+        let bottom = top + 2u * p.w;
+        v[e] = (src[top] + src[top + 1u]) + (src[bottom] + src[bottom + 1u]);
+    }
+    dst[s] = v;
+}
