@@ -17,10 +17,11 @@ pub enum Shader {
     Elementwise,
     Reduce,
     Matmul,
+    Conv2d,
 }
 
 /// Every shader, so tests can check that each file in `shaders/` is here.
-pub const ALL_SHADERS: &[Shader] = &[Shader::Elementwise, Shader::Reduce, Shader::Matmul];
+pub const ALL_SHADERS: &[Shader] = &[Shader::Elementwise, Shader::Reduce, Shader::Matmul, Shader::Conv2d];
 
 impl Shader {
     pub fn file_name(self) -> &'static str {
@@ -28,6 +29,7 @@ impl Shader {
             Shader::Elementwise => "elementwise.wgsl",
             Shader::Reduce => "reduce.wgsl",
             Shader::Matmul => "matmul.wgsl",
+            Shader::Conv2d => "conv2d.wgsl",
         }
     }
 
@@ -36,6 +38,7 @@ impl Shader {
             Shader::Elementwise => include_str!("../../shaders/elementwise.wgsl"),
             Shader::Reduce => include_str!("../../shaders/reduce.wgsl"),
             Shader::Matmul => include_str!("../../shaders/matmul.wgsl"),
+            Shader::Conv2d => include_str!("../../shaders/conv2d.wgsl"),
         }
     }
 
@@ -45,6 +48,7 @@ impl Shader {
         match self {
             Shader::Elementwise | Shader::Reduce => vec![vec![]],
             Shader::Matmul => crate::ops::matmul::variants(),
+            Shader::Conv2d => crate::ops::conv2d::variants(),
         }
     }
 
