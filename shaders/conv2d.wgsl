@@ -24,7 +24,8 @@
 //
 // conv2d_forward: one invocation owns 4 consecutive output pixels of a row
 // times Q output channels (Q vec4 accumulators over the 4 pixels). A workgroup
-// is 64 consecutive such pixel groups of one (image, channel block). For each
+// is 64 consecutive such pixel groups (rows of all images in turn) of one
+// block of Q output channels. For each
 // input channel and kernel row a lane loads its S vec4 of the input row once;
 // the halo columns come from the neighbouring lanes by subgroupShuffle (a
 // memory load only at subgroup or row ends). The Q weights of a tap are one
@@ -122,12 +123,15 @@ fn conv2d_forward(
 ) {
     // Lanes past the last pixel group still run: they take part in the
     // subgroup exchanges, and only skip the stores.
+    // Pixel groups of all images are numbered consecutively, so small maps
+    // still fill the workgroup.
     let g = wid.x * 64u + li;
-    let live = g < p.out_h * p.row_groups;
-    let oy = min(g / p.row_groups, p.out_h - 1u);
+    let per_image = p.out_h * p.row_groups;
+    let live = g < p.n * per_image;
+    let img = min(g / per_image, p.n - 1u);
+    let oy = (g % per_image) / p.row_groups;
     let gx = g % p.row_groups;
     let ow0 = gx * 4u;
-    let img = wid.z;
     let cob = wid.y;
     // First input column of this lane's core (its S vec4).
     let xc = ow0 * {S}u;
@@ -219,6 +223,110 @@ fn conv2d_forward(
         store(at + {c}u * out_plane, co0 + {c}u, ow0, acc{c});
 //@end
     }
+}
+//@else
+//@if GRAD_WEIGHT
+@group(1) @binding(0) var<storage, read_write> out: array<f32>;
+@group(1) @binding(1) var<storage, read> src: array<vec4<f32>>;
+@group(1) @binding(2) var<storage, read> dy: array<vec4<f32>>;
+
+// Four input columns col..col+4 of channel ci, row iy of image img; zero
+// outside the map (negative rows and columns wrap to huge values).
+fn load_item(img: u32, ci: u32, iy: u32, col: u32) -> vec4<f32> {
+    let at = ((img * p.c_in + min(ci, p.c_in - 1u)) * p.h + min(iy, p.h - 1u)) * p.w + min(col, p.w - 4u);
+    return select(vec4<f32>(0.0), src[at / 4u], ci < p.c_in && iy < p.h && col < p.w);
+}
+
+// Items (vec4 of input columns) per input channel and kernel row: the S
+// core vec4 under a lane's 4 output pixels, plus one each side for halos.
+const ITEMS_PER_ROW: u32 = {S+HL+HR}u;
+
+@compute @workgroup_size(32)
+fn conv2d_grad_weight(
+    @builtin(local_invocation_index) li: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+//@if SUBGROUPS
+    @builtin(subgroup_invocation_id) sg_lane: u32,
+//@end
+) {
+    // Lanes of a group of 8 share the input channels and pixels and differ
+    // in output channels, so they split the input loads and broadcast them.
+    let co0 = (wid.x * 8u + li % 8u) * {TCO}u;
+    let ci0 = (wid.y * 4u + li / 8u) * {TCI}u;
+//@if SUBGROUPS
+    let slot = sg_lane % 8u;
+    let group = sg_lane - slot;
+//@end
+//@for c in 0..TCO
+    let dy_row{c} = min(co0 + {c}u, p.c_out - 1u) * p.out_h * p.out_w;
+//@end
+//@for c in 0..TCO
+//@for i in 0..TCI
+//@for t in 0..KH*KW
+    var acc{c}_{i}_{t} = 0.0;
+//@end
+//@end
+//@end
+    let groups = p.out_h * p.row_groups;
+    for (var g = 0u; g < p.n * groups; g++) {
+        let img = g / groups;
+        let oy = (g % groups) / p.row_groups;
+        let ow0 = (g % p.row_groups) * 4u;
+        let dy_at = img * p.c_out * p.out_h * p.out_w + oy * p.out_w + ow0;
+//@for c in 0..TCO
+        let d{c} = dy[(dy_at + dy_row{c}) / 4u];
+//@end
+        let xc = ow0 * {S}u;
+        let iy0 = oy * {S}u - p.pad_top;
+//@if SUBGROUPS
+        // Item k = (ci * KH + ky) * ITEMS_PER_ROW + m is loaded by lane k % 8.
+//@for l in 0..(TCI*KH*(S+HL+HR)+7)/8
+        let k{l} = {8*l}u + slot;
+        let ld{l} = load_item(img, ci0 + k{l} / {KH}u / ITEMS_PER_ROW, iy0 + (k{l} / ITEMS_PER_ROW) % {KH}u, xc + 4u * (k{l} % ITEMS_PER_ROW) - {4*HL}u);
+//@end
+//@end
+//@for i in 0..TCI
+//@for ky in 0..KH
+//@for m in 0..S+HL+HR
+//@if SUBGROUPS
+//@if SG8
+        let it{i}_{ky}_{m} = subgroupBroadcast(ld{((i*KH+ky)*(S+HL+HR)+m)/8}, {((i*KH+ky)*(S+HL+HR)+m)%8}u);
+//@else
+        let it{i}_{ky}_{m} = subgroupShuffle(ld{((i*KH+ky)*(S+HL+HR)+m)/8}, group + {((i*KH+ky)*(S+HL+HR)+m)%8}u);
+//@end
+//@else
+        let it{i}_{ky}_{m} = load_item(img, ci0 + {i}u, iy0 + {ky}u, xc + {4*m}u - {4*HL}u);
+//@end
+//@end
+        // Columns xc - PL + t for t in 0..3*S+KW.
+//@for t in 0..PL
+        let v{i}_{ky}_{t} = it{i}_{ky}_0[{4-PL+t}];
+//@end
+//@for u in 0..4*S
+        let v{i}_{ky}_{PL+u} = it{i}_{ky}_{HL+u/4}[{u%4}];
+//@end
+//@for r in 0..NR
+        let v{i}_{ky}_{PL+4*S+r} = it{i}_{ky}_{HL+S}[{r}];
+//@end
+//@for kx in 0..KW
+        let xv{i}_{ky}_{kx} = vec4<f32>(v{i}_{ky}_{kx}, v{i}_{ky}_{S+kx}, v{i}_{ky}_{2*S+kx}, v{i}_{ky}_{3*S+kx});
+//@for c in 0..TCO
+        acc{c}_{i}_{ky*KW+kx} = fma(d{c}.w, xv{i}_{ky}_{kx}.w, fma(d{c}.z, xv{i}_{ky}_{kx}.z, fma(d{c}.y, xv{i}_{ky}_{kx}.y, fma(d{c}.x, xv{i}_{ky}_{kx}.x, acc{c}_{i}_{ky*KW+kx}))));
+//@end
+//@end
+//@end
+//@end
+    }
+//@for c in 0..TCO
+//@for i in 0..TCI
+    if co0 + {c}u < p.c_out && ci0 + {i}u < p.c_in {
+        let at = ((co0 + {c}u) * p.c_in + ci0 + {i}u) * {KH*KW}u;
+//@for t in 0..KH*KW
+        out[at + {t}u] = acc{c}_{i}_{t};
+//@end
+    }
+//@end
+//@end
 }
 //@else
 @group(1) @binding(0) var<storage, read_write> out: array<f32>;
@@ -319,4 +427,5 @@ fn conv2d_col2im(
     }
     out[p.n0 * p.c_in * plane + i] = sum;
 }
+//@end
 //@end

@@ -42,7 +42,12 @@ fn check(g: Conv2dGeometry) {
     let (fwd_atol, rtol) = tolerance(g.c_in * taps);
     let (dx_atol, _) = tolerance(g.c_out * taps);
     let (dw_atol, _) = tolerance(g.n * g.out_h() * g.out_w());
-    let paths = format!("forward {:?}, grad-input {:?}", conv2d::forward_path(&g), conv2d::grad_input_path(&g));
+    let paths = format!(
+        "forward {:?}, grad-input {:?}, grad-weight {:?}",
+        conv2d::forward_path(&g),
+        conv2d::grad_input_path(&g),
+        conv2d::grad_weight_path(&g)
+    );
     each_path(|gpu, path| {
         let what = |t: &str| format!("{t} of {g:?} ({paths}) on {path:?}");
         let tx = gpu.upload(&g.x_shape(), &x).unwrap();

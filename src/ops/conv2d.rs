@@ -185,10 +185,23 @@ const WORKGROUP: usize = 64;
 /// Upper bound on one chunk's im2col buffer (and on its GEMM output).
 const CHUNK_BYTES: usize = 48 << 20;
 
-/// Template defines of one `conv2d_forward` variant.
+/// Which code of `shaders/conv2d.wgsl` a variant holds.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Entry {
+    Forward,
+    GradWeight,
+    Helpers,
+}
+
+/// Template defines of one `conv2d_forward` or `conv2d_grad_weight` variant.
 #[derive(Clone, Copy, Debug, PartialEq)]
 struct DirectVariant {
+    entry: Entry,
+    /// Output channels per lane (forward), or per lane times input
+    /// channels per lane (grad-weight).
     q: usize,
+    tci: usize,
+    kh: usize,
     kw: usize,
     stride: usize,
     pad_left: usize,
@@ -206,12 +219,18 @@ impl DirectVariant {
 
     fn defines(&self) -> Vec<(&'static str, i64)> {
         vec![
-            ("FORWARD", 1),
+            ("FORWARD", (self.entry == Entry::Forward) as i64),
+            ("GRAD_WEIGHT", (self.entry == Entry::GradWeight) as i64),
             ("Q", self.q as i64),
+            ("TCO", self.q as i64),
+            ("TCI", self.tci as i64),
+            ("KH", self.kh as i64),
             ("KW", self.kw as i64),
             ("S", self.stride as i64),
             ("PL", self.pad_left as i64),
             ("NR", self.halo_right() as i64),
+            ("HL", (self.pad_left > 0) as i64),
+            ("HR", (self.halo_right() > 0) as i64),
             ("VEC4", self.vec4 as i64),
             ("BIAS", self.bias as i64),
             ("SUBGROUPS", self.subgroups as i64),
@@ -220,9 +239,15 @@ impl DirectVariant {
     }
 }
 
-/// Kernel widths, strides and left paddings the direct kernel is built for.
+/// Kernel widths, strides and left paddings the direct kernels are built for.
 fn direct_supports(g: &Conv2dGeometry) -> bool {
     matches!(g.kw, 1 | 3) && matches!(g.stride, 1 | 2) && g.pad[2] < g.kw
+}
+
+/// The direct grad-weight kernel also fixes the kernel height and needs
+/// rows that are whole vec4s.
+fn grad_weight_direct_supports(g: &Conv2dGeometry) -> bool {
+    direct_supports(g) && g.kh == g.kw && g.w % 4 == 0 && g.out_w() % 4 == 0
 }
 
 /// Output channels per invocation. Measured on lavapipe: 32 with subgroup
@@ -235,10 +260,26 @@ fn channels_per_lane(subgroups: bool, c_out: usize) -> usize {
     }
 }
 
+/// grad-weight tile per lane: 4 output channels by this many input
+/// channels by every tap (about 128 accumulators).
+fn grad_weight_input_channels(k: usize) -> usize {
+    if k == 1 {
+        32
+    } else {
+        4
+    }
+}
+
+/// Output channels per lane of `conv2d_grad_weight`.
+const GW_OUT_CHANNELS: usize = 4;
+
 fn direct_variant(gpu: &Gpu, g: &Conv2dGeometry, bias: bool) -> DirectVariant {
     let info = gpu.info();
     DirectVariant {
+        entry: Entry::Forward,
         q: channels_per_lane(info.subgroups, g.c_out),
+        tci: 1,
+        kh: 1,
         kw: g.kw,
         stride: g.stride,
         pad_left: g.pad[2],
@@ -249,14 +290,40 @@ fn direct_variant(gpu: &Gpu, g: &Conv2dGeometry, bias: bool) -> DirectVariant {
     }
 }
 
+fn grad_weight_variant(gpu: &Gpu, g: &Conv2dGeometry) -> DirectVariant {
+    let info = gpu.info();
+    DirectVariant {
+        entry: Entry::GradWeight,
+        q: GW_OUT_CHANNELS,
+        tci: grad_weight_input_channels(g.kw),
+        kh: g.kh,
+        kw: g.kw,
+        stride: g.stride,
+        pad_left: g.pad[2],
+        vec4: true,
+        bias: false,
+        subgroups: info.subgroups,
+        sg8: info.subgroup_is_8,
+    }
+}
+
 /// Defines of the helper entry points (names used by the template's
-/// directives must exist even where the forward code is skipped).
+/// directives must exist even where the other code is skipped).
 fn helper_defines() -> Vec<(&'static str, i64)> {
-    let mut d =
-        DirectVariant { q: 4, kw: 1, stride: 1, pad_left: 0, vec4: false, bias: false, subgroups: false, sg8: false }
-            .defines();
-    d[0].1 = 0;
-    d
+    DirectVariant {
+        entry: Entry::Helpers,
+        q: 4,
+        tci: 1,
+        kh: 1,
+        kw: 1,
+        stride: 1,
+        pad_left: 0,
+        vec4: false,
+        bias: false,
+        subgroups: false,
+        sg8: false,
+    }
+    .defines()
 }
 
 /// Every define set the launchers can choose, for the cross-backend check.
@@ -264,18 +331,31 @@ pub fn variants() -> Vec<Vec<(&'static str, i64)>> {
     let mut out = vec![helper_defines()];
     let shapes = [(1, 1, 0), (1, 2, 0), (3, 1, 0), (3, 1, 1), (3, 1, 2), (3, 2, 0), (3, 2, 1), (3, 2, 2)];
     for (subgroups, sg8) in [(false, false), (true, true), (true, false)] {
-        for q in [8, channels_per_lane(subgroups, 64)] {
-            for (kw, stride, pad_left) in shapes {
+        for (kw, stride, pad_left) in shapes {
+            let base = DirectVariant {
+                entry: Entry::GradWeight,
+                q: GW_OUT_CHANNELS,
+                tci: grad_weight_input_channels(kw),
+                kh: kw,
+                kw,
+                stride,
+                pad_left,
+                vec4: true,
+                bias: false,
+                subgroups,
+                sg8,
+            };
+            out.push(base.defines());
+            for q in [8, channels_per_lane(subgroups, 64)] {
                 for bits in 0..4 {
                     let v = DirectVariant {
+                        entry: Entry::Forward,
                         q,
-                        kw,
-                        stride,
-                        pad_left,
+                        tci: 1,
+                        kh: 1,
                         vec4: bits & 1 != 0,
                         bias: bits & 2 != 0,
-                        subgroups,
-                        sg8,
+                        ..base
                     };
                     out.push(v.defines());
                 }
@@ -319,7 +399,7 @@ fn direct(gpu: &Gpu, g: &Conv2dGeometry, x: &Tensor, w: &Tensor, bias: Option<&T
     let y = gpu.uninit(&g.y_shape())?;
     let params = Params::new(g);
     let groups = g.out_h() * params.row_groups as usize;
-    let grid = [groups.div_ceil(WORKGROUP) as u32, g.c_out.div_ceil(v.q) as u32, g.n as u32];
+    let grid = [(g.n * groups).div_ceil(WORKGROUP) as u32, g.c_out.div_ceil(v.q) as u32, 1];
     let kernel = Kernel::new(Shader::Conv2d, "conv2d_forward", if bias.is_some() { DIRECT_BIAS } else { DIRECT })
         .with_defines(v.defines());
     let mut tensors = vec![&y, x, &packed];
@@ -428,6 +508,16 @@ pub fn conv2d_grad_weight(gpu: &Gpu, g: &Conv2dGeometry, dy: &Tensor, x: &Tensor
     g.validate()?;
     g.check("conv2d_grad_weight", "dy", dy, &g.y_shape())?;
     g.check("conv2d_grad_weight", "x", x, &g.x_shape())?;
+    if grad_weight_direct_supports(g) {
+        let v = grad_weight_variant(gpu, g);
+        let dw = gpu.uninit(&g.w_shape())?;
+        // A workgroup is 4 groups of 8 lanes: 8 lanes across output
+        // channels, 4 groups across input channels.
+        let grid = [g.c_out.div_ceil(8 * v.q) as u32, g.c_in.div_ceil(4 * v.tci) as u32, 1];
+        let kernel = Kernel::new(Shader::Conv2d, "conv2d_grad_weight", DIRECT).with_defines(v.defines());
+        gpu.launch(&kernel, &Params::new(g), &[&dw, x, dy], grid)?;
+        return Ok(dw);
+    }
     let ck = g.c_in * g.taps();
     let chunk = chunk_images(g, (g.pixels_out() + g.c_out) * ck);
     let mut dw: Option<Tensor> = None;
@@ -476,6 +566,14 @@ pub enum ConvPath {
 
 pub fn forward_path(g: &Conv2dGeometry) -> ConvPath {
     if direct_supports(g) {
+        ConvPath::Direct
+    } else {
+        ConvPath::Gemm
+    }
+}
+
+pub fn grad_weight_path(g: &Conv2dGeometry) -> ConvPath {
+    if grad_weight_direct_supports(g) {
         ConvPath::Direct
     } else {
         ConvPath::Gemm
