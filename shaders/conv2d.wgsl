@@ -6,14 +6,16 @@
 //
 // Launchers, path choice and the CPU twin: src/ops/conv2d.rs. Entry points:
 //   conv2d_forward       direct convolution (also grad-input of stride-1 convs,
-//                        run on dy with flipped, transposed weights)
+//                        run on dy with flipped, transposed weights); with
+//                        TRANSPOSED, grad-input of a stride-2 conv: src is dy,
+//                        out is dx, wgt the transposed (unflipped) weights
 //     out:  y (N, C_out, out_h, out_w)                                read_write
 //     src:  x (N, C_in, H, W)
 //     wgt:  packed weights (C_out/Q, C_in, kh, KW, Q), zero past C_out
 //     bias: (C_out)                                                   when BIAS
 //   conv2d_pack_weights  out: packed weights as above; src: w (C_out, C_in, kh, kw),
-//                        or with flip, w (C_in, C_out, kh, kw) read rotated by 180
-//                        degrees: the weights of the conv that maps dy to dx
+//                        or for grad-input w (C_in, C_out, kh, kw) transposed,
+//                        with flip 1 also rotated by 180 degrees (flip 2: not)
 //   conv2d_im2col        out: cols (count, out_h*out_w, C_in*kh*kw) for images
 //                        n0..n0+count; src: x
 //   conv2d_col2im        out: dx (N, C_in, H, W), images n0..n0+count written;
@@ -32,9 +34,14 @@
 // vec4 per lane slot, spread with subgroupBroadcast (SG8) or subgroupShuffle
 // within aligned groups of 8. Portable: every lane loads its own halo and
 // weights. Loads dominate on lavapipe (see shared/perf/lavapipe.md 4.7).
+// TRANSPOSED (stride-2 grad-input): a lane owns 8 consecutive dx pixels,
+// accumulated as even and odd vec4; each dx column parity takes only the
+// kernel columns that reach it, so every FMA is useful, and the dy row
+// values are read with stride 1 exactly as the forward reads x.
 //
 // Template defines (src/gpu/template.rs): FORWARD (1: conv2d_forward; 0: the
-// helper entry points), Q (channels per lane, multiple of 4; with SUBGROUPS
+// other entry points), GRAD_WEIGHT, TRANSPOSED, PADL (true left padding when
+// TRANSPOSED), NV (row values a lane reads), Q (channels per lane, multiple of 4; with SUBGROUPS
 // Q/4 <= 8), KW (kernel width), S (stride), PL (left padding), NR (halo
 // columns right of a lane's core), VEC4 (W and out_w multiples of 4: vec4
 // input loads and output stores; else guarded scalar ones), BIAS, SUBGROUPS,
@@ -60,7 +67,8 @@ struct Params {
     // First image of the chunk and images in it (im2col, col2im).
     n0: u32,
     count: u32,
-    // Non-zero: pack the flipped, transposed weights of grad-input.
+    // pack_weights: 0 plain; 1 transposed and rotated (stride-1 grad-input);
+    // 2 transposed (stride-2 grad-input).
     flip: u32,
     _pad0: u32,
     _pad1: u32,
@@ -92,6 +100,25 @@ fn load_px(row_ok: bool, row: u32, col: u32) -> f32 {
 //@end
     return select(0.0, v, row_ok && col < p.w);
 }
+
+//@if TRANSPOSED
+// Pixels ow0..ow0+8 of a dx row: even ones from a, odd ones from b.
+fn store_pairs(at: u32, co: u32, ow0: u32, a: vec4<f32>, b: vec4<f32>) {
+    if co >= p.c_out {
+        return;
+    }
+//@if VEC4
+    out[at / 4u] = vec4<f32>(a.x, b.x, a.y, b.y);
+    out[at / 4u + 1u] = vec4<f32>(a.z, b.z, a.w, b.w);
+//@else
+    for (var e = 0u; e < 8u; e++) {
+        if ow0 + e < p.out_w {
+            out[at + e] = select(a[e / 2u], b[e / 2u], e % 2u == 1u);
+        }
+    }
+//@end
+}
+//@end
 
 fn store(at: u32, co: u32, ow0: u32, acc: vec4<f32>) {
     if co >= p.c_out {
@@ -126,15 +153,24 @@ fn conv2d_forward(
     // Pixel groups of all images are numbered consecutively, so small maps
     // still fill the workgroup.
     let g = wid.x * 64u + li;
+//@if TRANSPOSED
+    // A workgroup holds dx rows of one parity (wid.z), so all its lanes run
+    // the same kernel rows and share their weights.
+    let per_image = (p.out_h + 1u) / 2u * p.row_groups;
+    let img = min(g / per_image, p.n - 1u);
+    let oy = (g % per_image) / p.row_groups * 2u + wid.z;
+    let live = g < p.n * per_image && oy < p.out_h;
+//@else
     let per_image = p.out_h * p.row_groups;
     let live = g < p.n * per_image;
     let img = min(g / per_image, p.n - 1u);
     let oy = (g % per_image) / p.row_groups;
+//@end
     let gx = g % p.row_groups;
-    let ow0 = gx * 4u;
+    let ow0 = gx * {4+4*TRANSPOSED}u;
     let cob = wid.y;
     // First input column of this lane's core (its S vec4).
-    let xc = ow0 * {S}u;
+    let xc = gx * {4*S}u;
     let last_in_row = gx + 1u >= p.row_groups;
 //@if SUBGROUPS
     let slot = sg_lane % 8u;
@@ -149,16 +185,27 @@ fn conv2d_forward(
 //@end
 //@for c in 0..Q
     var acc{c} = vec4<f32>(0.0);
+//@if TRANSPOSED
+    var odd{c} = vec4<f32>(0.0);
+//@end
 //@end
 
     for (var ci = 0u; ci < p.c_in; ci++) {
         let plane = (img * p.c_in + ci) * p.h * p.w;
+//@if TRANSPOSED
+        // dx row oy takes dy row (oy + pad_top - ky) / 2 for the kernel rows
+        // of matching parity.
+        for (var ky = (oy + p.pad_top) % 2u; ky < p.kh; ky += 2u) {
+            let iy = (oy + p.pad_top - ky) / 2u;
+            let row_ok = oy + p.pad_top >= ky && iy < p.h;
+//@else
         for (var ky = 0u; ky < p.kh; ky++) {
             // Rows above the map wrap to huge values and fail row_ok.
             let iy = oy * {S}u + ky - p.pad_top;
             let row_ok = iy < p.h;
+//@end
             let row = plane + min(iy, p.h - 1u) * p.w;
-            // Input columns xc - PL + t for t in 0..3*S+KW, named v_t.
+            // Input columns xc - PL + t for t in 0..NV, named v_t.
 //@if VEC4
 //@for m in 0..S
             let core{m} = select(vec4<f32>(0.0), src[(row + min(xc + {4*m}u, p.w - 4u)) / 4u], row_ok && xc + {4*m}u < p.w);
@@ -187,13 +234,15 @@ fn conv2d_forward(
 //@end
 //@end
 //@else
-//@for t in 0..3*S+KW
+//@for t in 0..NV
             let v{t} = load_px(row_ok, row, xc + {t}u - {PL}u);
 //@end
 //@end
             let wbase = ((cob * p.c_in + ci) * p.kh + ky) * {KW*Q/4}u;
 //@for kx in 0..KW
+//@if !TRANSPOSED
             let xv{kx} = vec4<f32>(v{kx}, v{S+kx}, v{2*S+kx}, v{3*S+kx});
+//@end
 //@if SUBGROUPS
             let wl{kx} = wgt[wbase + {kx*Q/4}u + wslot];
 //@end
@@ -207,8 +256,22 @@ fn conv2d_forward(
 //@else
             let w{kx}_{j} = wgt[wbase + {kx*Q/4+j}u];
 //@end
+//@if TRANSPOSED
+            // dx pixel ow0 + 2i + px takes dy column xc + i + (px + PADL - kx) / 2
+            // when that is a whole number.
+//@if !(PADL-kx)%2
+//@for e in 0..4
+            acc{4*j+e} = fma(vec4<f32>(v{PL+(PADL-kx)/2}, v{PL+(PADL-kx)/2+1}, v{PL+(PADL-kx)/2+2}, v{PL+(PADL-kx)/2+3}), vec4<f32>(w{kx}_{j}[{e}]), acc{4*j+e});
+//@end
+//@else
+//@for e in 0..4
+            odd{4*j+e} = fma(vec4<f32>(v{PL+(1+PADL-kx)/2}, v{PL+(1+PADL-kx)/2+1}, v{PL+(1+PADL-kx)/2+2}, v{PL+(1+PADL-kx)/2+3}), vec4<f32>(w{kx}_{j}[{e}]), odd{4*j+e});
+//@end
+//@end
+//@else
 //@for e in 0..4
             acc{4*j+e} = fma(xv{kx}, vec4<f32>(w{kx}_{j}[{e}]), acc{4*j+e});
+//@end
 //@end
 //@end
 //@end
@@ -220,7 +283,11 @@ fn conv2d_forward(
         let out_plane = p.out_h * p.out_w;
         let at = (img * p.c_out + co0) * out_plane + oy * p.out_w + ow0;
 //@for c in 0..Q
+//@if TRANSPOSED
+        store_pairs(at + {c}u * out_plane, co0 + {c}u, ow0, acc{c}, odd{c});
+//@else
         store(at + {c}u * out_plane, co0 + {c}u, ow0, acc{c});
+//@end
 //@end
     }
 }
@@ -354,8 +421,10 @@ fn conv2d_pack_weights(
     let co = (i / (p.q * taps * p.c_in)) * p.q + q;
     var v = 0.0;
     if co < p.c_out {
-        if p.flip != 0u {
+        if p.flip == 1u {
             v = src[(ci * p.c_out + co) * taps + taps - 1u - tap];
+        } else if p.flip == 2u {
+            v = src[(ci * p.c_out + co) * taps + tap];
         } else {
             v = src[(co * p.c_in + ci) * taps + tap];
         }

@@ -92,6 +92,8 @@ fn stride_two_downsampling() {
     // Symmetric padding 1 as in diffusers.
     check(geom(1, 6, 8, 8, 35, 3, 2, [1; 4]));
     check(geom(1, 2, 9, 7, 4, 3, 2, [1; 4]));
+    // dx rows of 128 pixels span two subgroups in the stride-2 grad-input.
+    check(geom(1, 3, 4, 128, 5, 3, 2, [0, 1, 0, 1]));
 }
 
 #[test]
@@ -127,7 +129,9 @@ fn geometry_sizes() {
     assert_eq!(odd.flops(), 2.0 * (2 * 4 * 2 * 3 * 3 * 9) as f64);
     // The shapes in the tests above reach both kernel families.
     assert_eq!(conv2d::forward_path(&sym), ConvPath::Direct);
-    assert_eq!(conv2d::grad_input_path(&sym), ConvPath::Gemm);
+    assert_eq!(conv2d::grad_input_path(&sym), ConvPath::Direct);
+    assert_eq!(conv2d::grad_input_path(&geom(1, 1, 5, 5, 1, 2, 2, [0; 4])), ConvPath::Gemm);
+    assert_eq!(conv2d::grad_weight_path(&geom(1, 1, 5, 7, 1, 3, 1, [1; 4])), ConvPath::Gemm);
     assert_eq!(conv2d::grad_input_path(&geom(1, 1, 5, 5, 1, 3, 1, [1; 4])), ConvPath::Direct);
     assert_eq!(conv2d::forward_path(&geom(1, 1, 5, 5, 1, 2, 1, [0; 4])), ConvPath::Gemm);
 }

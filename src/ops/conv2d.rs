@@ -185,6 +185,18 @@ const WORKGROUP: usize = 64;
 /// Upper bound on one chunk's im2col buffer (and on its GEMM output).
 const CHUNK_BYTES: usize = 48 << 20;
 
+/// How `conv2d_pack_weights` reads the (c_out, c_in, kh, kw) weights.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Packing {
+    /// As they are, for the forward pass.
+    Plain = 0,
+    /// Transposed to (c_in, c_out) and rotated by 180 degrees: the conv
+    /// that maps dy to dx when the stride is 1.
+    Flipped = 1,
+    /// Transposed only, for the stride-2 grad-input kernel.
+    Transposed = 2,
+}
+
 /// Which code of `shaders/conv2d.wgsl` a variant holds.
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Entry {
@@ -197,6 +209,8 @@ enum Entry {
 #[derive(Clone, Copy, Debug, PartialEq)]
 struct DirectVariant {
     entry: Entry,
+    /// Stride-2 grad-input form of `conv2d_forward`.
+    transposed: bool,
     /// Output channels per lane (forward), or per lane times input
     /// channels per lane (grad-weight).
     q: usize,
@@ -217,8 +231,33 @@ impl DirectVariant {
         (self.kw + 3 * self.stride).saturating_sub(self.pad_left + 4 * self.stride)
     }
 
+    /// Halo columns (left, right) of the dy values the stride-2 grad-input
+    /// kernel reads: dx column 2i + px takes dy column i + (px + pad - kx) / 2.
+    fn transposed_halos(&self) -> (usize, usize) {
+        let offsets = (0..2i64)
+            .flat_map(|px| (0..self.kw as i64).map(move |kx| px + self.pad_left as i64 - kx))
+            .filter(|d| d % 2 == 0)
+            .map(|d| d / 2);
+        offsets.fold((0, 0), |(l, r), o| (l.max((-o).max(0) as usize), r.max(o.max(0) as usize)))
+    }
+
+    /// (S, PL, NR) as the template reads rows: stride, halo columns left
+    /// and right of a lane's core.
+    fn row_reads(&self) -> (usize, usize, usize) {
+        if self.transposed {
+            let (left, right) = self.transposed_halos();
+            (1, left, right)
+        } else {
+            (self.stride, self.pad_left, self.halo_right())
+        }
+    }
+
     fn defines(&self) -> Vec<(&'static str, i64)> {
+        let (s, pl, nr) = self.row_reads();
         vec![
+            ("TRANSPOSED", self.transposed as i64),
+            ("PADL", self.pad_left as i64),
+            ("NV", (pl + 4 * s + nr) as i64),
             ("FORWARD", (self.entry == Entry::Forward) as i64),
             ("GRAD_WEIGHT", (self.entry == Entry::GradWeight) as i64),
             ("Q", self.q as i64),
@@ -226,11 +265,11 @@ impl DirectVariant {
             ("TCI", self.tci as i64),
             ("KH", self.kh as i64),
             ("KW", self.kw as i64),
-            ("S", self.stride as i64),
-            ("PL", self.pad_left as i64),
-            ("NR", self.halo_right() as i64),
-            ("HL", (self.pad_left > 0) as i64),
-            ("HR", (self.halo_right() > 0) as i64),
+            ("S", s as i64),
+            ("PL", pl as i64),
+            ("NR", nr as i64),
+            ("HL", (pl > 0) as i64),
+            ("HR", (nr > 0) as i64),
             ("VEC4", self.vec4 as i64),
             ("BIAS", self.bias as i64),
             ("SUBGROUPS", self.subgroups as i64),
@@ -260,6 +299,12 @@ fn channels_per_lane(subgroups: bool, c_out: usize) -> usize {
     }
 }
 
+/// Output (dx) channels per invocation of the stride-2 grad-input kernel:
+/// its lanes hold 8 pixels, so half as many channels as the forward.
+fn transposed_channels_per_lane(subgroups: bool, c_in: usize) -> usize {
+    channels_per_lane(subgroups, c_in).div_ceil(2).max(8)
+}
+
 /// grad-weight tile per lane: 4 output channels by this many input
 /// channels by every tap (about 128 accumulators).
 fn grad_weight_input_channels(k: usize) -> usize {
@@ -277,6 +322,7 @@ fn direct_variant(gpu: &Gpu, g: &Conv2dGeometry, bias: bool) -> DirectVariant {
     let info = gpu.info();
     DirectVariant {
         entry: Entry::Forward,
+        transposed: false,
         q: channels_per_lane(info.subgroups, g.c_out),
         tci: 1,
         kh: 1,
@@ -294,6 +340,7 @@ fn grad_weight_variant(gpu: &Gpu, g: &Conv2dGeometry) -> DirectVariant {
     let info = gpu.info();
     DirectVariant {
         entry: Entry::GradWeight,
+        transposed: false,
         q: GW_OUT_CHANNELS,
         tci: grad_weight_input_channels(g.kw),
         kh: g.kh,
@@ -312,6 +359,7 @@ fn grad_weight_variant(gpu: &Gpu, g: &Conv2dGeometry) -> DirectVariant {
 fn helper_defines() -> Vec<(&'static str, i64)> {
     DirectVariant {
         entry: Entry::Helpers,
+        transposed: false,
         q: 4,
         tci: 1,
         kh: 1,
@@ -334,6 +382,7 @@ pub fn variants() -> Vec<Vec<(&'static str, i64)>> {
         for (kw, stride, pad_left) in shapes {
             let base = DirectVariant {
                 entry: Entry::GradWeight,
+                transposed: false,
                 q: GW_OUT_CHANNELS,
                 tci: grad_weight_input_channels(kw),
                 kh: kw,
@@ -358,6 +407,12 @@ pub fn variants() -> Vec<Vec<(&'static str, i64)>> {
                         ..base
                     };
                     out.push(v.defines());
+                    if stride == 2 {
+                        out.push(
+                            DirectVariant { transposed: true, q: transposed_channels_per_lane(subgroups, q), ..v }
+                                .defines(),
+                        );
+                    }
                 }
             }
         }
@@ -381,31 +436,85 @@ fn launch_helper(
     gpu.launch(&kernel, params, &[out, src], Gpu::grid_1d(items.div_ceil(WORKGROUP) as u32))
 }
 
-/// Weights (c_out, c_in, kh, kw) of `g` relaid for the direct kernel as
-/// (c_out/q, c_in, kh, kw, q); with `flip`, `w` holds the (c_in, c_out, kh,
-/// kw) weights of the conv whose grad-input `g` computes.
-fn pack_weights(gpu: &Gpu, g: &Conv2dGeometry, w: &Tensor, q: usize, flip: bool) -> Result<Tensor> {
+/// Weights relaid for the direct kernel as (c_out/q, c_in, kh, kw, q) of
+/// the conv `g` describes (for grad-input: the conv from dy to dx, whose
+/// weights `w` holds as (c_in, c_out, kh, kw)).
+fn pack_weights(gpu: &Gpu, g: &Conv2dGeometry, w: &Tensor, q: usize, packing: Packing) -> Result<Tensor> {
     let blocks = g.c_out.div_ceil(q);
     let packed = gpu.uninit(&[blocks, g.c_in, g.kh, g.kw, q])?;
-    let params = Params { q: q as u32, flip: flip as u32, ..Params::new(g) };
+    let params = Params { q: q as u32, flip: packing as u32, ..Params::new(g) };
     launch_helper(gpu, "conv2d_pack_weights", &params, &packed, w, packed.len())?;
     Ok(packed)
 }
 
-/// The direct kernel: `y = conv(x, packed) (+ bias)`.
-fn direct(gpu: &Gpu, g: &Conv2dGeometry, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, flip: bool) -> Result<Tensor> {
-    let v = direct_variant(gpu, g, bias.is_some());
-    let packed = pack_weights(gpu, g, w, v.q, flip)?;
-    let y = gpu.uninit(&g.y_shape())?;
-    let params = Params::new(g);
-    let groups = g.out_h() * params.row_groups as usize;
-    let grid = [(g.n * groups).div_ceil(WORKGROUP) as u32, g.c_out.div_ceil(v.q) as u32, 1];
+/// Record one `conv2d_forward` launch writing `y`; `params.row_groups`
+/// pixel groups per output row.
+fn launch_direct(
+    gpu: &Gpu,
+    v: &DirectVariant,
+    params: &Params,
+    y: &Tensor,
+    x: &Tensor,
+    packed: &Tensor,
+    bias: Option<&Tensor>,
+) -> Result<()> {
+    // The stride-2 grad-input kernel runs even and odd dx rows as z = 0, 1.
+    let (rows, parities) = if v.transposed { (params.out_h.div_ceil(2), 2) } else { (params.out_h, 1) };
+    let groups = (params.n * rows * params.row_groups) as usize;
+    let grid = [groups.div_ceil(WORKGROUP) as u32, (params.c_out as usize).div_ceil(v.q) as u32, parities];
     let kernel = Kernel::new(Shader::Conv2d, "conv2d_forward", if bias.is_some() { DIRECT_BIAS } else { DIRECT })
         .with_defines(v.defines());
-    let mut tensors = vec![&y, x, &packed];
+    let mut tensors = vec![y, x, packed];
     tensors.extend(bias);
-    gpu.launch(&kernel, &params, &tensors, grid)?;
+    gpu.launch(&kernel, params, &tensors, grid)
+}
+
+/// The direct kernel: `y = conv(x, w) (+ bias)`, `w` read as `packing` says.
+fn direct(
+    gpu: &Gpu,
+    g: &Conv2dGeometry,
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    packing: Packing,
+) -> Result<Tensor> {
+    let v = direct_variant(gpu, g, bias.is_some());
+    let packed = pack_weights(gpu, g, w, v.q, packing)?;
+    let y = gpu.uninit(&g.y_shape())?;
+    launch_direct(gpu, &v, &Params::new(g), &y, x, &packed, bias)?;
     Ok(y)
+}
+
+/// The stride-2 grad-input kernel supports what the forward one does.
+fn transposed_supports(g: &Conv2dGeometry) -> bool {
+    g.stride == 2 && direct_supports(g)
+}
+
+/// dx of a stride-2 conv by the TRANSPOSED form of the direct kernel.
+fn grad_input_transposed(gpu: &Gpu, g: &Conv2dGeometry, dy: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let info = gpu.info();
+    let v = DirectVariant {
+        transposed: true,
+        q: transposed_channels_per_lane(info.subgroups, g.c_in),
+        vec4: g.out_w() % 4 == 0 && g.w % 8 == 0,
+        ..direct_variant(gpu, g, false)
+    };
+    // Seen from the kernel: input dy (c_out channels), output dx.
+    let params = Params {
+        c_in: g.c_out as u32,
+        h: g.out_h() as u32,
+        w: g.out_w() as u32,
+        c_out: g.c_in as u32,
+        out_h: g.h as u32,
+        out_w: g.w as u32,
+        row_groups: g.w.div_ceil(2 * PIXELS_PER_LANE) as u32,
+        ..Params::new(g)
+    };
+    let dy_to_dx = Conv2dGeometry { c_in: g.c_out, c_out: g.c_in, ..*g };
+    let packed = pack_weights(gpu, &dy_to_dx, w, v.q, Packing::Transposed)?;
+    let dx = gpu.uninit(&g.x_shape())?;
+    launch_direct(gpu, &v, &params, &dx, dy, &packed, None)?;
+    Ok(dx)
 }
 
 /// Images per im2col chunk, so `per_image_floats * chunk` stays bounded.
@@ -461,7 +570,7 @@ pub fn conv2d_forward(gpu: &Gpu, g: &Conv2dGeometry, x: &Tensor, w: &Tensor, bia
         g.check("conv2d_forward", "bias", b, &[g.c_out])?;
     }
     if direct_supports(g) {
-        direct(gpu, g, x, w, bias, false)
+        direct(gpu, g, x, w, bias, Packing::Plain)
     } else {
         forward_gemm(gpu, g, x, w, bias)
     }
@@ -473,7 +582,10 @@ pub fn conv2d_grad_input(gpu: &Gpu, g: &Conv2dGeometry, dy: &Tensor, w: &Tensor)
     g.check("conv2d_grad_input", "dy", dy, &g.y_shape())?;
     g.check("conv2d_grad_input", "w", w, &g.w_shape())?;
     if let Some(t) = g.grad_input_as_conv().filter(direct_supports) {
-        return direct(gpu, &t, dy, w, None, true);
+        return direct(gpu, &t, dy, w, None, Packing::Flipped);
+    }
+    if transposed_supports(g) {
+        return grad_input_transposed(gpu, g, dy, w);
     }
     let dx = gpu.uninit(&g.x_shape())?;
     let ck = g.c_in * g.taps();
@@ -581,7 +693,7 @@ pub fn grad_weight_path(g: &Conv2dGeometry) -> ConvPath {
 }
 
 pub fn grad_input_path(g: &Conv2dGeometry) -> ConvPath {
-    if g.grad_input_as_conv().filter(direct_supports).is_some() {
+    if g.grad_input_as_conv().filter(direct_supports).is_some() || transposed_supports(g) {
         ConvPath::Direct
     } else {
         ConvPath::Gemm
