@@ -101,6 +101,9 @@ fn one_by_one_and_other_kernels() {
     check(geom(3, 7, 6, 8, 9, 1, 1, [0; 4]));
     check(geom(1, 64, 4, 4, 3, 1, 1, [0; 4]));
     check(geom(2, 5, 5, 7, 4, 1, 2, [0; 4]));
+    // Unpadded 1x1 runs as a plain GEMM, padded 1x1 on the direct kernels.
+    check(geom(1, 6, 4, 8, 10, 1, 1, [0, 0, 0, 0]));
+    check(geom(2, 3, 3, 5, 5, 1, 1, [1, 0, 0, 1]));
     // A 2x2 kernel takes the GEMM path; a 5x1 one the direct kernel (kh is a loop).
     check(geom(2, 3, 6, 7, 5, 2, 1, [0, 1, 0, 1]));
     check(Conv2dGeometry { kh: 5, kw: 1, ..geom(1, 4, 9, 8, 6, 1, 1, [2, 2, 0, 0]) });
@@ -134,6 +137,8 @@ fn geometry_sizes() {
     assert_eq!(conv2d::grad_weight_path(&geom(1, 1, 5, 7, 1, 3, 1, [1; 4])), ConvPath::Gemm);
     assert_eq!(conv2d::grad_input_path(&geom(1, 1, 5, 5, 1, 3, 1, [1; 4])), ConvPath::Direct);
     assert_eq!(conv2d::forward_path(&geom(1, 1, 5, 5, 1, 2, 1, [0; 4])), ConvPath::Gemm);
+    assert_eq!(conv2d::forward_path(&geom(1, 1, 5, 5, 1, 1, 1, [0; 4])), ConvPath::Gemm);
+    assert_eq!(conv2d::forward_path(&geom(1, 1, 5, 5, 1, 1, 2, [0; 4])), ConvPath::Direct);
 }
 
 /// d(sum(r * y))/d(input) by central differences in f64.

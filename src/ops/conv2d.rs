@@ -3,14 +3,18 @@
 //! forms.
 //!
 //! Paths, fastest first:
+//! * 1x1 stride-1 unpadded convs (forward and grad-input): one batched GEMM;
 //! * forward with kernel width 1 or 3, stride 1 or 2 and left padding below
 //!   the kernel width: the direct kernel `conv2d_forward` (weights packed by
 //!   `conv2d_pack_weights` on the GPU, output channels innermost);
 //! * grad-input of such a stride-1 conv with padding below the kernel size on
 //!   every side: the same direct kernel run on dy with the weights flipped and
-//!   transposed, and the padding mirrored;
-//! * everything else, and grad-weight always: im2col/col2im around a batched
-//!   GEMM, a chunk of images at a time so the column buffer stays bounded.
+//!   transposed, and the padding mirrored; of such a stride-2 conv: its
+//!   TRANSPOSED form (even and odd dx columns accumulated apart);
+//! * grad-weight of square 1x1 or 3x3 kernels on maps whose width and output
+//!   width are multiples of 4: the direct kernel `conv2d_grad_weight`;
+//! * everything else: im2col/col2im around a batched GEMM, a chunk of images
+//!   at a time so the column buffer stays bounded.
 //! grad-bias is `reduce::sum` over (N, H, W).
 
 use anyhow::{ensure, Result};
@@ -100,6 +104,11 @@ impl Conv2dGeometry {
     fn check(&self, op: &str, what: &str, t: &Tensor, want: &[usize]) -> Result<()> {
         ensure!(t.shape() == want, "{op}: {what} has shape {:?}, expected {want:?} for {self:?}", t.shape());
         Ok(())
+    }
+
+    /// A 1x1, stride-1, unpadded conv: a plain GEMM per image.
+    fn is_pointwise(&self) -> bool {
+        self.kh == 1 && self.kw == 1 && self.stride == 1 && self.pad == [0; 4]
     }
 
     fn taps(&self) -> usize {
@@ -569,7 +578,16 @@ pub fn conv2d_forward(gpu: &Gpu, g: &Conv2dGeometry, x: &Tensor, w: &Tensor, bia
     if let Some(b) = bias {
         g.check("conv2d_forward", "bias", b, &[g.c_out])?;
     }
-    if direct_supports(g) {
+    if g.is_pointwise() {
+        // y[z] (c_out, h*w) = w (c_out, c_in) x[z] (c_in, h*w).
+        let y = gpu.uninit(&g.y_shape())?;
+        let mm = Gemm { batch: g.n, shared_a: true, ..Gemm::new(g.c_out, g.h * g.w, g.c_in) };
+        gemm(gpu, &mm, &y, w, x, None)?;
+        match bias {
+            Some(b) => elementwise::add_channel(gpu, &y, b),
+            None => Ok(y),
+        }
+    } else if direct_supports(g) {
         direct(gpu, g, x, w, bias, Packing::Plain)
     } else {
         forward_gemm(gpu, g, x, w, bias)
@@ -581,6 +599,13 @@ pub fn conv2d_grad_input(gpu: &Gpu, g: &Conv2dGeometry, dy: &Tensor, w: &Tensor)
     g.validate()?;
     g.check("conv2d_grad_input", "dy", dy, &g.y_shape())?;
     g.check("conv2d_grad_input", "w", w, &g.w_shape())?;
+    if g.is_pointwise() {
+        // dx[z] (c_in, h*w) = w^T dy[z], w stored (c_out, c_in).
+        let dx = gpu.uninit(&g.x_shape())?;
+        let mm = Gemm { batch: g.n, shared_a: true, trans_a: true, ..Gemm::new(g.c_in, g.h * g.w, g.c_out) };
+        gemm(gpu, &mm, &dx, w, dy, None)?;
+        return Ok(dx);
+    }
     if let Some(t) = g.grad_input_as_conv().filter(direct_supports) {
         return direct(gpu, &t, dy, w, None, Packing::Flipped);
     }
@@ -677,7 +702,7 @@ pub enum ConvPath {
 }
 
 pub fn forward_path(g: &Conv2dGeometry) -> ConvPath {
-    if direct_supports(g) {
+    if direct_supports(g) && !g.is_pointwise() {
         ConvPath::Direct
     } else {
         ConvPath::Gemm
@@ -693,7 +718,7 @@ pub fn grad_weight_path(g: &Conv2dGeometry) -> ConvPath {
 }
 
 pub fn grad_input_path(g: &Conv2dGeometry) -> ConvPath {
-    if g.grad_input_as_conv().filter(direct_supports).is_some() || transposed_supports(g) {
+    if !g.is_pointwise() && (g.grad_input_as_conv().filter(direct_supports).is_some() || transposed_supports(g)) {
         ConvPath::Direct
     } else {
         ConvPath::Gemm
