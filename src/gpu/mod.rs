@@ -377,6 +377,35 @@ impl Gpu {
         Ok(())
     }
 
+    /// Copy `len` elements of `src` from element `src_offset` into `dst` at
+    /// element `dst_offset`, on the GPU.
+    pub fn copy_region(
+        &self,
+        src: &Tensor,
+        src_offset: usize,
+        dst: &Tensor,
+        dst_offset: usize,
+        len: usize,
+    ) -> Result<()> {
+        if src_offset + len > src.len() || dst_offset + len > dst.len() {
+            bail!(
+                "copy_region: {len} elements from {src_offset} of {:?} to {dst_offset} of {:?} out of range",
+                src.shape(),
+                dst.shape()
+            );
+        }
+        self.with_encoder(|enc| {
+            enc.copy_buffer_to_buffer(
+                src.buffer(),
+                (src_offset * 4) as u64,
+                dst.buffer(),
+                (dst_offset * 4) as u64,
+                (len * 4) as u64,
+            )
+        });
+        Ok(())
+    }
+
     /// Block until every submitted command has finished.
     pub fn wait(&self) -> Result<()> {
         self.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| anyhow!("waiting for the GPU: {e}"))?;

@@ -4,6 +4,7 @@
 
 pub mod attention;
 pub mod concat;
+pub mod conv2d;
 pub mod ddpm;
 pub mod elementwise;
 pub mod embedding;

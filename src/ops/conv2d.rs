@@ -1,0 +1,825 @@
+//! 2-D convolution: forward (+bias), grad-input, grad-weight, grad-bias.
+//! Kernels: `shaders/conv2d.wgsl`, plus `shaders/matmul.wgsl` for the GEMM
+//! forms.
+//!
+//! Paths, fastest first:
+//! * 1x1 stride-1 unpadded convs (forward and grad-input): one batched GEMM;
+//! * forward with kernel width 1 or 3, stride 1 or 2 and left padding below
+//!   the kernel width: the direct kernel `conv2d_forward` (weights packed by
+//!   `conv2d_pack_weights` on the GPU, output channels innermost);
+//! * grad-input of such a stride-1 conv with padding below the kernel size on
+//!   every side: the same direct kernel run on dy with the weights flipped and
+//!   transposed, and the padding mirrored; of such a stride-2 conv: its
+//!   TRANSPOSED form (even and odd dx columns accumulated apart);
+//! * grad-weight of square 1x1 or 3x3 kernels on maps whose width and output
+//!   width are multiples of 4: the direct kernel `conv2d_grad_weight`;
+//! * everything else: im2col/col2im around a batched GEMM, a chunk of images
+//!   at a time so the column buffer stays bounded.
+//! grad-bias is `reduce::sum` over (N, H, W).
+
+use anyhow::{ensure, Result};
+use bytemuck::{Pod, Zeroable};
+
+use super::elementwise;
+use super::matmul::{gemm, Gemm};
+use super::reduce;
+use crate::gpu::{Access, Gpu, Kernel, Shader, Tensor};
+
+/// Shapes of one convolution: x (n, c_in, h, w), w (c_out, c_in, kh, kw),
+/// y (n, c_out, out_h, out_w); `pad` is zero padding as [top, bottom, left,
+/// right] (TF 'SAME' stride 2 is [0, 1, 0, 1] on even maps, PyTorch
+/// `padding=1` is [1, 1, 1, 1]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conv2dGeometry {
+    pub n: usize,
+    pub c_in: usize,
+    pub h: usize,
+    pub w: usize,
+    pub c_out: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub stride: usize,
+    pub pad: [usize; 4],
+}
+
+impl Conv2dGeometry {
+    /// A square `k` x `k` kernel with the same padding on every side.
+    pub fn square(
+        n: usize,
+        c_in: usize,
+        h: usize,
+        w: usize,
+        c_out: usize,
+        k: usize,
+        stride: usize,
+        pad: usize,
+    ) -> Self {
+        Conv2dGeometry { n, c_in, h, w, c_out, kh: k, kw: k, stride, pad: [pad; 4] }
+    }
+
+    pub fn out_h(&self) -> usize {
+        (self.h + self.pad[0] + self.pad[1] - self.kh) / self.stride + 1
+    }
+
+    pub fn out_w(&self) -> usize {
+        (self.w + self.pad[2] + self.pad[3] - self.kw) / self.stride + 1
+    }
+
+    pub fn x_shape(&self) -> [usize; 4] {
+        [self.n, self.c_in, self.h, self.w]
+    }
+
+    pub fn w_shape(&self) -> [usize; 4] {
+        [self.c_out, self.c_in, self.kh, self.kw]
+    }
+
+    pub fn y_shape(&self) -> [usize; 4] {
+        [self.n, self.c_out, self.out_h(), self.out_w()]
+    }
+
+    /// Useful FLOPs of the forward pass (two per multiply-add); each of
+    /// grad-input and grad-weight costs the same.
+    pub fn flops(&self) -> f64 {
+        2.0 * (self.n * self.c_out * self.out_h() * self.out_w() * self.c_in * self.kh * self.kw) as f64
+    }
+
+    /// Checks the geometry itself (sizes, a kernel that fits the padded map).
+    pub fn validate(&self) -> Result<()> {
+        ensure!(
+            self.n > 0 && self.c_in > 0 && self.h > 0 && self.w > 0 && self.c_out > 0,
+            "conv2d: empty shape in {self:?}"
+        );
+        ensure!(self.kh > 0 && self.kw > 0 && self.stride > 0, "conv2d: zero kernel size or stride in {self:?}");
+        ensure!(
+            self.h + self.pad[0] + self.pad[1] >= self.kh && self.w + self.pad[2] + self.pad[3] >= self.kw,
+            "conv2d: kernel {}x{} larger than the padded map in {self:?}",
+            self.kh,
+            self.kw
+        );
+        let biggest = [self.n * self.c_in * self.h * self.w, self.n * self.c_out * self.out_h() * self.out_w()];
+        ensure!(biggest.iter().all(|&l| l < u32::MAX as usize), "conv2d: tensors too large for 32-bit indexing");
+        Ok(())
+    }
+
+    fn check(&self, op: &str, what: &str, t: &Tensor, want: &[usize]) -> Result<()> {
+        ensure!(t.shape() == want, "{op}: {what} has shape {:?}, expected {want:?} for {self:?}", t.shape());
+        Ok(())
+    }
+
+    /// A 1x1, stride-1, unpadded conv: a plain GEMM per image.
+    fn is_pointwise(&self) -> bool {
+        self.kh == 1 && self.kw == 1 && self.stride == 1 && self.pad == [0; 4]
+    }
+
+    fn taps(&self) -> usize {
+        self.kh * self.kw
+    }
+
+    fn pixels_out(&self) -> usize {
+        self.out_h() * self.out_w()
+    }
+
+    /// The conv that maps dy to dx when stride is 1: channels swapped, the
+    /// kernel rotated by 180 degrees, padding mirrored (`k - 1 - pad`).
+    fn grad_input_as_conv(&self) -> Option<Conv2dGeometry> {
+        let [t, b, l, r] = self.pad;
+        let fits = self.stride == 1 && t < self.kh && b < self.kh && l < self.kw && r < self.kw;
+        fits.then(|| Conv2dGeometry {
+            n: self.n,
+            c_in: self.c_out,
+            h: self.out_h(),
+            w: self.out_w(),
+            c_out: self.c_in,
+            kh: self.kh,
+            kw: self.kw,
+            stride: 1,
+            pad: [self.kh - 1 - t, self.kh - 1 - b, self.kw - 1 - l, self.kw - 1 - r],
+        })
+    }
+}
+
+/// Mirrors `Params` in `shaders/conv2d.wgsl`.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Params {
+    n: u32,
+    c_in: u32,
+    h: u32,
+    w: u32,
+    c_out: u32,
+    kh: u32,
+    kw: u32,
+    stride: u32,
+    pad_top: u32,
+    pad_left: u32,
+    out_h: u32,
+    out_w: u32,
+    row_groups: u32,
+    q: u32,
+    n0: u32,
+    count: u32,
+    flip: u32,
+    _pad: [u32; 3],
+}
+
+impl Params {
+    fn new(g: &Conv2dGeometry) -> Params {
+        Params {
+            n: g.n as u32,
+            c_in: g.c_in as u32,
+            h: g.h as u32,
+            w: g.w as u32,
+            c_out: g.c_out as u32,
+            kh: g.kh as u32,
+            kw: g.kw as u32,
+            stride: g.stride as u32,
+            pad_top: g.pad[0] as u32,
+            pad_left: g.pad[2] as u32,
+            out_h: g.out_h() as u32,
+            out_w: g.out_w() as u32,
+            row_groups: g.out_w().div_ceil(PIXELS_PER_LANE) as u32,
+            q: 0,
+            n0: 0,
+            count: g.n as u32,
+            flip: 0,
+            _pad: [0; 3],
+        }
+    }
+}
+
+/// Output pixels (consecutive in a row) per invocation of `conv2d_forward`.
+const PIXELS_PER_LANE: usize = 4;
+/// Invocations per workgroup of every conv2d entry point.
+const WORKGROUP: usize = 64;
+/// Upper bound on one chunk's im2col buffer (and on its GEMM output).
+const CHUNK_BYTES: usize = 48 << 20;
+
+/// How `conv2d_pack_weights` reads the (c_out, c_in, kh, kw) weights.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Packing {
+    /// As they are, for the forward pass.
+    Plain = 0,
+    /// Transposed to (c_in, c_out) and rotated by 180 degrees: the conv
+    /// that maps dy to dx when the stride is 1.
+    Flipped = 1,
+    /// Transposed only, for the stride-2 grad-input kernel.
+    Transposed = 2,
+}
+
+/// Which code of `shaders/conv2d.wgsl` a variant holds.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Entry {
+    Forward,
+    GradWeight,
+    Helpers,
+}
+
+/// Template defines of one `conv2d_forward` or `conv2d_grad_weight` variant.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct DirectVariant {
+    entry: Entry,
+    /// Stride-2 grad-input form of `conv2d_forward`.
+    transposed: bool,
+    /// Output channels per lane (forward), or per lane times input
+    /// channels per lane (grad-weight).
+    q: usize,
+    tci: usize,
+    kh: usize,
+    kw: usize,
+    stride: usize,
+    pad_left: usize,
+    vec4: bool,
+    bias: bool,
+    subgroups: bool,
+    sg8: bool,
+}
+
+impl DirectVariant {
+    /// Columns right of a lane's S vec4 core that its kernel taps still read.
+    fn halo_right(&self) -> usize {
+        (self.kw + 3 * self.stride).saturating_sub(self.pad_left + 4 * self.stride)
+    }
+
+    /// Halo columns (left, right) of the dy values the stride-2 grad-input
+    /// kernel reads: dx column 2i + px takes dy column i + (px + pad - kx) / 2.
+    fn transposed_halos(&self) -> (usize, usize) {
+        let offsets = (0..2i64)
+            .flat_map(|px| (0..self.kw as i64).map(move |kx| px + self.pad_left as i64 - kx))
+            .filter(|d| d % 2 == 0)
+            .map(|d| d / 2);
+        offsets.fold((0, 0), |(l, r), o| (l.max((-o).max(0) as usize), r.max(o.max(0) as usize)))
+    }
+
+    /// (S, PL, NR) as the template reads rows: stride, halo columns left
+    /// and right of a lane's core.
+    fn row_reads(&self) -> (usize, usize, usize) {
+        if self.transposed {
+            let (left, right) = self.transposed_halos();
+            (1, left, right)
+        } else {
+            (self.stride, self.pad_left, self.halo_right())
+        }
+    }
+
+    fn defines(&self) -> Vec<(&'static str, i64)> {
+        let (s, pl, nr) = self.row_reads();
+        vec![
+            ("TRANSPOSED", self.transposed as i64),
+            ("PADL", self.pad_left as i64),
+            ("NV", (pl + 4 * s + nr) as i64),
+            ("FORWARD", (self.entry == Entry::Forward) as i64),
+            ("GRAD_WEIGHT", (self.entry == Entry::GradWeight) as i64),
+            ("Q", self.q as i64),
+            ("TCO", self.q as i64),
+            ("TCI", self.tci as i64),
+            ("KH", self.kh as i64),
+            ("KW", self.kw as i64),
+            ("S", s as i64),
+            ("PL", pl as i64),
+            ("NR", nr as i64),
+            ("HL", (pl > 0) as i64),
+            ("HR", (nr > 0) as i64),
+            ("VEC4", self.vec4 as i64),
+            ("BIAS", self.bias as i64),
+            ("SUBGROUPS", self.subgroups as i64),
+            ("SG8", self.sg8 as i64),
+        ]
+    }
+}
+
+/// Kernel widths, strides and left paddings the direct kernels are built for.
+fn direct_supports(g: &Conv2dGeometry) -> bool {
+    matches!(g.kw, 1 | 3) && matches!(g.stride, 1 | 2) && g.pad[2] < g.kw
+}
+
+/// The direct grad-weight kernel also fixes the kernel height and needs
+/// rows that are whole vec4s.
+fn grad_weight_direct_supports(g: &Conv2dGeometry) -> bool {
+    direct_supports(g) && g.kh == g.kw && g.w % 4 == 0 && g.out_w() % 4 == 0
+}
+
+/// Output channels per invocation. Measured on lavapipe: 32 with subgroup
+/// weight sharing; without it each lane loads its own weights, so fewer.
+fn channels_per_lane(subgroups: bool, c_out: usize) -> usize {
+    match (subgroups, c_out) {
+        (_, 0..=8) => 8,
+        (true, _) => 32,
+        (false, _) => 16,
+    }
+}
+
+/// Output (dx) channels per invocation of the stride-2 grad-input kernel:
+/// its lanes hold 8 pixels, so half as many channels as the forward.
+fn transposed_channels_per_lane(subgroups: bool, c_in: usize) -> usize {
+    channels_per_lane(subgroups, c_in).div_ceil(2).max(8)
+}
+
+/// grad-weight tile per lane: 4 output channels by this many input
+/// channels by every tap (about 128 accumulators).
+fn grad_weight_input_channels(k: usize) -> usize {
+    if k == 1 {
+        32
+    } else {
+        4
+    }
+}
+
+/// Output channels per lane of `conv2d_grad_weight`.
+const GW_OUT_CHANNELS: usize = 4;
+
+fn direct_variant(gpu: &Gpu, g: &Conv2dGeometry, bias: bool) -> DirectVariant {
+    let info = gpu.info();
+    DirectVariant {
+        entry: Entry::Forward,
+        transposed: false,
+        q: channels_per_lane(info.subgroups, g.c_out),
+        tci: 1,
+        kh: 1,
+        kw: g.kw,
+        stride: g.stride,
+        pad_left: g.pad[2],
+        vec4: g.w % 4 == 0 && g.out_w() % 4 == 0,
+        bias,
+        subgroups: info.subgroups,
+        sg8: info.subgroup_is_8,
+    }
+}
+
+fn grad_weight_variant(gpu: &Gpu, g: &Conv2dGeometry) -> DirectVariant {
+    let info = gpu.info();
+    DirectVariant {
+        entry: Entry::GradWeight,
+        transposed: false,
+        q: GW_OUT_CHANNELS,
+        tci: grad_weight_input_channels(g.kw),
+        kh: g.kh,
+        kw: g.kw,
+        stride: g.stride,
+        pad_left: g.pad[2],
+        vec4: true,
+        bias: false,
+        subgroups: info.subgroups,
+        sg8: info.subgroup_is_8,
+    }
+}
+
+/// Defines of the helper entry points (names used by the template's
+/// directives must exist even where the other code is skipped).
+fn helper_defines() -> Vec<(&'static str, i64)> {
+    DirectVariant {
+        entry: Entry::Helpers,
+        transposed: false,
+        q: 4,
+        tci: 1,
+        kh: 1,
+        kw: 1,
+        stride: 1,
+        pad_left: 0,
+        vec4: false,
+        bias: false,
+        subgroups: false,
+        sg8: false,
+    }
+    .defines()
+}
+
+/// Every define set the launchers can choose, for the cross-backend check.
+pub fn variants() -> Vec<Vec<(&'static str, i64)>> {
+    let mut out = vec![helper_defines()];
+    let shapes = [(1, 1, 0), (1, 2, 0), (3, 1, 0), (3, 1, 1), (3, 1, 2), (3, 2, 0), (3, 2, 1), (3, 2, 2)];
+    for (subgroups, sg8) in [(false, false), (true, true), (true, false)] {
+        for (kw, stride, pad_left) in shapes {
+            let base = DirectVariant {
+                entry: Entry::GradWeight,
+                transposed: false,
+                q: GW_OUT_CHANNELS,
+                tci: grad_weight_input_channels(kw),
+                kh: kw,
+                kw,
+                stride,
+                pad_left,
+                vec4: true,
+                bias: false,
+                subgroups,
+                sg8,
+            };
+            out.push(base.defines());
+            for q in [8, channels_per_lane(subgroups, 64)] {
+                for bits in 0..4 {
+                    let v = DirectVariant {
+                        entry: Entry::Forward,
+                        q,
+                        tci: 1,
+                        kh: 1,
+                        vec4: bits & 1 != 0,
+                        bias: bits & 2 != 0,
+                        ..base
+                    };
+                    out.push(v.defines());
+                    if stride == 2 {
+                        out.push(
+                            DirectVariant { transposed: true, q: transposed_channels_per_lane(subgroups, q), ..v }
+                                .defines(),
+                        );
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+const DIRECT: &[Access] = &[Access::ReadWrite, Access::Read, Access::Read];
+const DIRECT_BIAS: &[Access] = &[Access::ReadWrite, Access::Read, Access::Read, Access::Read];
+const HELPER: &[Access] = &[Access::ReadWrite, Access::Read];
+
+fn launch_helper(
+    gpu: &Gpu,
+    entry: &'static str,
+    params: &Params,
+    out: &Tensor,
+    src: &Tensor,
+    items: usize,
+) -> Result<()> {
+    let kernel = Kernel::new(Shader::Conv2d, entry, HELPER).with_defines(helper_defines());
+    gpu.launch(&kernel, params, &[out, src], Gpu::grid_1d(items.div_ceil(WORKGROUP) as u32))
+}
+
+/// Weights relaid for the direct kernel as (c_out/q, c_in, kh, kw, q) of
+/// the conv `g` describes (for grad-input: the conv from dy to dx, whose
+/// weights `w` holds as (c_in, c_out, kh, kw)).
+fn pack_weights(gpu: &Gpu, g: &Conv2dGeometry, w: &Tensor, q: usize, packing: Packing) -> Result<Tensor> {
+    let blocks = g.c_out.div_ceil(q);
+    let packed = gpu.uninit(&[blocks, g.c_in, g.kh, g.kw, q])?;
+    let params = Params { q: q as u32, flip: packing as u32, ..Params::new(g) };
+    launch_helper(gpu, "conv2d_pack_weights", &params, &packed, w, packed.len())?;
+    Ok(packed)
+}
+
+/// Record one `conv2d_forward` launch writing `y`; `params.row_groups`
+/// pixel groups per output row.
+fn launch_direct(
+    gpu: &Gpu,
+    v: &DirectVariant,
+    params: &Params,
+    y: &Tensor,
+    x: &Tensor,
+    packed: &Tensor,
+    bias: Option<&Tensor>,
+) -> Result<()> {
+    // The stride-2 grad-input kernel runs even and odd dx rows as z = 0, 1.
+    let (rows, parities) = if v.transposed { (params.out_h.div_ceil(2), 2) } else { (params.out_h, 1) };
+    let groups = (params.n * rows * params.row_groups) as usize;
+    let grid = [groups.div_ceil(WORKGROUP) as u32, (params.c_out as usize).div_ceil(v.q) as u32, parities];
+    let kernel = Kernel::new(Shader::Conv2d, "conv2d_forward", if bias.is_some() { DIRECT_BIAS } else { DIRECT })
+        .with_defines(v.defines());
+    let mut tensors = vec![y, x, packed];
+    tensors.extend(bias);
+    gpu.launch(&kernel, params, &tensors, grid)
+}
+
+/// The direct kernel: `y = conv(x, w) (+ bias)`, `w` read as `packing` says.
+fn direct(
+    gpu: &Gpu,
+    g: &Conv2dGeometry,
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    packing: Packing,
+) -> Result<Tensor> {
+    let v = direct_variant(gpu, g, bias.is_some());
+    let packed = pack_weights(gpu, g, w, v.q, packing)?;
+    let y = gpu.uninit(&g.y_shape())?;
+    launch_direct(gpu, &v, &Params::new(g), &y, x, &packed, bias)?;
+    Ok(y)
+}
+
+/// The stride-2 grad-input kernel supports what the forward one does.
+fn transposed_supports(g: &Conv2dGeometry) -> bool {
+    g.stride == 2 && direct_supports(g)
+}
+
+/// dx of a stride-2 conv by the TRANSPOSED form of the direct kernel.
+fn grad_input_transposed(gpu: &Gpu, g: &Conv2dGeometry, dy: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let info = gpu.info();
+    let v = DirectVariant {
+        transposed: true,
+        q: transposed_channels_per_lane(info.subgroups, g.c_in),
+        vec4: g.out_w() % 4 == 0 && g.w % 8 == 0,
+        ..direct_variant(gpu, g, false)
+    };
+    // Seen from the kernel: input dy (c_out channels), output dx.
+    let params = Params {
+        c_in: g.c_out as u32,
+        h: g.out_h() as u32,
+        w: g.out_w() as u32,
+        c_out: g.c_in as u32,
+        out_h: g.h as u32,
+        out_w: g.w as u32,
+        row_groups: g.w.div_ceil(2 * PIXELS_PER_LANE) as u32,
+        ..Params::new(g)
+    };
+    let dy_to_dx = Conv2dGeometry { c_in: g.c_out, c_out: g.c_in, ..*g };
+    let packed = pack_weights(gpu, &dy_to_dx, w, v.q, Packing::Transposed)?;
+    let dx = gpu.uninit(&g.x_shape())?;
+    launch_direct(gpu, &v, &params, &dx, dy, &packed, None)?;
+    Ok(dx)
+}
+
+/// Images per im2col chunk, so `per_image_floats * chunk` stays bounded.
+fn chunk_images(g: &Conv2dGeometry, per_image_floats: usize) -> usize {
+    (CHUNK_BYTES / (4 * per_image_floats).max(1)).clamp(1, g.n)
+}
+
+/// Columns (count, out_h*out_w, c_in*kh*kw) of images n0..n0+count.
+fn im2col(gpu: &Gpu, g: &Conv2dGeometry, x: &Tensor, n0: usize, count: usize) -> Result<Tensor> {
+    let cols = gpu.uninit(&[count, g.pixels_out(), g.c_in * g.taps()])?;
+    let params = Params { n0: n0 as u32, count: count as u32, ..Params::new(g) };
+    launch_helper(gpu, "conv2d_im2col", &params, &cols, x, cols.len())?;
+    Ok(cols)
+}
+
+/// Forward through im2col + GEMM: any kernel size, stride and padding.
+fn forward_gemm(gpu: &Gpu, g: &Conv2dGeometry, x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    let y = gpu.uninit(&g.y_shape())?;
+    let ck = g.c_in * g.taps();
+    let chunk = chunk_images(g, g.pixels_out() * ck);
+    let per_image = g.c_out * g.pixels_out();
+    for n0 in (0..g.n).step_by(chunk) {
+        let count = chunk.min(g.n - n0);
+        let cols = im2col(gpu, g, x, n0, count)?;
+        // y[z] (c_out, pixels) = w (c_out, ck) cols[z]^T, cols[z] stored (pixels, ck).
+        let mm = Gemm { batch: count, trans_b: true, shared_a: true, ..Gemm::new(g.c_out, g.pixels_out(), ck) };
+        if count == g.n {
+            gemm(gpu, &mm, &y, w, &cols, None)?;
+        } else {
+            let part = gpu.uninit(&[count * per_image])?;
+            gemm(gpu, &mm, &part, w, &cols, None)?;
+            copy_into(gpu, &part, &y, n0 * per_image)?;
+        }
+    }
+    match bias {
+        Some(b) => elementwise::add_channel(gpu, &y, b),
+        None => Ok(y),
+    }
+}
+
+/// Copy all of `src` into `dst` starting at element `offset`.
+fn copy_into(gpu: &Gpu, src: &Tensor, dst: &Tensor, offset: usize) -> Result<()> {
+    gpu.copy_region(src, 0, dst, offset, src.len())
+}
+
+/// `y = conv2d(x, w) + bias`: x (n, c_in, h, w), w (c_out, c_in, kh, kw),
+/// bias (c_out).
+pub fn conv2d_forward(gpu: &Gpu, g: &Conv2dGeometry, x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    g.validate()?;
+    g.check("conv2d_forward", "x", x, &g.x_shape())?;
+    g.check("conv2d_forward", "w", w, &g.w_shape())?;
+    if let Some(b) = bias {
+        g.check("conv2d_forward", "bias", b, &[g.c_out])?;
+    }
+    if g.is_pointwise() {
+        // y[z] (c_out, h*w) = w (c_out, c_in) x[z] (c_in, h*w).
+        let y = gpu.uninit(&g.y_shape())?;
+        let mm = Gemm { batch: g.n, shared_a: true, ..Gemm::new(g.c_out, g.h * g.w, g.c_in) };
+        gemm(gpu, &mm, &y, w, x, None)?;
+        match bias {
+            Some(b) => elementwise::add_channel(gpu, &y, b),
+            None => Ok(y),
+        }
+    } else if direct_supports(g) {
+        direct(gpu, g, x, w, bias, Packing::Plain)
+    } else {
+        forward_gemm(gpu, g, x, w, bias)
+    }
+}
+
+/// dx (n, c_in, h, w) from dy (n, c_out, out_h, out_w).
+pub fn conv2d_grad_input(gpu: &Gpu, g: &Conv2dGeometry, dy: &Tensor, w: &Tensor) -> Result<Tensor> {
+    g.validate()?;
+    g.check("conv2d_grad_input", "dy", dy, &g.y_shape())?;
+    g.check("conv2d_grad_input", "w", w, &g.w_shape())?;
+    if g.is_pointwise() {
+        // dx[z] (c_in, h*w) = w^T dy[z], w stored (c_out, c_in).
+        let dx = gpu.uninit(&g.x_shape())?;
+        let mm = Gemm { batch: g.n, shared_a: true, trans_a: true, ..Gemm::new(g.c_in, g.h * g.w, g.c_out) };
+        gemm(gpu, &mm, &dx, w, dy, None)?;
+        return Ok(dx);
+    }
+    if let Some(t) = g.grad_input_as_conv().filter(direct_supports) {
+        return direct(gpu, &t, dy, w, None, Packing::Flipped);
+    }
+    if transposed_supports(g) {
+        return grad_input_transposed(gpu, g, dy, w);
+    }
+    let dx = gpu.uninit(&g.x_shape())?;
+    let ck = g.c_in * g.taps();
+    let chunk = chunk_images(g, g.pixels_out() * ck);
+    for n0 in (0..g.n).step_by(chunk) {
+        let count = chunk.min(g.n - n0);
+        // dcols[z] (ck, pixels) = w^T dy[z]; w stored (c_out, ck).
+        let mm = Gemm { batch: count, trans_a: true, shared_a: true, ..Gemm::new(ck, g.pixels_out(), g.c_out) };
+        let dy_chunk = if count == g.n { dy.clone() } else { slice_images(gpu, dy, n0, count)? };
+        let dcols = gpu.uninit(&[count, ck, g.pixels_out()])?;
+        gemm(gpu, &mm, &dcols, w, &dy_chunk, None)?;
+        let params = Params { n0: n0 as u32, count: count as u32, ..Params::new(g) };
+        launch_helper(gpu, "conv2d_col2im", &params, &dx, &dcols, count * g.c_in * g.h * g.w)?;
+    }
+    Ok(dx)
+}
+
+/// Images n0..n0+count of an (n, ...) tensor, copied out.
+fn slice_images(gpu: &Gpu, t: &Tensor, n0: usize, count: usize) -> Result<Tensor> {
+    let mut shape = t.shape().to_vec();
+    let per_image = t.len() / shape[0];
+    shape[0] = count;
+    let out = gpu.uninit(&shape)?;
+    gpu.copy_region(t, n0 * per_image, &out, 0, count * per_image)?;
+    Ok(out)
+}
+
+/// dw (c_out, c_in, kh, kw) = sum over images of dy[z] (c_out, pixels) times
+/// cols[z] (pixels, c_in*kh*kw): one batched GEMM per chunk into per-image
+/// partials, then a sum over the images.
+pub fn conv2d_grad_weight(gpu: &Gpu, g: &Conv2dGeometry, dy: &Tensor, x: &Tensor) -> Result<Tensor> {
+    g.validate()?;
+    g.check("conv2d_grad_weight", "dy", dy, &g.y_shape())?;
+    g.check("conv2d_grad_weight", "x", x, &g.x_shape())?;
+    if grad_weight_direct_supports(g) {
+        let v = grad_weight_variant(gpu, g);
+        let dw = gpu.uninit(&g.w_shape())?;
+        // A workgroup is 4 groups of 8 lanes: 8 lanes across output
+        // channels, 4 groups across input channels.
+        let grid = [g.c_out.div_ceil(8 * v.q) as u32, g.c_in.div_ceil(4 * v.tci) as u32, 1];
+        let kernel = Kernel::new(Shader::Conv2d, "conv2d_grad_weight", DIRECT).with_defines(v.defines());
+        gpu.launch(&kernel, &Params::new(g), &[&dw, x, dy], grid)?;
+        return Ok(dw);
+    }
+    let ck = g.c_in * g.taps();
+    let chunk = chunk_images(g, (g.pixels_out() + g.c_out) * ck);
+    let mut dw: Option<Tensor> = None;
+    for n0 in (0..g.n).step_by(chunk) {
+        let count = chunk.min(g.n - n0);
+        let cols = im2col(gpu, g, x, n0, count)?;
+        let dy_chunk = if count == g.n { dy.clone() } else { slice_images(gpu, dy, n0, count)? };
+        let partial = gpu.uninit(&[count, g.c_out, ck])?;
+        gemm(gpu, &Gemm { batch: count, ..Gemm::new(g.c_out, ck, g.pixels_out()) }, &partial, &dy_chunk, &cols, None)?;
+        let sum = reduce::sum(gpu, &partial, &[0])?;
+        dw = Some(match dw {
+            Some(acc) => elementwise::add(gpu, &acc, &sum)?,
+            None => sum,
+        });
+    }
+    dw.expect("n > 0 gives at least one chunk").reshape(&g.w_shape())
+}
+
+/// db (c_out) = dy summed over images and pixels.
+pub fn conv2d_grad_bias(gpu: &Gpu, g: &Conv2dGeometry, dy: &Tensor) -> Result<Tensor> {
+    g.check("conv2d_grad_bias", "dy", dy, &g.y_shape())?;
+    reduce::sum(gpu, dy, &[0, 2, 3])
+}
+
+/// Gradients of `conv2d_forward`: (dx, dw, db), db only when `with_bias`.
+pub fn conv2d_backward(
+    gpu: &Gpu,
+    g: &Conv2dGeometry,
+    dy: &Tensor,
+    x: &Tensor,
+    w: &Tensor,
+    with_bias: bool,
+) -> Result<(Tensor, Tensor, Option<Tensor>)> {
+    let dx = conv2d_grad_input(gpu, g, dy, w)?;
+    let dw = conv2d_grad_weight(gpu, g, dy, x)?;
+    let db = if with_bias { Some(conv2d_grad_bias(gpu, g, dy)?) } else { None };
+    Ok((dx, dw, db))
+}
+
+/// Which kernels a launch takes, for tests and benches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConvPath {
+    Direct,
+    Gemm,
+}
+
+pub fn forward_path(g: &Conv2dGeometry) -> ConvPath {
+    if direct_supports(g) && !g.is_pointwise() {
+        ConvPath::Direct
+    } else {
+        ConvPath::Gemm
+    }
+}
+
+pub fn grad_weight_path(g: &Conv2dGeometry) -> ConvPath {
+    if grad_weight_direct_supports(g) {
+        ConvPath::Direct
+    } else {
+        ConvPath::Gemm
+    }
+}
+
+pub fn grad_input_path(g: &Conv2dGeometry) -> ConvPath {
+    if !g.is_pointwise() && (g.grad_input_as_conv().filter(direct_supports).is_some() || transposed_supports(g)) {
+        ConvPath::Direct
+    } else {
+        ConvPath::Gemm
+    }
+}
+
+/// CPU twin, f64 accumulation; layouts as the GPU launchers.
+pub mod cpu {
+    use super::Conv2dGeometry;
+
+    /// The input pixel (iy, ix) tap (ky, kx) of output (oy, ox) reads, if inside.
+    fn source(g: &Conv2dGeometry, oy: usize, ox: usize, ky: usize, kx: usize) -> Option<(usize, usize)> {
+        let iy = (oy * g.stride + ky).checked_sub(g.pad[0]).filter(|&v| v < g.h)?;
+        let ix = (ox * g.stride + kx).checked_sub(g.pad[2]).filter(|&v| v < g.w)?;
+        Some((iy, ix))
+    }
+
+    /// Calls `f(x_index, w_index, y_index)` for every multiply-add of the conv.
+    fn for_each_tap(g: &Conv2dGeometry, mut f: impl FnMut(usize, usize, usize)) {
+        let (oh, ow) = (g.out_h(), g.out_w());
+        for n in 0..g.n {
+            for co in 0..g.c_out {
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        let yi = ((n * g.c_out + co) * oh + oy) * ow + ox;
+                        for ci in 0..g.c_in {
+                            for ky in 0..g.kh {
+                                for kx in 0..g.kw {
+                                    if let Some((iy, ix)) = source(g, oy, ox, ky, kx) {
+                                        let xi = ((n * g.c_in + ci) * g.h + iy) * g.w + ix;
+                                        let wi = ((co * g.c_in + ci) * g.kh + ky) * g.kw + kx;
+                                        f(xi, wi, yi);
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn to_f32(v: Vec<f64>) -> Vec<f32> {
+        v.into_iter().map(|v| v as f32).collect()
+    }
+
+    /// y (n, c_out, out_h, out_w).
+    pub fn forward(g: &Conv2dGeometry, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+        forward_f64(g, &widen(x), &widen(w), bias.map(widen).as_deref()).into_iter().map(|v| v as f32).collect()
+    }
+
+    pub fn widen(v: &[f32]) -> Vec<f64> {
+        v.iter().map(|&v| v as f64).collect()
+    }
+
+    /// Forward in f64 throughout (for finite differences).
+    pub fn forward_f64(g: &Conv2dGeometry, x: &[f64], w: &[f64], bias: Option<&[f64]>) -> Vec<f64> {
+        let mut y = vec![0f64; g.n * g.c_out * g.out_h() * g.out_w()];
+        for_each_tap(g, |xi, wi, yi| y[yi] += x[xi] * w[wi]);
+        if let Some(b) = bias {
+            let plane = g.out_h() * g.out_w();
+            for (i, v) in y.iter_mut().enumerate() {
+                *v += b[(i / plane) % g.c_out];
+            }
+        }
+        y
+    }
+
+    /// dx (n, c_in, h, w).
+    pub fn grad_input(g: &Conv2dGeometry, dy: &[f32], w: &[f32]) -> Vec<f32> {
+        to_f32(grad_input_f64(g, &widen(dy), &widen(w)))
+    }
+
+    pub fn grad_input_f64(g: &Conv2dGeometry, dy: &[f64], w: &[f64]) -> Vec<f64> {
+        let mut dx = vec![0f64; g.n * g.c_in * g.h * g.w];
+        for_each_tap(g, |xi, wi, yi| dx[xi] += dy[yi] * w[wi]);
+        dx
+    }
+
+    /// dw (c_out, c_in, kh, kw).
+    pub fn grad_weight(g: &Conv2dGeometry, dy: &[f32], x: &[f32]) -> Vec<f32> {
+        to_f32(grad_weight_f64(g, &widen(dy), &widen(x)))
+    }
+
+    pub fn grad_weight_f64(g: &Conv2dGeometry, dy: &[f64], x: &[f64]) -> Vec<f64> {
+        let mut dw = vec![0f64; g.c_out * g.c_in * g.kh * g.kw];
+        for_each_tap(g, |xi, wi, yi| dw[wi] += dy[yi] * x[xi]);
+        dw
+    }
+
+    /// db (c_out).
+    pub fn grad_bias(g: &Conv2dGeometry, dy: &[f32]) -> Vec<f32> {
+        to_f32(grad_bias_f64(g, &widen(dy)))
+    }
+
+    pub fn grad_bias_f64(g: &Conv2dGeometry, dy: &[f64]) -> Vec<f64> {
+        let plane = g.out_h() * g.out_w();
+        let mut db = vec![0f64; g.c_out];
+        for (i, v) in dy.iter().enumerate() {
+            db[(i / plane) % g.c_out] += v;
+        }
+        db
+    }
+}
