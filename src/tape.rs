@@ -11,8 +11,14 @@
 use anyhow::{ensure, Result};
 
 use crate::gpu::{Gpu, Tensor};
+use crate::ops::attention::{attention_backward, attention_forward};
+use crate::ops::concat::{concat, split};
+use crate::ops::conv2d::{conv2d_forward, conv2d_grad_bias, conv2d_grad_input, conv2d_grad_weight, Conv2dGeometry};
 use crate::ops::elementwise as ew;
-use crate::ops::matmul::{gemm, Gemm};
+use crate::ops::group_norm::GroupNorm;
+use crate::ops::linear::{linear_backward, linear_forward};
+use crate::ops::loss::{mse_loss, mse_loss_backward};
+use crate::ops::upsample::{upsample_nearest2x, upsample_nearest2x_backward};
 use crate::ops::{permute, reduce};
 
 /// A value on the tape: its tensor, and the id its gradient is kept under.
@@ -33,16 +39,18 @@ impl Var {
     }
 }
 
-/// An input of a recorded op: which gradient it feeds, if any.
-#[derive(Clone, Copy, Debug)]
+/// An input of a recorded op: which gradient it feeds, if any, and the
+/// shape that gradient takes.
+#[derive(Clone, Debug)]
 struct Input {
     id: usize,
     needs_grad: bool,
+    shape: Vec<usize>,
 }
 
 impl From<&Var> for Input {
     fn from(v: &Var) -> Input {
-        Input { id: v.id, needs_grad: v.needs_grad }
+        Input { id: v.id, needs_grad: v.needs_grad, shape: v.shape().to_vec() }
     }
 }
 
@@ -56,6 +64,40 @@ enum Op {
         b: Input,
         x_value: Tensor,
         w_value: Tensor,
+    },
+    Conv2d {
+        x: Input,
+        w: Input,
+        b: Input,
+        geometry: Conv2dGeometry,
+        x_value: Tensor,
+        w_value: Tensor,
+    },
+    /// Group norm, optionally fused with the SiLU after it; saves x, gamma,
+    /// beta and the per-group mean and rstd.
+    GroupNorm {
+        x: Input,
+        gamma: Input,
+        beta: Input,
+        norm: GroupNorm,
+        saved: [Tensor; 4],
+    },
+    /// softmax(scale q k^T) v over (batch, T, d); saves q, k, v and the probabilities.
+    Attention {
+        q: Input,
+        k: Input,
+        v: Input,
+        scale: f32,
+        saved: [Tensor; 4],
+    },
+    Upsample2x {
+        x: Input,
+    },
+    /// Channels of `a` then `b`.
+    Concat {
+        a: Input,
+        b: Input,
+        channels_a: usize,
     },
     Silu {
         x: Input,
@@ -80,11 +122,12 @@ enum Op {
         x: Input,
         shape: Vec<usize>,
     },
-    /// mean((pred - target)^2); saves pred - target
+    /// mean((pred - target)^2)
     MseLoss {
         pred: Input,
         target: Input,
-        diff: Tensor,
+        pred_value: Tensor,
+        target_value: Tensor,
     },
 }
 
@@ -141,20 +184,68 @@ impl<'g> Tape<'g> {
     }
 
     pub fn linear(&mut self, x: &Var, w: &Var, b: &Var) -> Result<Var> {
-        let (xs, ws) = (x.shape(), w.shape());
-        ensure!(xs.len() == 2 && ws.len() == 2 && xs[1] == ws[1], "linear: x {xs:?} and weight {ws:?} do not fit");
-        ensure!(b.shape() == [ws[0]], "linear: bias {:?} for weight {ws:?}", b.shape());
-        let g = Gemm { trans_b: true, ..Gemm::new(xs[0], ws[0], xs[1]) };
-        let y = self.gpu.uninit(&[xs[0], ws[0]])?;
-        gemm(self.gpu, &g, &y, &x.value, &w.value, Some(&b.value))?;
-        let (xv, wv) = (x.value.clone(), w.value.clone());
+        let y = linear_forward(self.gpu, &x.value, &w.value, Some(&b.value))?;
+        let (x_value, w_value) = (x.value.clone(), w.value.clone());
         Ok(self.output(y, &[x.into(), w.into(), b.into()], || Op::Linear {
             x: x.into(),
             w: w.into(),
             b: b.into(),
-            x_value: xv,
-            w_value: wv,
+            x_value,
+            w_value,
         }))
+    }
+
+    pub fn conv2d(&mut self, x: &Var, w: &Var, b: &Var, geometry: Conv2dGeometry) -> Result<Var> {
+        let y = conv2d_forward(self.gpu, &geometry, &x.value, &w.value, Some(&b.value))?;
+        let (x_value, w_value) = (x.value.clone(), w.value.clone());
+        Ok(self.output(y, &[x.into(), w.into(), b.into()], || Op::Conv2d {
+            x: x.into(),
+            w: w.into(),
+            b: b.into(),
+            geometry,
+            x_value,
+            w_value,
+        }))
+    }
+
+    /// Group norm of `x` (N, C, ...) with affine `gamma`, `beta` (C), then
+    /// SiLU when `silu` (one fused kernel).
+    pub fn group_norm(&mut self, x: &Var, gamma: &Var, beta: &Var, groups: usize, eps: f32, silu: bool) -> Result<Var> {
+        let norm = GroupNorm { fuse_silu: silu, ..GroupNorm::new(groups, eps) };
+        let (y, stats) = norm.forward(self.gpu, &x.value, &gamma.value, &beta.value)?;
+        let saved = [x.value.clone(), gamma.value.clone(), beta.value.clone(), stats];
+        Ok(self.output(y, &[x.into(), gamma.into(), beta.into()], || Op::GroupNorm {
+            x: x.into(),
+            gamma: gamma.into(),
+            beta: beta.into(),
+            norm,
+            saved,
+        }))
+    }
+
+    /// `softmax(scale q k^T) v` for q, k, v of shape (batch, T, d).
+    pub fn attention(&mut self, q: &Var, k: &Var, v: &Var, scale: f32) -> Result<Var> {
+        let (out, probs) = attention_forward(self.gpu, &q.value, &k.value, &v.value, scale)?;
+        let saved = [q.value.clone(), k.value.clone(), v.value.clone(), probs];
+        Ok(self.output(out, &[q.into(), k.into(), v.into()], || Op::Attention {
+            q: q.into(),
+            k: k.into(),
+            v: v.into(),
+            scale,
+            saved,
+        }))
+    }
+
+    pub fn upsample_nearest2x(&mut self, x: &Var) -> Result<Var> {
+        let y = upsample_nearest2x(self.gpu, &x.value)?;
+        Ok(self.output(y, &[x.into()], || Op::Upsample2x { x: x.into() }))
+    }
+
+    /// Channel concatenation of two (N, C, H, W) maps (the UNet's skips).
+    pub fn concat(&mut self, a: &Var, b: &Var) -> Result<Var> {
+        let y = concat(self.gpu, &a.value, &b.value)?;
+        let channels_a = a.shape()[1];
+        Ok(self.output(y, &[a.into(), b.into()], || Op::Concat { a: a.into(), b: b.into(), channels_a }))
     }
 
     pub fn silu(&mut self, x: &Var) -> Result<Var> {
@@ -188,20 +279,18 @@ impl<'g> Tape<'g> {
 
     pub fn reshape(&mut self, x: &Var, shape: &[usize]) -> Result<Var> {
         let y = x.value.reshape(shape)?;
-        let old = x.shape().to_vec();
-        Ok(self.output(y, &[x.into()], || Op::Reshape { x: x.into(), shape: old }))
+        Ok(self.output(y, &[x.into()], || Op::Reshape { x: x.into() }))
     }
 
     /// Mean squared error as a (1) tensor: the DDPM L_simple loss.
     pub fn mse_loss(&mut self, pred: &Var, target: &Var) -> Result<Var> {
-        let diff = ew::sub(self.gpu, &pred.value, &target.value)?;
-        let sq = ew::mul(self.gpu, &diff, &diff)?;
-        let axes: Vec<usize> = (0..sq.shape().len()).collect();
-        let loss = reduce::mean(self.gpu, &sq, &axes)?;
+        let loss = mse_loss(self.gpu, &pred.value, &target.value)?;
+        let (pred_value, target_value) = (pred.value.clone(), target.value.clone());
         Ok(self.output(loss, &[pred.into(), target.into()], || Op::MseLoss {
             pred: pred.into(),
             target: target.into(),
-            diff,
+            pred_value,
+            target_value,
         }))
     }
 
@@ -219,29 +308,46 @@ impl<'g> Tape<'g> {
             let mut give = |input: Input, g: Tensor| -> Result<()> { accumulate(gpu, &mut grads, input, g) };
             match op {
                 Op::Linear { x, w, b, x_value, w_value } => {
-                    let (n, out_f, in_f) = (x_value.shape()[0], w_value.shape()[0], w_value.shape()[1]);
+                    let g = linear_backward(gpu, &dy, &x_value, &w_value, b.needs_grad)?;
+                    give(x, g.dx)?;
+                    give(w, g.dw)?;
+                    if let Some(db) = g.db {
+                        give(b, db)?;
+                    }
+                }
+                Op::Conv2d { x, w, b, geometry, x_value, w_value } => {
                     if x.needs_grad {
-                        let dx = gpu.uninit(&[n, in_f])?;
-                        gemm(gpu, &Gemm::new(n, in_f, out_f), &dx, &dy, &w_value, None)?;
-                        give(x, dx)?;
+                        give(x, conv2d_grad_input(gpu, &geometry, &dy, &w_value)?)?;
                     }
                     if w.needs_grad {
-                        let dw = gpu.uninit(&[out_f, in_f])?;
-                        gemm(gpu, &Gemm { trans_a: true, ..Gemm::new(out_f, in_f, n) }, &dw, &dy, &x_value, None)?;
-                        give(w, dw)?;
+                        give(w, conv2d_grad_weight(gpu, &geometry, &dy, &x_value)?)?;
                     }
                     if b.needs_grad {
-                        give(b, reduce::sum(gpu, &dy, &[0])?)?;
+                        give(b, conv2d_grad_bias(gpu, &geometry, &dy)?)?;
                     }
+                }
+                Op::GroupNorm { x, gamma, beta, norm, saved: [xv, gv, bv, stats] } => {
+                    let g = norm.backward(gpu, &dy, &xv, &gv, &bv, &stats)?;
+                    give(x, g.dx)?;
+                    give(gamma, g.dgamma)?;
+                    give(beta, g.dbeta)?;
+                }
+                Op::Attention { q, k, v, scale, saved: [qv, kv, vv, probs] } => {
+                    let g = attention_backward(gpu, &dy, &qv, &kv, &vv, &probs, scale)?;
+                    give(q, g.dq)?;
+                    give(k, g.dk)?;
+                    give(v, g.dv)?;
+                }
+                Op::Upsample2x { x } => give(x, upsample_nearest2x_backward(gpu, &dy)?)?,
+                Op::Concat { a, b, channels_a } => {
+                    let (da, db) = split(gpu, &dy, channels_a)?;
+                    give(a, da)?;
+                    give(b, db)?;
                 }
                 Op::Silu { x, x_value } => give(x, ew::silu_backward(gpu, &dy, &x_value)?)?,
                 Op::Add { a, b } => {
-                    if a.needs_grad {
-                        give(a, dy.clone())?;
-                    }
-                    if b.needs_grad {
-                        give(b, dy)?;
-                    }
+                    give(a, dy.clone())?;
+                    give(b, dy)?;
                 }
                 Op::AddPerSample { x, v, spatial } => {
                     if v.needs_grad {
@@ -249,26 +355,19 @@ impl<'g> Tape<'g> {
                         let dv = reduce::sum(gpu, &dy.reshape(&[rows, spatial])?, &[1])?;
                         give(v, dv)?;
                     }
-                    if x.needs_grad {
-                        give(x, dy)?;
-                    }
+                    give(x, dy)?;
                 }
                 Op::Transpose12 { x, dims: [a, b, c, d] } => {
                     let dx = permute::transpose12(gpu, &dy, [a, c, b, d])?;
                     give(x, dx)?;
                 }
-                Op::Reshape { x, shape } => give(x, dy.reshape(&shape)?)?,
-                Op::MseLoss { pred, target, diff } => {
-                    // d/dpred = 2 (pred - target) / n, times the upstream scalar.
-                    let n = diff.len();
-                    let scaled = ew::mul_channel(gpu, &diff.reshape(&[1, 1, n])?, &dy)?;
-                    let dpred = ew::scale(gpu, &scaled, 2.0 / n as f32)?.reshape(diff.shape())?;
+                Op::Reshape { x } => give(x, dy)?,
+                Op::MseLoss { pred, target, pred_value, target_value } => {
+                    let dpred = mse_loss_backward(gpu, &pred_value, &target_value, &dy)?;
                     if target.needs_grad {
                         give(target, ew::scale(gpu, &dpred, -1.0)?)?;
                     }
-                    if pred.needs_grad {
-                        give(pred, dpred)?;
-                    }
+                    give(pred, dpred)?;
                 }
             }
         }
@@ -281,11 +380,12 @@ fn accumulate(gpu: &Gpu, grads: &mut [Option<Tensor>], input: Input, g: Tensor) 
     if !input.needs_grad {
         return Ok(());
     }
+    let g = g.reshape(&input.shape)?;
     let slot = &mut grads[input.id];
     *slot = Some(match slot.take() {
         None => g,
         // A new tensor: `existing` or `g` may be shared with another gradient.
-        Some(existing) => ew::add(gpu, &existing, &g.reshape(existing.shape())?)?,
+        Some(existing) => ew::add(gpu, &existing, &g)?,
     });
     Ok(())
 }

@@ -1,0 +1,165 @@
+//! The UNet on the GPU: the same output as diffusers for a checkpoint saved
+//! by diffusers, and gradients of blocks and of a whole tiny UNet against
+//! finite differences.
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::{assert_close, check_gradients, rng, uniform};
+use ddpm_wgpu::tape::Tape;
+use ddpm_wgpu::unet::{ParamStore, ParamVars, UNet, UNetConfig};
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny_unet").join(name)
+}
+
+fn io_tensor(name: &str) -> (Vec<usize>, Vec<f32>) {
+    let bytes = std::fs::read(fixture("io.safetensors")).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let t = file.tensor(name).unwrap();
+    (t.shape().to_vec(), t.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect())
+}
+
+#[test]
+fn forward_matches_diffusers() {
+    let (_turn, gpu) = common::gpu();
+    let config = UNetConfig::load(&fixture("config.json")).unwrap();
+    let unet = UNet::new(&config).unwrap();
+    let weights = unet.table.load(&fixture("diffusion_pytorch_model.safetensors")).unwrap();
+    let store = ParamStore::upload(&gpu, unet.table.clone(), &weights).unwrap();
+    let (shape, sample) = io_tensor("sample");
+    let (_, timesteps) = io_tensor("timesteps");
+    let (_, want) = io_tensor("output");
+    let mut tape = Tape::new(&gpu);
+    let p = ParamVars::new(&mut tape, &store, false).unwrap();
+    let x = tape.input(gpu.upload(&shape, &sample).unwrap());
+    let t = gpu.upload(&[timesteps.len()], &timesteps).unwrap();
+    let out = unet.forward(&mut tape, &p, &x, &t).unwrap();
+    assert_eq!(out.shape(), &shape[..]);
+    let got = gpu.read(&out.value).unwrap();
+    // f32 through ~40 layers in a different order from PyTorch's.
+    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())) as f64;
+    assert_close("UNet output vs diffusers", &got, &want, 2e-4 * scale, 1e-3);
+}
+
+/// A two-level UNet at 8x8 with every block type, small enough for finite
+/// differences of the whole network.
+fn tiny_config() -> UNetConfig {
+    UNetConfig::from_json(
+        r#"{"sample_size": 8, "in_channels": 2, "out_channels": 2, "block_out_channels": [8, 16],
+            "layers_per_block": 1, "down_block_types": ["DownBlock2D", "AttnDownBlock2D"],
+            "up_block_types": ["AttnUpBlock2D", "UpBlock2D"], "norm_num_groups": 4, "attention_head_dim": 8}"#,
+    )
+    .unwrap()
+}
+
+#[test]
+fn whole_tiny_unet_gradients_match_finite_differences() {
+    let (_turn, gpu) = common::gpu();
+    let mut r = rng();
+    let unet = UNet::new(&tiny_config()).unwrap();
+    // Random weights everywhere (the default init zeroes output convs,
+    // which would hide the gradients behind them).
+    let mut flat = unet.table.init(1);
+    for e in &unet.table.entries {
+        for (v, u) in flat[e.offset..e.offset + e.len()].iter_mut().zip(uniform(&mut r, e.len())) {
+            *v += 0.3 * u;
+        }
+    }
+    let x = uniform(&mut r, 2 * 2 * 8 * 8);
+    let target = uniform(&mut r, 2 * 2 * 8 * 8);
+    let timesteps = [3.0, 700.0];
+    let loss_of = |flat: &[f32], trainable: bool| {
+        let store = ParamStore::upload(&gpu, unet.table.clone(), flat).unwrap();
+        let mut tape = Tape::new(&gpu);
+        let p = ParamVars::new(&mut tape, &store, trainable).unwrap();
+        let xv = tape.input(gpu.upload(&[2, 2, 8, 8], &x).unwrap());
+        let tv = tape.input(gpu.upload(&[2, 2, 8, 8], &target).unwrap());
+        let t = gpu.upload(&[2], &timesteps).unwrap();
+        let out = unet.forward(&mut tape, &p, &xv, &t).unwrap();
+        let loss = tape.mse_loss(&out, &tv).unwrap();
+        (tape, p, loss)
+    };
+    let (tape, p, loss) = loss_of(&flat, true);
+    let grads = tape.backward(&loss).unwrap();
+    // One probe in every parameter tensor: a wrong backward anywhere shows.
+    let h = 1e-2;
+    let (mut got, mut want, mut names) = (Vec::new(), Vec::new(), Vec::new());
+    for e in &unet.table.entries {
+        let var = p.get(&e.name).unwrap();
+        let g = gpu.read(grads.get(var).unwrap_or_else(|| panic!("no gradient for {}", e.name))).unwrap();
+        let i = e.offset + (e.len() * 7 / 13);
+        let original = flat[i];
+        flat[i] = original + h;
+        let up = gpu.read(&loss_of(&flat, false).2.value).unwrap()[0] as f64;
+        flat[i] = original - h;
+        let down = gpu.read(&loss_of(&flat, false).2.value).unwrap()[0] as f64;
+        flat[i] = original;
+        got.push(g[i - e.offset]);
+        want.push(((up - down) / (2.0 * h as f64)) as f32);
+        names.push(e.name.clone());
+    }
+    let failing: Vec<String> = got
+        .iter()
+        .zip(&want)
+        .zip(&names)
+        .filter(|((g, w), _)| (**g as f64 - **w as f64).abs() > 2e-3 + 5e-2 * (**w as f64).abs())
+        .map(|((g, w), n)| format!("{n}: tape {g}, finite differences {w}"))
+        .collect();
+    assert!(
+        failing.is_empty(),
+        "{} of {} parameter gradients disagree:\n{}",
+        failing.len(),
+        names.len(),
+        failing.join("\n")
+    );
+}
+
+#[test]
+fn resblock_and_attention_gradients_match_finite_differences() {
+    let (_turn, gpu) = common::gpu();
+    let mut r = rng();
+    // A ResBlock-shaped graph: norm+SiLU, conv, per-sample add, norm+SiLU, conv, 1x1 shortcut, add.
+    let params: Vec<(&[usize], Vec<f32>)> = vec![
+        (&[2, 4, 5, 7], uniform(&mut r, 280)),
+        (&[4], uniform(&mut r, 4)),
+        (&[4], uniform(&mut r, 4)),
+        (&[6, 4, 3, 3], uniform(&mut r, 216)),
+        (&[6], uniform(&mut r, 6)),
+        (&[2, 6], uniform(&mut r, 12)),
+        (&[6, 4, 1, 1], uniform(&mut r, 24)),
+        (&[6], uniform(&mut r, 6)),
+        (&[2, 6, 5, 7], uniform(&mut r, 420)),
+    ];
+    check_gradients(&gpu, "resblock", &params, 8, 1e-2, (3e-3, 5e-2), |t, v| {
+        use ddpm_wgpu::ops::conv2d::Conv2dGeometry;
+        let g3 = Conv2dGeometry::square(2, 4, 5, 7, 6, 3, 1, 1);
+        let g1 = Conv2dGeometry::square(2, 4, 5, 7, 6, 1, 1, 0);
+        let h = t.group_norm(&v[0], &v[1], &v[2], 2, 1e-5, true)?;
+        let h = t.conv2d(&h, &v[3], &v[4], g3)?;
+        let h = t.add_per_sample(&h, &v[5])?;
+        let sc = t.conv2d(&v[0], &v[6], &v[7], g1)?;
+        let y = t.add(&sc, &h)?;
+        t.mse_loss(&y, &v[8])
+    });
+    // Attention over 6 tokens with 2 heads of 3, and an upsample + concat.
+    let params: Vec<(&[usize], Vec<f32>)> = vec![
+        (&[4, 6, 3], uniform(&mut r, 72)),
+        (&[4, 6, 3], uniform(&mut r, 72)),
+        (&[4, 6, 3], uniform(&mut r, 72)),
+        (&[1, 2, 2, 3], uniform(&mut r, 12)),
+        (&[1, 3, 4, 6], uniform(&mut r, 72)),
+        (&[1, 5, 4, 6], uniform(&mut r, 120)),
+    ];
+    check_gradients(&gpu, "attention/upsample/concat", &params, 8, 1e-2, (3e-3, 5e-2), |t, v| {
+        let o = t.attention(&v[0], &v[1], &v[2], 0.6)?;
+        let u = t.upsample_nearest2x(&v[3])?;
+        let u = t.concat(&u, &v[4])?;
+        let a = t.mse_loss(&u, &v[5])?;
+        let o = t.reshape(&o, &[2, 2, 6, 3])?;
+        let zeros = t.input(t.gpu().zeros(&[2, 2, 6, 3])?);
+        let b = t.mse_loss(&o, &zeros)?;
+        t.add(&a, &b)
+    });
+}
