@@ -120,7 +120,6 @@ enum Op {
     },
     Reshape {
         x: Input,
-        shape: Vec<usize>,
     },
     /// mean((pred - target)^2)
     MseLoss {
