@@ -5,8 +5,10 @@ pub mod ceiling;
 pub mod data;
 pub mod gpu;
 pub mod ops;
+pub mod sample;
 pub mod schedule;
 pub mod tape;
+pub mod train;
 pub mod unet;
 
 pub use gpu::{Gpu, GpuOptions, Tensor};

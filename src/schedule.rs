@@ -105,6 +105,49 @@ impl Default for SchedulerConfig {
     }
 }
 
+impl SchedulerConfig {
+    /// diffusers' `scheduler_config.json`. Keys this crate does not use are
+    /// ignored; settings it cannot honour (another prediction type, custom
+    /// betas, thresholding) are errors.
+    pub fn from_json(text: &str) -> Result<SchedulerConfig> {
+        let v: serde_json::Value = serde_json::from_str(text).map_err(|e| anyhow::anyhow!("parsing scheduler config: {e}"))?;
+        let d = SchedulerConfig::default();
+        let num = |k: &str, default: f64| v.get(k).and_then(|x| x.as_f64()).unwrap_or(default);
+        let text_of = |k: &str| v.get(k).and_then(|x| x.as_str());
+        if let Some(p) = text_of("prediction_type") {
+            ensure!(p == "epsilon", "prediction_type '{p}' is not supported (only epsilon)");
+        }
+        ensure!(v.get("trained_betas").is_none_or(|b| b.is_null()), "trained_betas are not supported");
+        ensure!(!v.get("thresholding").and_then(|b| b.as_bool()).unwrap_or(false), "thresholding is not supported");
+        let config = SchedulerConfig {
+            num_train_timesteps: num("num_train_timesteps", d.num_train_timesteps as f64) as usize,
+            beta_start: num("beta_start", d.beta_start),
+            beta_end: num("beta_end", d.beta_end),
+            beta_schedule: text_of("beta_schedule").map_or(Ok(d.beta_schedule), str::parse)?,
+            variance_type: text_of("variance_type").map_or(Ok(d.variance_type), str::parse)?,
+            clip_sample: v.get("clip_sample").and_then(|x| x.as_bool()).unwrap_or(d.clip_sample),
+            clip_sample_range: num("clip_sample_range", d.clip_sample_range),
+        };
+        ensure!(config.num_train_timesteps >= 1, "num_train_timesteps must be at least 1");
+        Ok(config)
+    }
+
+    pub fn to_json(&self) -> String {
+        let v = serde_json::json!({
+            "_class_name": "DDPMScheduler",
+            "num_train_timesteps": self.num_train_timesteps,
+            "beta_start": self.beta_start,
+            "beta_end": self.beta_end,
+            "beta_schedule": self.beta_schedule.to_string(),
+            "variance_type": self.variance_type.to_string(),
+            "clip_sample": self.clip_sample,
+            "clip_sample_range": self.clip_sample_range,
+            "prediction_type": "epsilon",
+        });
+        serde_json::to_string_pretty(&v).expect("config serialises")
+    }
+}
+
 /// Every per-timestep table, indexed `0..T` (see the module doc), in f64.
 #[derive(Clone, Debug)]
 pub struct Schedule {

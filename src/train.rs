@@ -1,0 +1,380 @@
+//! Training (the paper's Algorithm 1): sample t ~ U{1..T} and eps ~ N(0, I),
+//! noise the batch with the fused kernel, predict eps with the UNet, L_simple,
+//! backward, clip, Adam, EMA — one queue submission per step.
+//!
+//! Every random choice of step s (data order, flips, timesteps, noise) is a
+//! function of (seed, s), so a run resumed from a checkpoint continues
+//! exactly as the uninterrupted run would have.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, ensure, Context, Result};
+use rand::seq::SliceRandom;
+use rand::{rngs::StdRng, Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+use crate::data::Dataset;
+use crate::gpu::{Gpu, Tensor, VIEW_ALIGN_ELEMS};
+use crate::ops::ddpm::{self, DdpmTables, NoiseKey};
+use crate::ops::optimizer::{self, Adam};
+use crate::schedule::{Schedule, SchedulerConfig};
+use crate::tape::Tape;
+use crate::unet::params::{view_of, write_atomically, ParamStore};
+use crate::unet::{ParamVars, UNet, UNetConfig};
+
+/// Hyper-parameters of a run (saved in checkpoints).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainOptions {
+    pub batch_size: usize,
+    /// Total steps of the run (a resumed run continues up to this).
+    pub steps: u64,
+    pub lr: f32,
+    /// Steps of linear learning-rate warm-up from 0.
+    pub warmup: u64,
+    pub ema_decay: f32,
+    pub seed: u64,
+    /// Clip the global gradient norm to this (0: no clipping).
+    pub grad_clip: f32,
+    /// Random horizontal flips of training images.
+    pub flip: bool,
+    pub weight_decay: f32,
+}
+
+impl Default for TrainOptions {
+    fn default() -> TrainOptions {
+        TrainOptions {
+            batch_size: 32,
+            steps: 2000,
+            lr: 2e-4,
+            warmup: 100,
+            ema_decay: 0.999,
+            seed: 0,
+            grad_clip: 1.0,
+            flip: false,
+            weight_decay: 0.0,
+        }
+    }
+}
+
+/// What a checkpoint records besides tensors.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TrainState {
+    /// Steps completed.
+    pub step: u64,
+    pub options: TrainOptions,
+    /// Where the data came from, and the adapter, for the record.
+    pub data: String,
+    pub adapter: String,
+}
+
+/// Losses and gradient norms of the steps since the last readback.
+const LOG_SLOTS: usize = 10;
+
+pub struct Trainer<'g> {
+    gpu: &'g Gpu,
+    pub unet: UNet,
+    pub scheduler: SchedulerConfig,
+    pub options: TrainOptions,
+    tables: DdpmTables,
+    weights: ParamStore,
+    grads: Tensor,
+    exp_avg: Tensor,
+    exp_avg_sq: Tensor,
+    ema: Tensor,
+    /// Steps completed.
+    pub step: u64,
+    x0: Tensor,
+    loss_log: Tensor,
+    norm_log: Tensor,
+    /// Steps whose loss is in the logs but not yet read.
+    pending: Vec<u64>,
+}
+
+/// One step's figures, read back from the GPU.
+#[derive(Clone, Copy, Debug)]
+pub struct StepLog {
+    pub step: u64,
+    pub loss: f32,
+    pub grad_norm: f32,
+    pub lr: f32,
+}
+
+impl<'g> Trainer<'g> {
+    /// A fresh run: weights initialised from `options.seed`.
+    pub fn new(
+        gpu: &'g Gpu,
+        config: &UNetConfig,
+        scheduler: SchedulerConfig,
+        options: TrainOptions,
+        sample_shape: [usize; 3],
+    ) -> Result<Trainer<'g>> {
+        let unet = UNet::new(config)?;
+        let init = unet.table.init(options.seed);
+        Trainer::with_weights(gpu, unet, scheduler, options, sample_shape, &init, &init, None)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn with_weights(
+        gpu: &'g Gpu,
+        unet: UNet,
+        scheduler: SchedulerConfig,
+        options: TrainOptions,
+        sample_shape: [usize; 3],
+        weights: &[f32],
+        ema: &[f32],
+        moments: Option<(&[f32], &[f32])>,
+    ) -> Result<Trainer<'g>> {
+        let c = unet.config();
+        let [channels, h, w] = sample_shape;
+        ensure!(
+            channels == c.in_channels && channels == c.out_channels,
+            "the data has {channels} channels but the UNet config has in_channels {} and out_channels {}",
+            c.in_channels,
+            c.out_channels
+        );
+        ensure!(options.batch_size >= 1, "--batch-size must be at least 1");
+        let factor = 1 << (c.block_out_channels.len() - 1);
+        ensure!(h % factor == 0 && w % factor == 0, "resolution {h}x{w} must be a multiple of {factor} for this UNet");
+        let flat = unet.table.flat_len;
+        let weights = ParamStore::upload(gpu, unet.table.clone(), weights)?;
+        let (exp_avg, exp_avg_sq) = match moments {
+            Some((m, v)) => (gpu.upload(&[flat], m)?, gpu.upload(&[flat], v)?),
+            None => (gpu.zeros(&[flat])?, gpu.zeros(&[flat])?),
+        };
+        let tables = DdpmTables::new(gpu, &Schedule::new(scheduler.clone())?)?;
+        Ok(Trainer {
+            gpu,
+            tables,
+            grads: gpu.zeros(&[flat])?,
+            exp_avg,
+            exp_avg_sq,
+            ema: gpu.upload(&[flat], ema)?,
+            weights,
+            step: 0,
+            x0: gpu.uninit(&[options.batch_size, channels, h, w])?,
+            loss_log: gpu.zeros(&[LOG_SLOTS * VIEW_ALIGN_ELEMS])?,
+            norm_log: gpu.zeros(&[LOG_SLOTS * VIEW_ALIGN_ELEMS])?,
+            pending: Vec::new(),
+            unet,
+            scheduler,
+            options,
+        })
+    }
+
+    /// Learning rate of step `s` (0-based): linear warm-up, then constant.
+    pub fn lr_at(&self, s: u64) -> f32 {
+        let o = &self.options;
+        if s < o.warmup {
+            o.lr * (s + 1) as f32 / o.warmup as f32
+        } else {
+            o.lr
+        }
+    }
+
+    /// EMA decay of step `s`, warmed up as diffusers' EMAModel does so early
+    /// weights are not frozen in.
+    fn ema_decay_at(&self, s: u64) -> f32 {
+        self.options.ema_decay.min((1 + s) as f32 / (10 + s) as f32)
+    }
+
+    /// Record and submit one training step on a batch from `data`.
+    pub fn train_step(&mut self, data: &Dataset) -> Result<()> {
+        let gpu = self.gpu;
+        let s = self.step;
+        let o = &self.options;
+        let mut rng = step_rng(o.seed, s);
+        let indices = batch_indices(o.seed, s, o.batch_size, data.len());
+        let batch = data.batch(&indices, o.flip, &mut rng);
+        gpu.write(&self.x0, &batch)?;
+        let t_indices: Vec<usize> = (0..o.batch_size).map(|_| rng.random_range(0..self.tables.steps)).collect();
+        let t = ddpm::timesteps(gpu, &t_indices)?;
+        let (xt, eps) = ddpm::q_sample(gpu, &self.tables, &self.x0, &t, NoiseKey { seed: o.seed, step: s as u32 })?;
+
+        let mut tape = Tape::new(gpu);
+        let p = ParamVars::new(&mut tape, &self.weights, true)?;
+        let x = tape.input(xt);
+        let target = tape.input(eps);
+        let pred = self.unet.forward(&mut tape, &p, &x, &t)?;
+        let loss = tape.mse_loss(&pred, &target)?;
+        let grads = tape.backward(&loss)?;
+        for (name, var) in p.iter() {
+            let slot = view_of(&self.unet.table, &self.grads, name)?;
+            match grads.get(var) {
+                Some(g) => gpu.copy(g, &slot)?,
+                None => gpu.clear(&slot)?,
+            }
+        }
+        drop(grads);
+
+        let norm_sq = optimizer::grad_norm_sq(gpu, &self.grads)?;
+        let adam = Adam {
+            weight_decay: o.weight_decay,
+            decoupled: o.weight_decay > 0.0,
+            max_grad_norm: o.grad_clip,
+            ..Adam::default()
+        };
+        let lr = self.lr_at(s);
+        let w = &self.weights.flat;
+        optimizer::adam_step(gpu, &adam, s + 1, lr, w, &self.exp_avg, &self.exp_avg_sq, &self.grads, &norm_sq)?;
+        optimizer::ema_update(gpu, &self.ema, w, self.ema_decay_at(s))?;
+
+        let slot = self.pending.len() * VIEW_ALIGN_ELEMS;
+        gpu.copy(&loss.value, &self.loss_log.view(slot, &[1])?)?;
+        gpu.copy(&norm_sq, &self.norm_log.view(slot, &[1])?)?;
+        self.pending.push(s);
+        gpu.submit();
+        self.step += 1;
+        Ok(())
+    }
+
+    /// True when the loss logs are full and must be read before the next step.
+    pub fn logs_full(&self) -> bool {
+        self.pending.len() == LOG_SLOTS
+    }
+
+    /// Read back the losses of the steps since the last call (waits for the
+    /// GPU). A NaN or infinite loss is an error naming its step.
+    pub fn read_logs(&mut self) -> Result<Vec<StepLog>> {
+        if self.pending.is_empty() {
+            return Ok(Vec::new());
+        }
+        let losses = self.gpu.read(&self.loss_log)?;
+        let norms = self.gpu.read(&self.norm_log)?;
+        let mut out = Vec::new();
+        for (i, &s) in std::mem::take(&mut self.pending).iter().enumerate() {
+            let loss = losses[i * VIEW_ALIGN_ELEMS];
+            if !loss.is_finite() {
+                bail!("the loss became {loss} at step {}: training stopped (lower --lr or check the data)", s + 1);
+            }
+            out.push(StepLog { step: s + 1, loss, grad_norm: norms[i * VIEW_ALIGN_ELEMS].sqrt(), lr: self.lr_at(s) });
+        }
+        Ok(out)
+    }
+
+    /// The EMA weights as a store, for sampling.
+    pub fn ema_store(&self) -> Result<ParamStore> {
+        Ok(ParamStore { table: self.unet.table.clone(), flat: self.ema.clone() })
+    }
+
+    /// Write a resumable checkpoint to `dir`: a diffusers DDPMPipeline
+    /// folder (EMA weights in `unet/`, `scheduler/`) plus `training/` with
+    /// the raw weights, Adam moments and state. Written to a temporary
+    /// folder first, then swapped in, so an interruption leaves the previous
+    /// checkpoint whole.
+    pub fn save_checkpoint(&self, dir: &Path, data: &str) -> Result<()> {
+        let gpu = self.gpu;
+        let table = &self.unet.table;
+        let tmp = sibling(dir, "new");
+        let _ = std::fs::remove_dir_all(&tmp);
+        for sub in ["unet", "scheduler", "training"] {
+            std::fs::create_dir_all(tmp.join(sub)).with_context(|| format!("creating {}", tmp.join(sub).display()))?;
+        }
+        let model_index = serde_json::json!({
+            "_class_name": "DDPMPipeline",
+            "scheduler": ["diffusers", "DDPMScheduler"],
+            "unet": ["diffusers", "UNet2DModel"],
+        });
+        std::fs::write(tmp.join("model_index.json"), serde_json::to_string_pretty(&model_index)?)?;
+        std::fs::write(tmp.join("unet/config.json"), self.unet.config().to_json())?;
+        table.save(&gpu.read(&self.ema)?, &tmp.join("unet/diffusion_pytorch_model.safetensors"))?;
+        std::fs::write(tmp.join("scheduler/scheduler_config.json"), self.scheduler.to_json())?;
+        table.save(&gpu.read(&self.weights.flat)?, &tmp.join("training/weights.safetensors"))?;
+        table.save(&gpu.read(&self.exp_avg)?, &tmp.join("training/exp_avg.safetensors"))?;
+        table.save(&gpu.read(&self.exp_avg_sq)?, &tmp.join("training/exp_avg_sq.safetensors"))?;
+        let state = TrainState {
+            step: self.step,
+            options: self.options.clone(),
+            data: data.to_string(),
+            adapter: gpu.info().to_string(),
+        };
+        std::fs::write(tmp.join("training/state.json"), serde_json::to_string_pretty(&state)?)?;
+        let old = sibling(dir, "old");
+        let _ = std::fs::remove_dir_all(&old);
+        if dir.exists() {
+            std::fs::rename(dir, &old).with_context(|| format!("moving the previous checkpoint {}", dir.display()))?;
+        }
+        std::fs::rename(&tmp, dir).with_context(|| format!("moving the new checkpoint into {}", dir.display()))?;
+        let _ = std::fs::remove_dir_all(&old);
+        Ok(())
+    }
+
+    /// Continue the run saved in checkpoint `dir`. `steps` may extend it.
+    pub fn resume(gpu: &'g Gpu, dir: &Path, steps: Option<u64>, sample_shape: [usize; 3]) -> Result<(Trainer<'g>, TrainState)> {
+        let dir = existing_checkpoint(dir)?;
+        let read = |p: &str| std::fs::read_to_string(dir.join(p)).with_context(|| format!("reading {}", dir.join(p).display()));
+        let mut state: TrainState =
+            serde_json::from_str(&read("training/state.json")?).context("parsing training/state.json")?;
+        let config = UNetConfig::from_json(&read("unet/config.json")?)?;
+        let scheduler = SchedulerConfig::from_json(&read("scheduler/scheduler_config.json")?)?;
+        let unet = UNet::new(&config)?;
+        let table = unet.table.clone();
+        let weights = table.load(&dir.join("training/weights.safetensors"))?;
+        let ema = table.load(&dir.join("unet/diffusion_pytorch_model.safetensors"))?;
+        let m = table.load(&dir.join("training/exp_avg.safetensors"))?;
+        let v = table.load(&dir.join("training/exp_avg_sq.safetensors"))?;
+        if let Some(steps) = steps {
+            state.options.steps = steps;
+        }
+        let mut trainer =
+            Trainer::with_weights(gpu, unet, scheduler, state.options.clone(), sample_shape, &weights, &ema, Some((&m, &v)))?;
+        trainer.step = state.step;
+        Ok((trainer, state))
+    }
+}
+
+/// `dir`, or the previous checkpoint kept beside it if a save was cut short.
+pub fn existing_checkpoint(dir: &Path) -> Result<PathBuf> {
+    for candidate in [dir.to_path_buf(), sibling(dir, "old")] {
+        if candidate.join("training/state.json").is_file() {
+            return Ok(candidate);
+        }
+    }
+    bail!("no resumable checkpoint in {} (expected training/state.json)", dir.display())
+}
+
+fn sibling(dir: &Path, suffix: &str) -> PathBuf {
+    let name = dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "checkpoint".into());
+    dir.with_file_name(format!("{name}.{suffix}"))
+}
+
+/// The generator for step `s`'s host-side choices (flips, timesteps).
+fn step_rng(seed: u64, s: u64) -> StdRng {
+    StdRng::seed_from_u64(seed ^ s.wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(17))
+}
+
+/// Sample indices of step `s`: epochs are seeded permutations of the
+/// dataset, read `batch` at a time.
+pub fn batch_indices(seed: u64, s: u64, batch: usize, len: usize) -> Vec<usize> {
+    let mut out = Vec::with_capacity(batch);
+    let mut position = s as usize * batch;
+    while out.len() < batch {
+        let epoch = position / len;
+        let mut order: Vec<usize> = (0..len).collect();
+        order.shuffle(&mut StdRng::seed_from_u64(seed.wrapping_add(0xDA7A).wrapping_mul(epoch as u64 + 1)));
+        let start = position % len;
+        let take = (len - start).min(batch - out.len());
+        out.extend_from_slice(&order[start..start + take]);
+        position += take;
+    }
+    out
+}
+
+/// Append step logs to `metrics.csv` in `out` (with a header when new).
+pub fn append_metrics(out: &Path, logs: &[StepLog], images_per_second: f64) -> Result<()> {
+    use std::io::Write;
+    let path = out.join("metrics.csv");
+    let new = !path.exists();
+    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path).with_context(|| format!("opening {}", path.display()))?;
+    if new {
+        writeln!(f, "step,loss,lr,grad_norm,images_per_second")?;
+    }
+    for l in logs {
+        writeln!(f, "{},{},{},{},{:.2}", l.step, l.loss, l.lr, l.grad_norm, images_per_second)?;
+    }
+    Ok(())
+}
+
+/// Write `bytes` to `path` atomically (re-exported for the CLI).
+pub fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_atomically(path, bytes)
+}
