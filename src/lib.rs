@@ -5,6 +5,7 @@ pub mod ceiling;
 pub mod data;
 pub mod gpu;
 pub mod ops;
+pub mod plot;
 pub mod sample;
 pub mod schedule;
 pub mod tape;

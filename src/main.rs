@@ -1,8 +1,19 @@
 //! `ddpm`: the command-line tool.
 
-use anyhow::Result;
-use clap::{Parser, Subcommand};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use ddpm_wgpu::data::{save_grid, Dataset};
 use ddpm_wgpu::gpu::{enumerate_adapters, Gpu, GpuOptions};
+use ddpm_wgpu::sample::{sample, Model, Sampler};
+use ddpm_wgpu::schedule::{BetaSchedule, SchedulerConfig};
+use ddpm_wgpu::train::{append_metrics, existing_checkpoint, TrainOptions, Trainer};
+use ddpm_wgpu::unet::UNetConfig;
+use indicatif::{ProgressBar, ProgressStyle};
 
 #[derive(Parser)]
 #[command(name = "ddpm", version, about = "Train and sample DDPM diffusion models on any GPU wgpu reaches")]
@@ -21,6 +32,113 @@ struct Cli {
 enum Command {
     /// List every adapter wgpu can see, with the limits and features the engine uses.
     Devices,
+    /// Train a DDPM (defaults: the MNIST digits shipped in assets/).
+    Train(TrainArgs),
+    /// Draw samples from a checkpoint (ours or a diffusers UNet2DModel folder).
+    Sample(SampleArgs),
+}
+
+#[derive(clap::Args)]
+struct TrainArgs {
+    /// Folder of training images (png, jpg, ...; searched recursively). Default: MNIST digits.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// UNet2DModel config JSON (default: assets/configs/default_unet.json, 1.1M parameters).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Training image size (default: the config's sample_size).
+    #[arg(long)]
+    resolution: Option<usize>,
+    /// 1 = grey, 3 = RGB (default: 1 for MNIST, 3 for --data).
+    #[arg(long)]
+    channels: Option<usize>,
+    #[arg(long, default_value_t = 32)]
+    batch_size: usize,
+    #[arg(long, default_value_t = 3000)]
+    steps: u64,
+    #[arg(long, default_value_t = 1e-3)]
+    lr: f32,
+    /// Steps of linear learning-rate warm-up.
+    #[arg(long, default_value_t = 200)]
+    warmup: u64,
+    #[arg(long, default_value_t = 0.995)]
+    ema_decay: f32,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Clip the global gradient norm (0: off).
+    #[arg(long, default_value_t = 1.0)]
+    grad_clip: f32,
+    /// Random horizontal flips (not for digits).
+    #[arg(long)]
+    flip: bool,
+    /// Noise schedule: linear (the paper's) or cosine.
+    #[arg(long, value_enum, default_value_t = Schedule::Linear)]
+    schedule: Schedule,
+    /// Where checkpoints, sample grids, metrics.csv and loss.png go.
+    #[arg(long, default_value = "runs/mnist")]
+    out: PathBuf,
+    /// Continue the run whose output folder is this (same seed and data).
+    #[arg(long)]
+    resume: Option<PathBuf>,
+    /// Write a sample grid from the EMA weights every this many steps (0: only at the end).
+    #[arg(long, default_value_t = 500)]
+    sample_every: u64,
+    /// Write a checkpoint every this many steps (and at the end, and on Ctrl-C).
+    #[arg(long, default_value_t = 500)]
+    checkpoint_every: u64,
+    /// Samples in each grid.
+    #[arg(long, default_value_t = 36)]
+    grid_samples: usize,
+    /// DDIM steps used for the grids written during training.
+    #[arg(long, default_value_t = 50)]
+    grid_ddim_steps: usize,
+    /// Use only the first N training images.
+    #[arg(long)]
+    limit: Option<usize>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Schedule {
+    Linear,
+    Cosine,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq)]
+enum SamplerKind {
+    Ddpm,
+    Ddim,
+}
+
+#[derive(clap::Args)]
+struct SampleArgs {
+    /// A checkpoint folder from `train` (runs/NAME/checkpoint) or a diffusers model folder.
+    #[arg(long)]
+    checkpoint: PathBuf,
+    #[arg(long, default_value_t = 64)]
+    num: usize,
+    /// The grid PNG to write.
+    #[arg(long, default_value = "samples.png")]
+    out: PathBuf,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// ddpm: the paper's Algorithm 2 over every timestep; ddim: --steps steps.
+    #[arg(long, value_enum, default_value_t = SamplerKind::Ddpm)]
+    sampler: SamplerKind,
+    /// DDIM steps.
+    #[arg(long, default_value_t = 50)]
+    steps: usize,
+    /// DDIM eta (0: deterministic).
+    #[arg(long, default_value_t = 0.0)]
+    eta: f64,
+    /// Also write each sample as its own PNG into this folder.
+    #[arg(long)]
+    individual: Option<PathBuf>,
+    /// Also write a strip of sample 0's reverse process (x_t every few steps) to this PNG.
+    #[arg(long)]
+    strip: Option<PathBuf>,
+    /// Image size (default: the config's sample_size).
+    #[arg(long)]
+    resolution: Option<usize>,
 }
 
 fn main() {
@@ -29,6 +147,8 @@ fn main() {
         GpuOptions { backend: cli.backend.clone(), adapter_name: cli.adapter.clone(), ..GpuOptions::default() };
     let result = match cli.command {
         Command::Devices => devices(&options),
+        Command::Train(args) => train(&options, args),
+        Command::Sample(args) => sample_command(&options, args),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
@@ -70,6 +190,261 @@ fn devices(options: &GpuOptions) -> Result<()> {
     }
     if chosen.is_some() {
         println!("* = the adapter the engine uses with these settings");
+    }
+    Ok(())
+}
+
+const DEFAULT_CONFIG: &str = include_str!("../assets/configs/default_unet.json");
+
+fn progress_bar(len: u64) -> ProgressBar {
+    let bar = ProgressBar::new(len);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} [{elapsed_precise}, ETA {eta_precise}]")
+            .expect("valid template"),
+    );
+    bar
+}
+
+/// Fail early, before any training, when `dir` cannot be written.
+fn ensure_writable(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create output folder {}", dir.display()))?;
+    let probe = dir.join(".write-test");
+    std::fs::write(&probe, b"ok").with_context(|| format!("output folder {} is not writable", dir.display()))?;
+    std::fs::remove_file(&probe)?;
+    Ok(())
+}
+
+fn train(options: &GpuOptions, args: TrainArgs) -> Result<()> {
+    let out = args.resume.clone().unwrap_or_else(|| args.out.clone());
+    ensure_writable(&out)?;
+    let checkpoint_dir = out.join("checkpoint");
+    let mut config = match &args.config {
+        Some(path) => UNetConfig::load(path)?,
+        None => UNetConfig::from_json(DEFAULT_CONFIG)?,
+    };
+    if let Some(dir) = &args.resume {
+        let found = existing_checkpoint(&dir.join("checkpoint"))?;
+        config = UNetConfig::load(&found.join("unet/config.json"))?;
+    }
+    let channels = args.channels.unwrap_or(if args.data.is_some() { 3 } else { 1 });
+    if args.config.is_none() && args.resume.is_none() {
+        config.in_channels = channels;
+        config.out_channels = channels;
+    }
+    let resolution = args.resolution.or(config.sample_size).unwrap_or(32);
+    config.sample_size = Some(resolution);
+    config.validate()?;
+    let data = match &args.data {
+        Some(dir) => Dataset::from_folder(dir, resolution, channels)?,
+        None => Dataset::mnist(resolution, args.limit)?,
+    };
+    let data = match args.limit {
+        Some(n) if args.data.is_some() && n < data.len() => {
+            bail!("--limit with --data is not supported; point --data at a smaller folder")
+        }
+        _ => data,
+    };
+    let gpu = Gpu::new(options)?;
+    eprintln!("adapter: {}", gpu.info());
+    eprintln!("data: {} images of {}x{}x{} from {}", data.len(), channels, resolution, resolution, data.source);
+    let shape = [channels, resolution, resolution];
+    let mut trainer = match &args.resume {
+        Some(_) => {
+            let (trainer, state) = Trainer::resume(&gpu, &checkpoint_dir, Some(args.steps), shape)?;
+            eprintln!("resuming at step {} of {} (seed {})", state.step, trainer.options.steps, trainer.options.seed);
+            trainer
+        }
+        None => {
+            let scheduler = SchedulerConfig {
+                beta_schedule: match args.schedule {
+                    Schedule::Linear => BetaSchedule::Linear,
+                    Schedule::Cosine => BetaSchedule::SquaredCosCapV2,
+                },
+                ..SchedulerConfig::default()
+            };
+            let opts = TrainOptions {
+                batch_size: args.batch_size,
+                steps: args.steps,
+                lr: args.lr,
+                warmup: args.warmup,
+                ema_decay: args.ema_decay,
+                seed: args.seed,
+                grad_clip: args.grad_clip,
+                flip: args.flip,
+                weight_decay: 0.0,
+            };
+            Trainer::new(&gpu, &config, scheduler, opts, shape)?
+        }
+    };
+    eprintln!(
+        "UNet: {:.2}M parameters; batch {}, {} steps, lr {}",
+        trainer.unet.table.count() as f64 / 1e6,
+        trainer.options.batch_size,
+        trainer.options.steps,
+        trainer.options.lr
+    );
+
+    let interrupted = Arc::new(AtomicBool::new(false));
+    {
+        let flag = interrupted.clone();
+        ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst)).context("installing the Ctrl-C handler")?;
+    }
+    let samples_dir = out.join("samples");
+    std::fs::create_dir_all(&samples_dir)?;
+    let mut curve: Vec<(u64, f32)> = read_curve(&out.join("metrics.csv"));
+    curve.retain(|p| p.0 <= trainer.step);
+    let bar = progress_bar(trainer.options.steps);
+    bar.set_position(trainer.step);
+    let (start_step, started) = (trainer.step, Instant::now());
+    let mut smoothed: Option<f32> = None;
+    let batch = trainer.options.batch_size as f64;
+    let save = |trainer: &Trainer| -> Result<()> { trainer.save_checkpoint(&checkpoint_dir, &data.source) };
+    let grid = |trainer: &Trainer, name: &str| -> Result<()> {
+        let weights = trainer.ema_store()?;
+        let sampler = Sampler::Ddim { steps: args.grid_ddim_steps.min(trainer.scheduler.num_train_timesteps), eta: 0.0 };
+        let (images, _) = sample(
+            &gpu,
+            &trainer.unet,
+            &weights,
+            &trainer.scheduler,
+            args.grid_samples,
+            resolution,
+            sampler,
+            trainer.options.seed,
+            None,
+            &mut |_, _| {},
+        )?;
+        let cols = (args.grid_samples as f64).sqrt().ceil() as usize;
+        save_grid(&samples_dir.join(name), &images, channels, resolution, cols)
+    };
+
+    while trainer.step < trainer.options.steps && !interrupted.load(Ordering::SeqCst) {
+        trainer.train_step(&data)?;
+        let step = trainer.step;
+        let last = step == trainer.options.steps;
+        if trainer.logs_full() || last {
+            let logs = match trainer.read_logs() {
+                Ok(logs) => logs,
+                Err(e) => {
+                    bar.abandon();
+                    bail!("{e:#}. The last good checkpoint is in {}", checkpoint_dir.display());
+                }
+            };
+            let rate = (step - start_step) as f64 / started.elapsed().as_secs_f64();
+            append_metrics(&out, &logs, rate * batch)?;
+            for l in &logs {
+                smoothed = Some(smoothed.map_or(l.loss, |s| 0.9 * s + 0.1 * l.loss));
+                curve.push((l.step, l.loss));
+            }
+            bar.set_message(format!(
+                "loss {:.4} | {:.2} it/s | {:.1} img/s",
+                smoothed.unwrap_or(f32::NAN),
+                rate,
+                rate * batch
+            ));
+        }
+        bar.set_position(step);
+        if args.sample_every > 0 && step % args.sample_every == 0 && !last {
+            grid(&trainer, &format!("step_{step:06}.png"))?;
+            ddpm_wgpu::plot::loss_curve(&out.join("loss.png"), &curve)?;
+        }
+        if args.checkpoint_every > 0 && step % args.checkpoint_every == 0 && !last {
+            save(&trainer)?;
+        }
+    }
+    trainer.read_logs()?;
+    save(&trainer)?;
+    ddpm_wgpu::plot::loss_curve(&out.join("loss.png"), &curve)?;
+    if interrupted.load(Ordering::SeqCst) {
+        bar.abandon_with_message("interrupted");
+        eprintln!(
+            "interrupted at step {}: checkpoint saved; continue with `ddpm train --resume {}`",
+            trainer.step,
+            out.display()
+        );
+        return Ok(());
+    }
+    grid(&trainer, &format!("step_{:06}.png", trainer.step))?;
+    bar.finish();
+    eprintln!(
+        "done: {} steps in {:.0} s. Checkpoint: {}, samples: {}, metrics: {}",
+        trainer.step - start_step,
+        started.elapsed().as_secs_f64(),
+        checkpoint_dir.display(),
+        samples_dir.display(),
+        out.join("metrics.csv").display()
+    );
+    Ok(())
+}
+
+/// (step, loss) pairs from an existing metrics.csv, to continue the curve on resume.
+fn read_curve(path: &Path) -> Vec<(u64, f32)> {
+    let Ok(text) = std::fs::read_to_string(path) else { return Vec::new() };
+    text.lines()
+        .skip(1)
+        .filter_map(|l| {
+            let mut f = l.split(',');
+            Some((f.next()?.parse().ok()?, f.next()?.parse().ok()?))
+        })
+        .collect()
+}
+
+fn sample_command(options: &GpuOptions, args: SampleArgs) -> Result<()> {
+    if args.num == 0 {
+        bail!("--num must be at least 1");
+    }
+    if let Some(parent) = args.out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        ensure_writable(parent)?;
+    }
+    let gpu = Gpu::new(options)?;
+    eprintln!("adapter: {}", gpu.info());
+    let model = Model::load(&gpu, &args.checkpoint)?;
+    let config = model.unet.config();
+    let resolution = args.resolution.or(config.sample_size).context("the config has no sample_size: give --resolution")?;
+    let sampler = match args.sampler {
+        SamplerKind::Ddpm => Sampler::Ddpm,
+        SamplerKind::Ddim => Sampler::Ddim { steps: args.steps, eta: args.eta },
+    };
+    let total = match sampler {
+        Sampler::Ddpm => model.scheduler.num_train_timesteps,
+        Sampler::Ddim { steps, .. } => steps,
+    };
+    let bar = progress_bar(total as u64);
+    let started = Instant::now();
+    let keep_every = args.strip.as_ref().map(|_| (total / 10).max(1));
+    let (images, kept) = sample(
+        &gpu,
+        &model.unet,
+        &model.weights,
+        &model.scheduler,
+        args.num,
+        resolution,
+        sampler,
+        args.seed,
+        keep_every,
+        &mut |done, _| {
+            bar.set_position(done as u64);
+            let secs = started.elapsed().as_secs_f64();
+            bar.set_message(format!("{:.2} steps/s", done as f64 / secs));
+        },
+    )?;
+    bar.finish();
+    let channels = config.in_channels;
+    let cols = (args.num as f64).sqrt().ceil() as usize;
+    save_grid(&args.out, &images, channels, resolution, cols)?;
+    eprintln!("wrote {} ({} samples in {:.1} s)", args.out.display(), args.num, started.elapsed().as_secs_f64());
+    if let Some(dir) = &args.individual {
+        ensure_writable(dir)?;
+        let len = channels * resolution * resolution;
+        for (i, img) in images.chunks_exact(len).enumerate() {
+            save_grid(&dir.join(format!("sample_{i:04}.png")), img, channels, resolution, 1)?;
+        }
+        eprintln!("wrote {} images to {}", args.num, dir.display());
+    }
+    if let Some(strip) = &args.strip {
+        let flat: Vec<f32> = kept.iter().flatten().map(|v| v.clamp(-1.0, 1.0)).collect();
+        save_grid(strip, &flat, channels, resolution, kept.len())?;
+        eprintln!("wrote the reverse process of sample 0 to {}", strip.display());
     }
     Ok(())
 }

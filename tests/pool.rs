@@ -56,3 +56,24 @@ fn oversized_tensor_is_a_clear_error() {
     let err = gpu.uninit(&[too_big]).unwrap_err().to_string();
     assert!(err.contains("exceeds"), "{err}");
 }
+
+#[test]
+fn copies_clears_and_reads_respect_views() {
+    let (_turn, gpu) = common::gpu();
+    let flat = gpu.zeros(&[256]).unwrap();
+    for k in 0..3 {
+        let v = gpu.upload(&[2], &[k as f32 + 1.0, -(k as f32)]).unwrap();
+        gpu.copy(&v, &flat.view(64 * k, &[2]).unwrap()).unwrap();
+    }
+    let other = gpu.zeros(&[256]).unwrap();
+    gpu.copy(&flat.view(0, &[2]).unwrap(), &other.view(64, &[2]).unwrap()).unwrap();
+    gpu.copy_region(&other.view(64, &[2]).unwrap(), 0, &flat.view(192, &[64]).unwrap(), 10, 2).unwrap();
+    gpu.clear(&flat.view(128, &[1]).unwrap()).unwrap();
+    let all = gpu.read(&flat).unwrap();
+    assert_eq!(&all[0..2], &[1.0, 0.0]);
+    assert_eq!(&all[64..66], &[2.0, -1.0]);
+    assert_eq!(&all[128..130], &[0.0, -2.0]);
+    assert_eq!(&all[202..204], &[1.0, 0.0]);
+    assert_eq!(gpu.read(&flat.view(64, &[2]).unwrap()).unwrap(), vec![2.0, -1.0]);
+    assert_eq!(all.iter().filter(|&&v| v != 0.0).count(), 6);
+}

@@ -373,7 +373,9 @@ impl Gpu {
         if src.len() != dst.len() {
             bail!("copy: shapes {:?} and {:?} differ in size", src.shape(), dst.shape());
         }
-        self.with_encoder(|enc| enc.copy_buffer_to_buffer(src.buffer(), 0, dst.buffer(), 0, (src.len() * 4) as u64));
+        self.with_encoder(|enc| {
+            enc.copy_buffer_to_buffer(src.buffer(), src.byte_offset(), dst.buffer(), dst.byte_offset(), src.byte_len())
+        });
         Ok(())
     }
 
@@ -397,9 +399,9 @@ impl Gpu {
         self.with_encoder(|enc| {
             enc.copy_buffer_to_buffer(
                 src.buffer(),
-                (src_offset * 4) as u64,
+                src.byte_offset() + (src_offset * 4) as u64,
                 dst.buffer(),
-                (dst_offset * 4) as u64,
+                dst.byte_offset() + (dst_offset * 4) as u64,
                 (len * 4) as u64,
             )
         });
