@@ -11,6 +11,8 @@ use ddpm_wgpu::ceiling;
 use ddpm_wgpu::ops::ddpm::{self, DdpmTables, NoiseKey};
 use ddpm_wgpu::ops::{elementwise as ew, matmul, optimizer, reduce};
 use ddpm_wgpu::schedule::{Schedule, SchedulerConfig};
+use ddpm_wgpu::train::{TrainOptions, Trainer};
+use ddpm_wgpu::unet::{ParamStore, UNet, UNetConfig};
 use ddpm_wgpu::{Gpu, GpuOptions, Tensor};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use serde::Serialize;
@@ -39,8 +41,8 @@ struct Report {
     results: Vec<Record>,
 }
 
-struct Bench {
-    gpu: Gpu,
+struct Bench<'g> {
+    gpu: &'g Gpu,
     rng: StdRng,
     repeats: usize,
     filters: Vec<String>,
@@ -53,7 +55,7 @@ enum Work {
     Bytes(f64),
 }
 
-impl Bench {
+impl Bench<'_> {
     fn wanted(&self, kernel: &str) -> bool {
         self.filters.is_empty() || self.filters.iter().any(|f| kernel.contains(f.as_str()))
     }
@@ -66,9 +68,9 @@ impl Bench {
 
     /// Warm up (compiles the pipelines), then time `repeats` runs.
     fn time(&self, mut record: impl FnMut(&Gpu) -> Result<()>) -> Result<(f64, f64, f64)> {
-        self.gpu.time(|| record(&self.gpu))?;
+        self.gpu.time(|| record(self.gpu))?;
         let mut ms: Vec<f64> =
-            (0..self.repeats).map(|_| self.gpu.time(|| record(&self.gpu)).map(|t| t.ms())).collect::<Result<_>>()?;
+            (0..self.repeats).map(|_| self.gpu.time(|| record(self.gpu)).map(|t| t.ms())).collect::<Result<_>>()?;
         ms.sort_by(f64::total_cmp);
         Ok((ms[ms.len() / 2], ms[0], ms[ms.len() - 1]))
     }
@@ -152,7 +154,7 @@ fn main() -> Result<()> {
     let (peak, copy) = ceilings(&gpu)?;
     println!("ceilings: peak FMA {peak:.1} GFLOP/s, storage copy {copy:.2} GB/s\n");
     let mut b = Bench {
-        gpu,
+        gpu: &gpu,
         rng: StdRng::seed_from_u64(0x5eed),
         repeats,
         filters,
@@ -172,6 +174,7 @@ fn main() -> Result<()> {
     bench_elementwise(&mut b)?;
     bench_ddpm(&mut b)?;
     bench_optimizer(&mut b)?;
+    bench_unet(&mut b)?;
 
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/target/bench-results.json");
     std::fs::write(path, serde_json::to_string_pretty(&b.report)?)?;
@@ -224,8 +227,8 @@ fn bench_ddpm(b: &mut Bench) -> Result<()> {
     let shape = [64, 3, 32, 32];
     let n: usize = shape.iter().product();
     let label = "[64,3,32,32]";
-    let tables = DdpmTables::new(&b.gpu, &Schedule::new(SchedulerConfig::default())?)?;
-    let t = ddpm::timesteps(&b.gpu, &(0..shape[0]).map(|i| i * 997 % 1000).collect::<Vec<_>>())?;
+    let tables = DdpmTables::new(b.gpu, &Schedule::new(SchedulerConfig::default())?)?;
+    let t = ddpm::timesteps(b.gpu, &(0..shape[0]).map(|i| i * 997 % 1000).collect::<Vec<_>>())?;
     let x = b.random(&shape)?;
     let eps = b.random(&shape)?;
     let key = NoiseKey { seed: 7, step: 3 };
@@ -263,5 +266,89 @@ fn bench_optimizer(b: &mut Bench) -> Result<()> {
         optimizer::adam_step(gpu, &cfg, 1, 1e-4, &params, &m, &v, &grads, &norm_sq)?;
         optimizer::ema_update(gpu, &ema, &params, 0.999)
     })?;
+    Ok(())
+}
+
+/// Useful FLOPs of one UNet forward pass: every conv, linear and attention
+/// product, counted from the layout (2 per multiply-add).
+fn unet_forward_flops(config: &UNetConfig, batch: usize, resolution: usize) -> f64 {
+    let unet = UNet::new(config).unwrap();
+    let mut flops = 0.0;
+    let (mut hw, mut level_res) = (Vec::new(), resolution);
+    for _ in &config.block_out_channels {
+        hw.push(level_res * level_res);
+        level_res /= 2;
+    }
+    let conv = |cin: usize, cout: usize, k: usize, pixels: usize| 2.0 * (batch * pixels * cin * cout * k * k) as f64;
+    let attn = |c: usize, t: usize| 2.0 * (batch * t * c * c * 4) as f64 + 4.0 * (batch * t * t * c) as f64;
+    let resblock = |r: &ddpm_wgpu::unet::layout::ResBlock, pixels: usize| {
+        conv(r.c_in, r.c_out, 3, pixels)
+            + conv(r.c_out, r.c_out, 3, pixels)
+            + if r.has_shortcut() { conv(r.c_in, r.c_out, 1, pixels) } else { 0.0 }
+    };
+    flops += conv(config.in_channels, config.block_out_channels[0], 3, hw[0]);
+    for (i, level) in unet.layout.down.iter().enumerate() {
+        for r in &level.resnets {
+            flops += resblock(r, hw[i]);
+        }
+        flops += level.attentions.iter().map(|a| attn(a.channels, hw[i])).sum::<f64>();
+        if level.downsample.is_some() {
+            flops += conv(level.channels, level.channels, 3, hw[i + 1]);
+        }
+    }
+    let last = hw.len() - 1;
+    if let Some(mid) = &unet.layout.mid {
+        flops += resblock(&mid.resnet_in, hw[last]) + resblock(&mid.resnet_out, hw[last]);
+        flops += mid.attention.as_ref().map_or(0.0, |a| attn(a.channels, hw[last]));
+    }
+    for (i, level) in unet.layout.up.iter().enumerate() {
+        let li = last - i;
+        for r in &level.resnets {
+            flops += resblock(r, hw[li]);
+        }
+        flops += level.attentions.iter().map(|a| attn(a.channels, hw[li])).sum::<f64>();
+        if level.upsample.is_some() {
+            flops += conv(level.channels, level.channels, 3, hw[li - 1]);
+        }
+    }
+    flops + conv(config.block_out_channels[0], config.out_channels, 3, hw[0])
+}
+
+fn bench_unet(b: &mut Bench) -> Result<()> {
+    let configs = [
+        ("default", include_str!("../assets/configs/default_unet.json"), 32),
+        ("cifar10", include_str!("../assets/configs/ddpm_cifar10_unet.json"), 8),
+    ];
+    let data = ddpm_wgpu::data::Dataset::mnist(32, Some(256))?;
+    for (name, json, batch) in configs {
+        let mut config = UNetConfig::from_json(json)?;
+        if b.wanted("train_step") {
+            // Trained on the shipped digits, whatever the config's channels.
+            config.in_channels = 1;
+            config.out_channels = 1;
+            let options = TrainOptions { batch_size: batch, steps: u64::MAX, ..TrainOptions::default() };
+            let mut trainer = Trainer::new(b.gpu, &config, SchedulerConfig::default(), options, [1, 32, 32])?;
+            let params = trainer.unet.table.count() as f64 / 1e6;
+            // Backward costs about twice the forward.
+            let flops = 3.0 * unet_forward_flops(&config, batch, 32);
+            let label = format!("{name} ({params:.2}M params) batch {batch}");
+            b.run("train_step", &label, Work::Flops(flops), |_| trainer.train_step(&data))?;
+            trainer.read_logs()?;
+        }
+        if b.wanted("sample_step") {
+            let batch = 16;
+            let unet = UNet::new(&config)?;
+            let weights = ParamStore::upload(b.gpu, unet.table.clone(), &unet.table.init(0))?;
+            let tables = DdpmTables::new(b.gpu, &Schedule::new(SchedulerConfig::default())?)?;
+            let x = b.random(&[batch, config.in_channels, 32, 32])?;
+            let t = ddpm::timesteps(b.gpu, &vec![500; batch])?;
+            let flops = unet_forward_flops(&config, batch, 32);
+            let label = format!("{name} batch {batch}");
+            b.run("sample_step", &label, Work::Flops(flops), |gpu| {
+                let eps = ddpm_wgpu::sample::predict_noise(gpu, &unet, &weights, &x, &t)?;
+                ddpm::p_sample(gpu, &tables, &x, &eps, &t, NoiseKey { seed: 1, step: 500 }).map(drop)
+            })?;
+        }
+    }
     Ok(())
 }

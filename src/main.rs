@@ -301,7 +301,8 @@ fn train(options: &GpuOptions, args: TrainArgs) -> Result<()> {
     let save = |trainer: &Trainer| -> Result<()> { trainer.save_checkpoint(&checkpoint_dir, &data.source) };
     let grid = |trainer: &Trainer, name: &str| -> Result<()> {
         let weights = trainer.ema_store()?;
-        let sampler = Sampler::Ddim { steps: args.grid_ddim_steps.min(trainer.scheduler.num_train_timesteps), eta: 0.0 };
+        let sampler =
+            Sampler::Ddim { steps: args.grid_ddim_steps.min(trainer.scheduler.num_train_timesteps), eta: 0.0 };
         let (images, _) = sample(
             &gpu,
             &trainer.unet,
@@ -400,7 +401,8 @@ fn sample_command(options: &GpuOptions, args: SampleArgs) -> Result<()> {
     eprintln!("adapter: {}", gpu.info());
     let model = Model::load(&gpu, &args.checkpoint)?;
     let config = model.unet.config();
-    let resolution = args.resolution.or(config.sample_size).context("the config has no sample_size: give --resolution")?;
+    let resolution =
+        args.resolution.or(config.sample_size).context("the config has no sample_size: give --resolution")?;
     let sampler = match args.sampler {
         SamplerKind::Ddpm => Sampler::Ddpm,
         SamplerKind::Ddim => Sampler::Ddim { steps: args.steps, eta: args.eta },

@@ -56,7 +56,8 @@ impl Model {
             .map(|d| d.join("scheduler_config.json"))
             .find(|f| f.is_file());
         let scheduler = match scheduler_file {
-            Some(f) => SchedulerConfig::from_json(&std::fs::read_to_string(&f)?).with_context(|| format!("in {}", f.display()))?,
+            Some(f) => SchedulerConfig::from_json(&std::fs::read_to_string(&f)?)
+                .with_context(|| format!("in {}", f.display()))?,
             None => SchedulerConfig::default(),
         };
         let weights = ParamStore::upload(gpu, unet.table.clone(), &weights)?;

@@ -110,7 +110,8 @@ impl SchedulerConfig {
     /// ignored; settings it cannot honour (another prediction type, custom
     /// betas, thresholding) are errors.
     pub fn from_json(text: &str) -> Result<SchedulerConfig> {
-        let v: serde_json::Value = serde_json::from_str(text).map_err(|e| anyhow::anyhow!("parsing scheduler config: {e}"))?;
+        let v: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| anyhow::anyhow!("parsing scheduler config: {e}"))?;
         let d = SchedulerConfig::default();
         let num = |k: &str, default: f64| v.get(k).and_then(|x| x.as_f64()).unwrap_or(default);
         let text_of = |k: &str| v.get(k).and_then(|x| x.as_str());

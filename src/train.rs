@@ -299,9 +299,16 @@ impl<'g> Trainer<'g> {
     }
 
     /// Continue the run saved in checkpoint `dir`. `steps` may extend it.
-    pub fn resume(gpu: &'g Gpu, dir: &Path, steps: Option<u64>, sample_shape: [usize; 3]) -> Result<(Trainer<'g>, TrainState)> {
+    pub fn resume(
+        gpu: &'g Gpu,
+        dir: &Path,
+        steps: Option<u64>,
+        sample_shape: [usize; 3],
+    ) -> Result<(Trainer<'g>, TrainState)> {
         let dir = existing_checkpoint(dir)?;
-        let read = |p: &str| std::fs::read_to_string(dir.join(p)).with_context(|| format!("reading {}", dir.join(p).display()));
+        let read = |p: &str| {
+            std::fs::read_to_string(dir.join(p)).with_context(|| format!("reading {}", dir.join(p).display()))
+        };
         let mut state: TrainState =
             serde_json::from_str(&read("training/state.json")?).context("parsing training/state.json")?;
         let config = UNetConfig::from_json(&read("unet/config.json")?)?;
@@ -315,8 +322,16 @@ impl<'g> Trainer<'g> {
         if let Some(steps) = steps {
             state.options.steps = steps;
         }
-        let mut trainer =
-            Trainer::with_weights(gpu, unet, scheduler, state.options.clone(), sample_shape, &weights, &ema, Some((&m, &v)))?;
+        let mut trainer = Trainer::with_weights(
+            gpu,
+            unet,
+            scheduler,
+            state.options.clone(),
+            sample_shape,
+            &weights,
+            &ema,
+            Some((&m, &v)),
+        )?;
         trainer.step = state.step;
         Ok((trainer, state))
     }
@@ -364,7 +379,11 @@ pub fn append_metrics(out: &Path, logs: &[StepLog], images_per_second: f64) -> R
     use std::io::Write;
     let path = out.join("metrics.csv");
     let new = !path.exists();
-    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path).with_context(|| format!("opening {}", path.display()))?;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
     if new {
         writeln!(f, "step,loss,lr,grad_norm,images_per_second")?;
     }

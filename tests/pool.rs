@@ -52,9 +52,15 @@ fn dropped_tensors_return_to_the_pool() {
 #[test]
 fn oversized_tensor_is_a_clear_error() {
     let (_turn, gpu) = common::gpu();
-    let too_big = (gpu.info().max_storage_binding / 4 + 1) as usize;
+    let too_big = (gpu.info().max_buffer_size / 4 + 1) as usize;
     let err = gpu.uninit(&[too_big]).unwrap_err().to_string();
     assert!(err.contains("exceeds"), "{err}");
+    // Bigger than one binding: allowed as a buffer, refused when bound whole.
+    let wide = gpu.zeros(&[(gpu.info().max_storage_binding / 4 + 64) as usize]).unwrap();
+    let err = ddpm_wgpu::ops::elementwise::scale(&gpu, &wide, 2.0).unwrap_err().to_string();
+    assert!(err.contains("largest storage binding"), "{err}");
+    drop(wide);
+    gpu.trim_pool();
 }
 
 #[test]

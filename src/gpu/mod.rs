@@ -292,11 +292,13 @@ impl Gpu {
     }
 
     fn pooled_buffer(&self, bytes: u64, kind: BufferKind) -> Result<wgpu::Buffer> {
-        if kind == BufferKind::Storage && bytes > self.info.max_storage_binding {
+        // Larger than one binding is fine for flat buffers that kernels
+        // only see through views; `launch` checks each binding.
+        if bytes > self.info.max_buffer_size {
             bail!(
-                "a tensor of {} MiB exceeds this adapter's largest storage binding ({} MiB)",
+                "a tensor of {} MiB exceeds this adapter's largest buffer ({} MiB)",
                 bytes >> 20,
-                self.info.max_storage_binding >> 20
+                self.info.max_buffer_size >> 20
             );
         }
         Pool::take(&self.pool, &self.device, bytes, kind)
@@ -470,6 +472,15 @@ impl Gpu {
                 "{}: dispatch {:?} exceeds {MAX_WORKGROUPS_PER_DIM} workgroups per dimension",
                 kernel.entry,
                 workgroups
+            );
+        }
+        if let Some(t) = tensors.iter().find(|t| t.byte_len() > self.info.max_storage_binding) {
+            bail!(
+                "{}: a tensor of shape {:?} ({} MiB) exceeds this adapter's largest storage binding ({} MiB)",
+                kernel.entry,
+                t.shape(),
+                t.byte_len() >> 20,
+                self.info.max_storage_binding >> 20
             );
         }
         if workgroups.contains(&0) {

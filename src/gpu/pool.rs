@@ -100,9 +100,10 @@ impl Pool {
 
     pub(crate) fn trim(&mut self) {
         for (_, buffers) in self.free.drain() {
+            // Dropped, not destroyed: work already recorded may still use them,
+            // and wgpu frees each buffer once nothing refers to it.
             for b in buffers {
                 self.stats.reserved_bytes -= b.size();
-                b.destroy();
             }
         }
     }
