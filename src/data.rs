@@ -53,6 +53,13 @@ impl Dataset {
         &self.pixels[i * self.sample_len()..(i + 1) * self.sample_len()]
     }
 
+    /// Only the first `n` samples.
+    pub fn truncated(mut self, n: usize) -> Dataset {
+        let keep = n.min(self.len()) * self.sample_len();
+        self.pixels.truncate(keep);
+        self
+    }
+
     /// The MNIST digits shipped with the crate, centred on a black canvas of
     /// `resolution` (28 or more; 32 is the usual power of two), 1 channel.
     pub fn mnist(resolution: usize, limit: Option<usize>) -> Result<Dataset> {

@@ -7,11 +7,11 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-use ddpm_wgpu::data::{save_grid, Dataset};
+use ddpm_wgpu::data::save_grid;
 use ddpm_wgpu::gpu::{enumerate_adapters, Gpu, GpuOptions};
 use ddpm_wgpu::sample::{sample, Model, Sampler};
 use ddpm_wgpu::schedule::{BetaSchedule, SchedulerConfig};
-use ddpm_wgpu::train::{append_metrics, existing_checkpoint, TrainOptions, Trainer};
+use ddpm_wgpu::train::{append_metrics, existing_checkpoint, read_state, DataSpec, TrainOptions, Trainer};
 use ddpm_wgpu::unet::UNetConfig;
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -218,32 +218,31 @@ fn train(options: &GpuOptions, args: TrainArgs) -> Result<()> {
     let out = args.resume.clone().unwrap_or_else(|| args.out.clone());
     ensure_writable(&out)?;
     let checkpoint_dir = out.join("checkpoint");
-    let mut config = match &args.config {
-        Some(path) => UNetConfig::load(path)?,
-        None => UNetConfig::from_json(DEFAULT_CONFIG)?,
-    };
-    if let Some(dir) = &args.resume {
-        let found = existing_checkpoint(&dir.join("checkpoint"))?;
-        config = UNetConfig::load(&found.join("unet/config.json"))?;
-    }
-    let channels = args.channels.unwrap_or(if args.data.is_some() { 3 } else { 1 });
-    if args.config.is_none() && args.resume.is_none() {
-        config.in_channels = channels;
-        config.out_channels = channels;
-    }
-    let resolution = args.resolution.or(config.sample_size).unwrap_or(32);
-    config.sample_size = Some(resolution);
-    config.validate()?;
-    let data = match &args.data {
-        Some(dir) => Dataset::from_folder(dir, resolution, channels)?,
-        None => Dataset::mnist(resolution, args.limit)?,
-    };
-    let data = match args.limit {
-        Some(n) if args.data.is_some() && n < data.len() => {
-            bail!("--limit with --data is not supported; point --data at a smaller folder")
+    // A resumed run keeps its config and data; a new one takes them from the flags.
+    let (config, spec) = match &args.resume {
+        Some(_) => {
+            let state = read_state(&checkpoint_dir)?;
+            let found = existing_checkpoint(&checkpoint_dir)?;
+            (UNetConfig::load(&found.join("unet/config.json"))?, state.data)
         }
-        _ => data,
+        None => {
+            let mut config = match &args.config {
+                Some(path) => UNetConfig::load(path)?,
+                None => UNetConfig::from_json(DEFAULT_CONFIG)?,
+            };
+            let channels = args.channels.unwrap_or(if args.data.is_some() { 3 } else { config.in_channels });
+            if args.config.is_none() {
+                config.in_channels = channels;
+                config.out_channels = channels;
+            }
+            let resolution = args.resolution.or(config.sample_size).unwrap_or(32);
+            config.sample_size = Some(resolution);
+            config.validate()?;
+            (config, DataSpec { folder: args.data.clone(), resolution, channels, limit: args.limit })
+        }
     };
+    let (channels, resolution) = (spec.channels, spec.resolution);
+    let data = spec.load()?;
     let gpu = Gpu::new(options)?;
     eprintln!("adapter: {}", gpu.info());
     eprintln!("data: {} images of {}x{}x{} from {}", data.len(), channels, resolution, resolution, data.source);
@@ -298,7 +297,7 @@ fn train(options: &GpuOptions, args: TrainArgs) -> Result<()> {
     let (start_step, started) = (trainer.step, Instant::now());
     let mut smoothed: Option<f32> = None;
     let batch = trainer.options.batch_size as f64;
-    let save = |trainer: &Trainer| -> Result<()> { trainer.save_checkpoint(&checkpoint_dir, &data.source) };
+    let save = |trainer: &Trainer| -> Result<()> { trainer.save_checkpoint(&checkpoint_dir, &spec) };
     let grid = |trainer: &Trainer, name: &str| -> Result<()> {
         let weights = trainer.ema_store()?;
         let sampler =

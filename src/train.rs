@@ -56,15 +56,48 @@ impl Default for TrainOptions {
     }
 }
 
+/// Which training images, so a resumed run reads the same ones.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DataSpec {
+    /// An image folder, or None for the shipped MNIST digits.
+    pub folder: Option<PathBuf>,
+    pub resolution: usize,
+    pub channels: usize,
+    /// Only the first `limit` images.
+    pub limit: Option<usize>,
+}
+
+impl DataSpec {
+    pub fn load(&self) -> Result<Dataset> {
+        let data = match &self.folder {
+            Some(dir) => Dataset::from_folder(dir, self.resolution, self.channels)?,
+            None => Dataset::mnist(self.resolution, None)?,
+        };
+        Ok(match self.limit {
+            Some(n) => data.truncated(n),
+            None => data,
+        })
+    }
+}
+
 /// What a checkpoint records besides tensors.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TrainState {
     /// Steps completed.
     pub step: u64,
     pub options: TrainOptions,
-    /// Where the data came from, and the adapter, for the record.
-    pub data: String,
+    pub data: DataSpec,
+    /// The adapter it ran on, for the record (resuming elsewhere works but
+    /// may not reproduce the same losses bit for bit).
     pub adapter: String,
+}
+
+/// Read the state saved in the checkpoint `dir` (or the one kept beside it).
+pub fn read_state(dir: &Path) -> Result<TrainState> {
+    let dir = existing_checkpoint(dir)?;
+    let path = dir.join("training/state.json");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
 }
 
 /// Losses and gradient norms of the steps since the last readback.
@@ -261,7 +294,7 @@ impl<'g> Trainer<'g> {
     /// the raw weights, Adam moments and state. Written to a temporary
     /// folder first, then swapped in, so an interruption leaves the previous
     /// checkpoint whole.
-    pub fn save_checkpoint(&self, dir: &Path, data: &str) -> Result<()> {
+    pub fn save_checkpoint(&self, dir: &Path, data: &DataSpec) -> Result<()> {
         let gpu = self.gpu;
         let table = &self.unet.table;
         let tmp = sibling(dir, "new");
@@ -284,7 +317,7 @@ impl<'g> Trainer<'g> {
         let state = TrainState {
             step: self.step,
             options: self.options.clone(),
-            data: data.to_string(),
+            data: data.clone(),
             adapter: gpu.info().to_string(),
         };
         std::fs::write(tmp.join("training/state.json"), serde_json::to_string_pretty(&state)?)?;
