@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use ddpm_wgpu::data::save_grid;
 use ddpm_wgpu::gpu::{enumerate_adapters, Gpu, GpuOptions};
-use ddpm_wgpu::sample::{sample, Model, Sampler};
+use ddpm_wgpu::sample::{sample, Model, SampleRequest, Sampler};
 use ddpm_wgpu::schedule::{BetaSchedule, SchedulerConfig};
 use ddpm_wgpu::train::{append_metrics, existing_checkpoint, read_state, DataSpec, TrainOptions, Trainer};
 use ddpm_wgpu::unet::UNetConfig;
@@ -302,18 +302,14 @@ fn train(options: &GpuOptions, args: TrainArgs) -> Result<()> {
         let weights = trainer.ema_store()?;
         let sampler =
             Sampler::Ddim { steps: args.grid_ddim_steps.min(trainer.scheduler.num_train_timesteps), eta: 0.0 };
-        let (images, _) = sample(
-            &gpu,
-            &trainer.unet,
-            &weights,
-            &trainer.scheduler,
-            args.grid_samples,
+        let request = SampleRequest {
+            count: args.grid_samples,
             resolution,
             sampler,
-            trainer.options.seed,
-            None,
-            &mut |_, _| {},
-        )?;
+            seed: trainer.options.seed,
+            keep_every: None,
+        };
+        let (images, _) = sample(&gpu, &trainer.unet, &weights, &trainer.scheduler, &request, &mut |_, _| {})?;
         let cols = (args.grid_samples as f64).sqrt().ceil() as usize;
         save_grid(&samples_dir.join(name), &images, channels, resolution, cols)
     };
@@ -413,22 +409,12 @@ fn sample_command(options: &GpuOptions, args: SampleArgs) -> Result<()> {
     let bar = progress_bar(total as u64);
     let started = Instant::now();
     let keep_every = args.strip.as_ref().map(|_| (total / 10).max(1));
-    let (images, kept) = sample(
-        &gpu,
-        &model.unet,
-        &model.weights,
-        &model.scheduler,
-        args.num,
-        resolution,
-        sampler,
-        args.seed,
-        keep_every,
-        &mut |done, _| {
-            bar.set_position(done as u64);
-            let secs = started.elapsed().as_secs_f64();
-            bar.set_message(format!("{:.2} steps/s", done as f64 / secs));
-        },
-    )?;
+    let request = SampleRequest { count: args.num, resolution, sampler, seed: args.seed, keep_every };
+    let (images, kept) = sample(&gpu, &model.unet, &model.weights, &model.scheduler, &request, &mut |done, _| {
+        bar.set_position(done as u64);
+        let secs = started.elapsed().as_secs_f64();
+        bar.set_message(format!("{:.2} steps/s", done as f64 / secs));
+    })?;
     bar.finish();
     let channels = config.in_channels;
     let cols = (args.num as f64).sqrt().ceil() as usize;

@@ -68,21 +68,29 @@ impl Model {
 /// Progress of a sampling run: (steps done, total).
 pub type Progress<'a> = &'a mut dyn FnMut(usize, usize);
 
-/// Draw `count` samples of shape (C, R, R) with `seed`; returns them as
-/// (count, C, R, R) values in [-1, 1] (clipped), and every `keep_every`
-/// steps the intermediate x_t of sample 0 (for a strip of the reverse process).
+/// What to draw.
+#[derive(Clone, Copy, Debug)]
+pub struct SampleRequest {
+    pub count: usize,
+    /// Height and width of each sample.
+    pub resolution: usize,
+    pub sampler: Sampler,
+    pub seed: u64,
+    /// Keep sample 0's x_t every this many steps (a strip of the reverse process).
+    pub keep_every: Option<usize>,
+}
+
+/// Draw samples; returns them as (count, C, R, R) values in [-1, 1]
+/// (clipped), and the kept intermediate x_t of sample 0.
 pub fn sample(
     gpu: &Gpu,
     unet: &UNet,
     weights: &ParamStore,
     scheduler: &SchedulerConfig,
-    count: usize,
-    resolution: usize,
-    sampler: Sampler,
-    seed: u64,
-    keep_every: Option<usize>,
+    request: &SampleRequest,
     progress: Progress,
 ) -> Result<(Vec<f32>, Vec<Vec<f32>>)> {
+    let SampleRequest { count, resolution, sampler, seed, keep_every } = *request;
     let c = unet.config();
     let shape = [count, c.in_channels, resolution, resolution];
     let schedule = Schedule::new(scheduler.clone())?;
