@@ -332,12 +332,14 @@ fn train(options: &GpuOptions, args: TrainArgs) -> Result<()> {
                 smoothed = Some(smoothed.map_or(l.loss, |s| 0.9 * s + 0.1 * l.loss));
                 curve.push((l.step, l.loss));
             }
-            bar.set_message(format!(
-                "loss {:.4} | {:.2} it/s | {:.1} img/s",
-                smoothed.unwrap_or(f32::NAN),
-                rate,
-                rate * batch
-            ));
+            let message =
+                format!("loss {:.4} | {:.2} it/s | {:.1} img/s", smoothed.unwrap_or(f32::NAN), rate, rate * batch);
+            if bar.is_hidden() {
+                // Not a terminal (a log file, CI): one line per readback instead of a bar.
+                let eta = (trainer.options.steps - step) as f64 / rate.max(1e-9);
+                eprintln!("step {step}/{} | {message} | ETA {:.0} s", trainer.options.steps, eta);
+            }
+            bar.set_message(message);
         }
         bar.set_position(step);
         if args.sample_every > 0 && step % args.sample_every == 0 && !last {
