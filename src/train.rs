@@ -19,7 +19,7 @@ use crate::ops::ddpm::{self, DdpmTables, NoiseKey};
 use crate::ops::optimizer::{self, Adam};
 use crate::schedule::{Schedule, SchedulerConfig};
 use crate::tape::Tape;
-use crate::unet::params::{view_of, write_atomically, ParamStore};
+use crate::unet::params::{view_of, ParamStore};
 use crate::unet::{ParamVars, UNet, UNetConfig};
 
 /// Hyper-parameters of a run (saved in checkpoints).
@@ -424,9 +424,4 @@ pub fn append_metrics(out: &Path, logs: &[StepLog], images_per_second: f64) -> R
         writeln!(f, "{},{},{},{},{:.2}", l.step, l.loss, l.lr, l.grad_norm, images_per_second)?;
     }
     Ok(())
-}
-
-/// Write `bytes` to `path` atomically (re-exported for the CLI).
-pub fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
-    write_atomically(path, bytes)
 }
