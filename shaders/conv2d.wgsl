@@ -30,9 +30,9 @@
 // block of Q output channels. For each
 // input channel and kernel row a lane loads its S vec4 of the input row once;
 // the halo columns come from the neighbouring lanes by subgroupShuffle (a
-// memory load only at subgroup or row ends). The Q weights of a tap are one
-// vec4 per lane slot, spread with subgroupBroadcast (SG8) or subgroupShuffle
-// within aligned groups of 8. Portable: every lane loads its own halo and
+// memory load only at subgroup or row ends). The KW*Q weights of a kernel row
+// are split over the 8 lanes as vec4 and spread with subgroupBroadcast (SG8)
+// or subgroupShuffle within aligned groups of 8. Portable: every lane loads its own halo and
 // weights. Loads dominate on lavapipe (see shared/perf/lavapipe.md 4.7).
 // TRANSPOSED (stride-2 grad-input): a lane owns 8 consecutive dx pixels,
 // accumulated as even and odd vec4; each dx column parity takes only the
@@ -181,7 +181,6 @@ fn conv2d_forward(
     // of 8, and right of a row's last group when that still lies in the map.
     let load_left = slot == 0u && gx > 0u;
     let load_right = slot == 7u || (last_in_row && {S}u * p.row_groups * 4u < p.w);
-    let wslot = slot % {Q/4}u;
 //@end
 //@for c in 0..Q
     var acc{c} = vec4<f32>(0.0);
@@ -239,19 +238,23 @@ fn conv2d_forward(
 //@end
 //@end
             let wbase = ((cob * p.c_in + ci) * p.kh + ky) * {KW*Q/4}u;
+//@if SUBGROUPS
+            // The KW*Q/4 weight vec4 of this kernel row: item k is loaded by
+            // lane k % 8 as its load number k / 8.
+//@for l in 0..(KW*Q/4+7)/8
+            let wl{l} = wgt[wbase + min({8*l}u + slot, {KW*Q/4-1}u)];
+//@end
+//@end
 //@for kx in 0..KW
 //@if !TRANSPOSED
             let xv{kx} = vec4<f32>(v{kx}, v{S+kx}, v{2*S+kx}, v{3*S+kx});
 //@end
-//@if SUBGROUPS
-            let wl{kx} = wgt[wbase + {kx*Q/4}u + wslot];
-//@end
 //@for j in 0..Q/4
 //@if SUBGROUPS
 //@if SG8
-            let w{kx}_{j} = subgroupBroadcast(wl{kx}, {j}u);
+            let w{kx}_{j} = subgroupBroadcast(wl{(kx*Q/4+j)/8}, {(kx*Q/4+j)%8}u);
 //@else
-            let w{kx}_{j} = subgroupShuffle(wl{kx}, group + {j}u);
+            let w{kx}_{j} = subgroupShuffle(wl{(kx*Q/4+j)/8}, group + {(kx*Q/4+j)%8}u);
 //@end
 //@else
             let w{kx}_{j} = wgt[wbase + {kx*Q/4+j}u];
