@@ -24,8 +24,8 @@
 // The im2col/col2im pair turns the general cases (any kernel width, stride,
 // padding) and grad-weight into GEMMs run by shaders/matmul.wgsl.
 //
-// conv2d_forward: one invocation owns 4 consecutive output pixels of a row
-// times Q output channels (Q vec4 accumulators over the 4 pixels). A workgroup
+// conv2d_forward: one invocation owns PX (4 or 8) consecutive output pixels
+// of a row times Q output channels (Q*PX/4 vec4 accumulators). A workgroup
 // is 64 consecutive such pixel groups (rows of all images in turn) of one
 // block of Q output channels. For each
 // input channel and kernel row a lane loads its S vec4 of the input row once;
@@ -40,12 +40,15 @@
 // values are read with stride 1 exactly as the forward reads x.
 //
 // Template defines (src/gpu/template.rs): FORWARD (1: conv2d_forward; 0: the
-// other entry points), GRAD_WEIGHT, TRANSPOSED, PADL (true left padding when
-// TRANSPOSED), NV (row values a lane reads), Q (channels per lane, multiple of 4; with SUBGROUPS
-// Q/4 <= 8), KW (kernel width), S (stride), PL (left padding), NR (halo
-// columns right of a lane's core), VEC4 (W and out_w multiples of 4: vec4
-// input loads and output stores; else guarded scalar ones), BIAS, SUBGROUPS,
-// SG8.
+// other entry points), GRAD_WEIGHT (conv2d_grad_weight; else the helpers),
+// TRANSPOSED, PX (output pixels per lane of conv2d_forward, 4 or 8; 4 when
+// TRANSPOSED, whose lanes hold 8 dx pixels), Q (output channels per lane,
+// multiple of 4), KW (kernel width), S (stride), PL and NR (halo columns left
+// and right of a lane's core), NV (row values a lane reads), PADL (true left
+// padding when TRANSPOSED), VEC4 (W and out_w multiples of 4: vec4 input loads
+// and output stores; else guarded scalar ones), BIAS, SUBGROUPS, SG8;
+// conv2d_grad_weight: TCO, TCI (output and input channels per lane), KH, HL
+// and HR (halo items left and right of the core).
 
 struct Params {
     n: u32,
@@ -121,7 +124,7 @@ fn store_pairs(at: u32, co: u32, ow0: u32, a: vec4<f32>, b: vec4<f32>) {
 //@end
 
 fn store(at: u32, co: u32, ow0: u32, acc: vec4<f32>) {
-    if co >= p.c_out {
+    if co >= p.c_out || ow0 >= p.out_w {
         return;
     }
 //@if BIAS
@@ -167,10 +170,10 @@ fn conv2d_forward(
     let oy = (g % per_image) / p.row_groups;
 //@end
     let gx = g % p.row_groups;
-    let ow0 = gx * {4+4*TRANSPOSED}u;
+    let ow0 = gx * {PX+4*TRANSPOSED}u;
     let cob = wid.y;
     // First input column of this lane's core (its S vec4).
-    let xc = gx * {4*S}u;
+    let xc = gx * {PX*S}u;
     let last_in_row = gx + 1u >= p.row_groups;
 //@if SUBGROUPS
     let slot = sg_lane % 8u;
@@ -180,10 +183,12 @@ fn conv2d_forward(
     // Halo columns a neighbour lane cannot supply: at the ends of the group
     // of 8, and right of a row's last group when that still lies in the map.
     let load_left = slot == 0u && gx > 0u;
-    let load_right = slot == 7u || (last_in_row && {S}u * p.row_groups * 4u < p.w);
+    let load_right = slot == 7u || (last_in_row && {PX*S}u * p.row_groups < p.w);
 //@end
 //@for c in 0..Q
-    var acc{c} = vec4<f32>(0.0);
+//@for h in 0..PX/4
+    var acc{c}_{h} = vec4<f32>(0.0);
+//@end
 //@if TRANSPOSED
     var odd{c} = vec4<f32>(0.0);
 //@end
@@ -206,12 +211,12 @@ fn conv2d_forward(
             let row = plane + min(iy, p.h - 1u) * p.w;
             // Input columns xc - PL + t for t in 0..NV, named v_t.
 //@if VEC4
-//@for m in 0..S
+//@for m in 0..S*PX/4
             let core{m} = select(vec4<f32>(0.0), src[(row + min(xc + {4*m}u, p.w - 4u)) / 4u], row_ok && xc + {4*m}u < p.w);
 //@end
 //@for t in 0..PL
 //@if SUBGROUPS
-            var v{t} = select(subgroupShuffle(core{(4*S-PL+t)/4}[{(4*S-PL+t)%4}], left_lane), 0.0, gx == 0u);
+            var v{t} = select(subgroupShuffle(core{(PX*S-PL+t)/4}[{(PX*S-PL+t)%4}], left_lane), 0.0, gx == 0u);
             if load_left {
                 v{t} = load_px(row_ok, row, xc + {t}u - {PL}u);
             }
@@ -219,17 +224,17 @@ fn conv2d_forward(
             let v{t} = load_px(row_ok, row, xc + {t}u - {PL}u);
 //@end
 //@end
-//@for u in 0..4*S
+//@for u in 0..PX*S
             let v{PL+u} = core{u/4}[{u%4}];
 //@end
 //@for r in 0..NR
 //@if SUBGROUPS
-            var v{PL+4*S+r} = select(subgroupShuffle(core0[{r}], right_lane), 0.0, last_in_row);
+            var v{PL+PX*S+r} = select(subgroupShuffle(core0[{r}], right_lane), 0.0, last_in_row);
             if load_right {
-                v{PL+4*S+r} = load_px(row_ok, row, xc + {4*S+r}u);
+                v{PL+PX*S+r} = load_px(row_ok, row, xc + {PX*S+r}u);
             }
 //@else
-            let v{PL+4*S+r} = load_px(row_ok, row, xc + {4*S+r}u);
+            let v{PL+PX*S+r} = load_px(row_ok, row, xc + {PX*S+r}u);
 //@end
 //@end
 //@else
@@ -247,7 +252,9 @@ fn conv2d_forward(
 //@end
 //@for kx in 0..KW
 //@if !TRANSPOSED
-            let xv{kx} = vec4<f32>(v{kx}, v{S+kx}, v{2*S+kx}, v{3*S+kx});
+//@for h in 0..PX/4
+            let xv{kx}_{h} = vec4<f32>(v{kx+4*h*S}, v{kx+(4*h+1)*S}, v{kx+(4*h+2)*S}, v{kx+(4*h+3)*S});
+//@end
 //@end
 //@for j in 0..Q/4
 //@if SUBGROUPS
@@ -264,7 +271,7 @@ fn conv2d_forward(
             // when that is a whole number.
 //@if !(PADL-kx)%2
 //@for e in 0..4
-            acc{4*j+e} = fma(vec4<f32>(v{PL+(PADL-kx)/2}, v{PL+(PADL-kx)/2+1}, v{PL+(PADL-kx)/2+2}, v{PL+(PADL-kx)/2+3}), vec4<f32>(w{kx}_{j}[{e}]), acc{4*j+e});
+            acc{4*j+e}_0 = fma(vec4<f32>(v{PL+(PADL-kx)/2}, v{PL+(PADL-kx)/2+1}, v{PL+(PADL-kx)/2+2}, v{PL+(PADL-kx)/2+3}), vec4<f32>(w{kx}_{j}[{e}]), acc{4*j+e}_0);
 //@end
 //@else
 //@for e in 0..4
@@ -273,7 +280,9 @@ fn conv2d_forward(
 //@end
 //@else
 //@for e in 0..4
-            acc{4*j+e} = fma(xv{kx}, vec4<f32>(w{kx}_{j}[{e}]), acc{4*j+e});
+//@for h in 0..PX/4
+            acc{4*j+e}_{h} = fma(xv{kx}_{h}, vec4<f32>(w{kx}_{j}[{e}]), acc{4*j+e}_{h});
+//@end
 //@end
 //@end
 //@end
@@ -287,9 +296,11 @@ fn conv2d_forward(
         let at = (img * p.c_out + co0) * out_plane + oy * p.out_w + ow0;
 //@for c in 0..Q
 //@if TRANSPOSED
-        store_pairs(at + {c}u * out_plane, co0 + {c}u, ow0, acc{c}, odd{c});
+        store_pairs(at + {c}u * out_plane, co0 + {c}u, ow0, acc{c}_0, odd{c});
 //@else
-        store(at + {c}u * out_plane, co0 + {c}u, ow0, acc{c});
+//@for h in 0..PX/4
+        store(at + {c}u * out_plane + {4*h}u, co0 + {c}u, ow0 + {4*h}u, acc{c}_{h});
+//@end
 //@end
 //@end
     }

@@ -75,6 +75,9 @@ fn three_by_three_stride_one() {
     check(geom(1, 5, 4, 64, 9, 3, 1, [1; 4]));
     // Odd maps and channel counts, batch 3 (scalar path).
     check(geom(3, 5, 5, 7, 6, 3, 1, [1; 4]));
+    // Odd widths past one pixel tile of a lane (8 or 16 pixels).
+    check(geom(2, 2, 5, 11, 6, 3, 1, [1; 4]));
+    check(geom(1, 3, 3, 19, 10, 3, 1, [1; 4]));
     // Image-like inputs: one and three channels.
     check(geom(2, 1, 8, 12, 33, 3, 1, [1; 4]));
     check(geom(1, 3, 9, 6, 16, 3, 1, [1; 4]));

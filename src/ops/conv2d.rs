@@ -220,6 +220,8 @@ struct DirectVariant {
     entry: Entry,
     /// Stride-2 grad-input form of `conv2d_forward`.
     transposed: bool,
+    /// Output pixels per lane of `conv2d_forward` (4 when transposed).
+    px: usize,
     /// Output channels per lane (forward), or per lane times input
     /// channels per lane (grad-weight).
     q: usize,
@@ -261,12 +263,22 @@ impl DirectVariant {
         }
     }
 
+    /// Output pixel groups per output row.
+    fn row_groups(&self, out_w: usize) -> usize {
+        if self.transposed {
+            out_w.div_ceil(2 * PIXELS_PER_LANE)
+        } else {
+            out_w.div_ceil(self.px)
+        }
+    }
+
     fn defines(&self) -> Vec<(&'static str, i64)> {
         let (s, pl, nr) = self.row_reads();
         vec![
             ("TRANSPOSED", self.transposed as i64),
             ("PADL", self.pad_left as i64),
-            ("NV", (pl + 4 * s + nr) as i64),
+            ("NV", (pl + self.px * s + nr) as i64),
+            ("PX", self.px as i64),
             ("FORWARD", (self.entry == Entry::Forward) as i64),
             ("GRAD_WEIGHT", (self.entry == Entry::GradWeight) as i64),
             ("Q", self.q as i64),
@@ -298,20 +310,51 @@ fn grad_weight_direct_supports(g: &Conv2dGeometry) -> bool {
     direct_supports(g) && g.kh == g.kw && g.w % 4 == 0 && g.out_w() % 4 == 0
 }
 
-/// Output channels per invocation. Measured on lavapipe: 32 with subgroup
-/// weight sharing; without it each lane loads its own weights, so fewer.
-fn channels_per_lane(subgroups: bool, c_out: usize) -> usize {
-    match (subgroups, c_out) {
-        (_, 0..=8) => 8,
-        (true, _) => 32,
-        (false, _) => 16,
-    }
+/// (output pixels, output channels) per invocation of `conv2d_forward`.
+/// Measured on lavapipe (16x16 and 32x32 maps, 32-64 channels): with
+/// subgroup weight sharing 8 x 16 at stride 1 (44 GF/s, 4 x 32: 42) and
+/// 4 x 32 at stride 2; without it every lane loads its own weights, so the
+/// widest pixel tile wins (16 x 8: 25.6 GF/s, 8 x 16: 19.4, 4 x 16: 13).
+fn forward_tile(subgroups: bool, g: &Conv2dGeometry) -> (usize, usize) {
+    let px = if subgroups {
+        if g.stride == 1 && g.out_w() >= 8 {
+            8
+        } else {
+            4
+        }
+    } else {
+        [16, 8].into_iter().find(|&px| g.out_w() >= px).unwrap_or(4)
+    };
+    let q = match (subgroups, px) {
+        _ if g.c_out <= 8 => 8,
+        (true, 4) => 32,
+        (_, 16) => 8,
+        _ => 16,
+    };
+    (px, q)
 }
 
-/// Output (dx) channels per invocation of the stride-2 grad-input kernel:
-/// its lanes hold 8 pixels, so half as many channels as the forward.
+/// Every tile `forward_tile` can choose on one kind of path.
+fn forward_tiles(subgroups: bool) -> Vec<(usize, usize)> {
+    let mut tiles = Vec::new();
+    for (out_w, stride, c_out) in [4, 8, 16].into_iter().flat_map(|w| [(w, 1, 8), (w, 1, 64), (w, 2, 8), (w, 2, 64)]) {
+        let g = Conv2dGeometry::square(1, 1, out_w * stride, out_w * stride, c_out, 1, stride, 0);
+        let tile = forward_tile(subgroups, &g);
+        if !tiles.contains(&tile) {
+            tiles.push(tile);
+        }
+    }
+    tiles
+}
+
+/// dx channels per invocation of the stride-2 grad-input kernel, whose
+/// lanes hold 8 pixels: 16 with subgroup sharing, else 8.
 fn transposed_channels_per_lane(subgroups: bool, c_in: usize) -> usize {
-    channels_per_lane(subgroups, c_in).div_ceil(2).max(8)
+    if subgroups && c_in > 8 {
+        16
+    } else {
+        8
+    }
 }
 
 /// grad-weight tile per lane: 4 output channels by this many input
@@ -329,10 +372,12 @@ const GW_OUT_CHANNELS: usize = 4;
 
 fn direct_variant(gpu: &Gpu, g: &Conv2dGeometry, bias: bool) -> DirectVariant {
     let info = gpu.info();
+    let (px, q) = forward_tile(info.subgroups, g);
     DirectVariant {
         entry: Entry::Forward,
         transposed: false,
-        q: channels_per_lane(info.subgroups, g.c_out),
+        px,
+        q,
         tci: 1,
         kh: 1,
         kw: g.kw,
@@ -350,6 +395,7 @@ fn grad_weight_variant(gpu: &Gpu, g: &Conv2dGeometry) -> DirectVariant {
     DirectVariant {
         entry: Entry::GradWeight,
         transposed: false,
+        px: PIXELS_PER_LANE,
         q: GW_OUT_CHANNELS,
         tci: grad_weight_input_channels(g.kw),
         kh: g.kh,
@@ -369,6 +415,7 @@ fn helper_defines() -> Vec<(&'static str, i64)> {
     DirectVariant {
         entry: Entry::Helpers,
         transposed: false,
+        px: PIXELS_PER_LANE,
         q: 4,
         tci: 1,
         kh: 1,
@@ -392,6 +439,7 @@ pub fn variants() -> Vec<Vec<(&'static str, i64)>> {
             let base = DirectVariant {
                 entry: Entry::GradWeight,
                 transposed: false,
+                px: PIXELS_PER_LANE,
                 q: GW_OUT_CHANNELS,
                 tci: grad_weight_input_channels(kw),
                 kh: kw,
@@ -404,28 +452,33 @@ pub fn variants() -> Vec<Vec<(&'static str, i64)>> {
                 sg8,
             };
             out.push(base.defines());
-            for q in [8, channels_per_lane(subgroups, 64)] {
-                for bits in 0..4 {
-                    let v = DirectVariant {
-                        entry: Entry::Forward,
-                        q,
-                        tci: 1,
-                        kh: 1,
-                        vec4: bits & 1 != 0,
-                        bias: bits & 2 != 0,
-                        ..base
-                    };
+            for bits in 0..4 {
+                let (vec4, bias) = (bits & 1 != 0, bits & 2 != 0);
+                for (px, q) in forward_tiles(subgroups) {
+                    let v = DirectVariant { entry: Entry::Forward, px, q, tci: 1, kh: 1, vec4, bias, ..base };
                     out.push(v.defines());
-                    if stride == 2 {
-                        out.push(
-                            DirectVariant { transposed: true, q: transposed_channels_per_lane(subgroups, q), ..v }
-                                .defines(),
-                        );
+                }
+                if stride == 2 && !bias {
+                    for c_in in [8, 64] {
+                        let q = transposed_channels_per_lane(subgroups, c_in);
+                        let v = DirectVariant {
+                            entry: Entry::Forward,
+                            transposed: true,
+                            q,
+                            tci: 1,
+                            kh: 1,
+                            vec4,
+                            bias,
+                            ..base
+                        };
+                        out.push(v.defines());
                     }
                 }
             }
         }
     }
+    out.sort();
+    out.dedup();
     out
 }
 
@@ -490,7 +543,8 @@ fn direct(
     let v = direct_variant(gpu, g, bias.is_some());
     let packed = pack_weights(gpu, g, w, v.q, packing)?;
     let y = gpu.uninit(&g.y_shape())?;
-    launch_direct(gpu, &v, &Params::new(g), &y, x, &packed, bias)?;
+    let params = Params { row_groups: v.row_groups(g.out_w()) as u32, ..Params::new(g) };
+    launch_direct(gpu, &v, &params, &y, x, &packed, bias)?;
     Ok(y)
 }
 
@@ -504,6 +558,7 @@ fn grad_input_transposed(gpu: &Gpu, g: &Conv2dGeometry, dy: &Tensor, w: &Tensor)
     let info = gpu.info();
     let v = DirectVariant {
         transposed: true,
+        px: PIXELS_PER_LANE,
         q: transposed_channels_per_lane(info.subgroups, g.c_in),
         vec4: g.out_w() % 4 == 0 && g.w % 8 == 0,
         ..direct_variant(gpu, g, false)
@@ -516,7 +571,7 @@ fn grad_input_transposed(gpu: &Gpu, g: &Conv2dGeometry, dy: &Tensor, w: &Tensor)
         c_out: g.c_in as u32,
         out_h: g.h as u32,
         out_w: g.w as u32,
-        row_groups: g.w.div_ceil(2 * PIXELS_PER_LANE) as u32,
+        row_groups: v.row_groups(g.w) as u32,
         ..Params::new(g)
     };
     let dy_to_dx = Conv2dGeometry { c_in: g.c_out, c_out: g.c_in, ..*g };
