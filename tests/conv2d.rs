@@ -44,7 +44,7 @@ fn check(g: Conv2dGeometry) {
     let (dw_atol, _) = tolerance(g.n * g.out_h() * g.out_w());
     let paths = format!(
         "forward {:?}, grad-input {:?}, grad-weight {:?}",
-        conv2d::forward_path(&g),
+        conv2d::forward_path(&g, true),
         conv2d::grad_input_path(&g),
         conv2d::grad_weight_path(&g)
     );
@@ -81,6 +81,8 @@ fn three_by_three_stride_one() {
     // Image-like inputs: one and three channels.
     check(geom(2, 1, 8, 12, 33, 3, 1, [1; 4]));
     check(geom(1, 3, 9, 6, 16, 3, 1, [1; 4]));
+    // Many output channels (not a multiple of any tile): wider grad-weight tiles.
+    check(geom(1, 3, 4, 8, 70, 3, 1, [1; 4]));
     // Asymmetric padding: no left halo and two halo columns on the right.
     check(geom(2, 4, 6, 12, 7, 3, 1, [0, 2, 0, 2]));
     // Valid (no) padding.
@@ -103,6 +105,7 @@ fn stride_two_downsampling() {
 fn one_by_one_and_other_kernels() {
     check(geom(3, 7, 6, 8, 9, 1, 1, [0; 4]));
     check(geom(1, 64, 4, 4, 3, 1, 1, [0; 4]));
+    check(geom(2, 5, 4, 4, 65, 1, 1, [0; 4]));
     check(geom(2, 5, 5, 7, 4, 1, 2, [0; 4]));
     // Unpadded 1x1 runs as a plain GEMM, padded 1x1 on the direct kernels.
     check(geom(1, 6, 4, 8, 10, 1, 1, [0, 0, 0, 0]));
@@ -134,14 +137,16 @@ fn geometry_sizes() {
     assert_eq!(odd.y_shape(), [2, 4, 2, 3]);
     assert_eq!(odd.flops(), 2.0 * (2 * 4 * 2 * 3 * 3 * 9) as f64);
     // The shapes in the tests above reach both kernel families.
-    assert_eq!(conv2d::forward_path(&sym), ConvPath::Direct);
+    assert_eq!(conv2d::forward_path(&sym, false), ConvPath::Direct);
     assert_eq!(conv2d::grad_input_path(&sym), ConvPath::Direct);
     assert_eq!(conv2d::grad_input_path(&geom(1, 1, 5, 5, 1, 2, 2, [0; 4])), ConvPath::Gemm);
     assert_eq!(conv2d::grad_weight_path(&geom(1, 1, 5, 7, 1, 3, 1, [1; 4])), ConvPath::Gemm);
     assert_eq!(conv2d::grad_input_path(&geom(1, 1, 5, 5, 1, 3, 1, [1; 4])), ConvPath::Direct);
-    assert_eq!(conv2d::forward_path(&geom(1, 1, 5, 5, 1, 2, 1, [0; 4])), ConvPath::Gemm);
-    assert_eq!(conv2d::forward_path(&geom(1, 1, 5, 5, 1, 1, 1, [0; 4])), ConvPath::Gemm);
-    assert_eq!(conv2d::forward_path(&geom(1, 1, 5, 5, 1, 1, 2, [0; 4])), ConvPath::Direct);
+    assert_eq!(conv2d::forward_path(&geom(1, 1, 5, 5, 1, 2, 1, [0; 4]), true), ConvPath::Gemm);
+    let pointwise = geom(1, 1, 5, 5, 1, 1, 1, [0; 4]);
+    assert_eq!(conv2d::forward_path(&pointwise, false), ConvPath::Gemm);
+    assert_eq!(conv2d::forward_path(&pointwise, true), ConvPath::Direct);
+    assert_eq!(conv2d::forward_path(&geom(1, 1, 5, 5, 1, 1, 2, [0; 4]), false), ConvPath::Direct);
 }
 
 /// d(sum(r * y))/d(input) by central differences in f64.

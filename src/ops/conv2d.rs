@@ -3,7 +3,8 @@
 //! forms.
 //!
 //! Paths, fastest first:
-//! * 1x1 stride-1 unpadded convs (forward and grad-input): one batched GEMM;
+//! * 1x1 stride-1 unpadded convs (grad-input, and forward without bias): one
+//!   batched GEMM;
 //! * forward with kernel width 1 or 3, stride 1 or 2 and left padding below
 //!   the kernel width: the direct kernel `conv2d_forward` (weights packed by
 //!   `conv2d_pack_weights` on the GPU, output channels innermost);
@@ -357,18 +358,20 @@ fn transposed_channels_per_lane(subgroups: bool, c_in: usize) -> usize {
     }
 }
 
-/// grad-weight tile per lane: 4 output channels by this many input
-/// channels by every tap (about 128 accumulators).
-fn grad_weight_input_channels(k: usize) -> usize {
-    if k == 1 {
-        32
-    } else {
-        4
+/// (output, input) channels per invocation of `conv2d_grad_weight`, each
+/// with every tap: about 128 accumulators. Per 4 output pixels a lane loads
+/// one dy vec4 per output channel and the input rows of its input channels;
+/// with subgroups the input rows are shared by the 8 lanes, so few output
+/// channels per lane; without, the two kinds of load are balanced, unless
+/// there are too few output channels for 8 lanes of 8.
+fn grad_weight_tile(subgroups: bool, k: usize, c_out: usize) -> (usize, usize) {
+    match (subgroups || c_out < 64, k) {
+        (true, 1) => (4, 32),
+        (true, _) => (4, 4),
+        (false, 1) => (8, 16),
+        (false, _) => (8, 2),
     }
 }
-
-/// Output channels per lane of `conv2d_grad_weight`.
-const GW_OUT_CHANNELS: usize = 4;
 
 fn direct_variant(gpu: &Gpu, g: &Conv2dGeometry, bias: bool) -> DirectVariant {
     let info = gpu.info();
@@ -396,8 +399,8 @@ fn grad_weight_variant(gpu: &Gpu, g: &Conv2dGeometry) -> DirectVariant {
         entry: Entry::GradWeight,
         transposed: false,
         px: PIXELS_PER_LANE,
-        q: GW_OUT_CHANNELS,
-        tci: grad_weight_input_channels(g.kw),
+        q: grad_weight_tile(info.subgroups, g.kw, g.c_out).0,
+        tci: grad_weight_tile(info.subgroups, g.kw, g.c_out).1,
         kh: g.kh,
         kw: g.kw,
         stride: g.stride,
@@ -436,12 +439,31 @@ pub fn variants() -> Vec<Vec<(&'static str, i64)>> {
     let shapes = [(1, 1, 0), (1, 2, 0), (3, 1, 0), (3, 1, 1), (3, 1, 2), (3, 2, 0), (3, 2, 1), (3, 2, 2)];
     for (subgroups, sg8) in [(false, false), (true, true), (true, false)] {
         for (kw, stride, pad_left) in shapes {
+            for c_out in [8, 64] {
+                let (q, tci) = grad_weight_tile(subgroups, kw, c_out);
+                let v = DirectVariant {
+                    entry: Entry::GradWeight,
+                    transposed: false,
+                    px: PIXELS_PER_LANE,
+                    q,
+                    tci,
+                    kh: kw,
+                    kw,
+                    stride,
+                    pad_left,
+                    vec4: true,
+                    bias: false,
+                    subgroups,
+                    sg8,
+                };
+                out.push(v.defines());
+            }
             let base = DirectVariant {
-                entry: Entry::GradWeight,
+                entry: Entry::Forward,
                 transposed: false,
                 px: PIXELS_PER_LANE,
-                q: GW_OUT_CHANNELS,
-                tci: grad_weight_input_channels(kw),
+                q: 4,
+                tci: 1,
                 kh: kw,
                 kw,
                 stride,
@@ -451,7 +473,6 @@ pub fn variants() -> Vec<Vec<(&'static str, i64)>> {
                 subgroups,
                 sg8,
             };
-            out.push(base.defines());
             for bits in 0..4 {
                 let (vec4, bias) = (bits & 1 != 0, bits & 2 != 0);
                 for (px, q) in forward_tiles(subgroups) {
@@ -633,15 +654,14 @@ pub fn conv2d_forward(gpu: &Gpu, g: &Conv2dGeometry, x: &Tensor, w: &Tensor, bia
     if let Some(b) = bias {
         g.check("conv2d_forward", "bias", b, &[g.c_out])?;
     }
-    if g.is_pointwise() {
-        // y[z] (c_out, h*w) = w (c_out, c_in) x[z] (c_in, h*w).
+    if bias.is_none() && g.is_pointwise() {
+        // y[z] (c_out, h*w) = w (c_out, c_in) x[z] (c_in, h*w). With a bias
+        // the direct kernel wins: a separate bias pass costs more than the
+        // GEMM saves (measured on lavapipe, 1x1 64 -> 128 on 16x16 maps).
         let y = gpu.uninit(&g.y_shape())?;
         let mm = Gemm { batch: g.n, shared_a: true, ..Gemm::new(g.c_out, g.h * g.w, g.c_in) };
         gemm(gpu, &mm, &y, w, x, None)?;
-        match bias {
-            Some(b) => elementwise::add_channel(gpu, &y, b),
-            None => Ok(y),
-        }
+        Ok(y)
     } else if direct_supports(g) {
         direct(gpu, g, x, w, bias, Packing::Plain)
     } else {
@@ -756,8 +776,8 @@ pub enum ConvPath {
     Gemm,
 }
 
-pub fn forward_path(g: &Conv2dGeometry) -> ConvPath {
-    if direct_supports(g) && !g.is_pointwise() {
+pub fn forward_path(g: &Conv2dGeometry, with_bias: bool) -> ConvPath {
+    if direct_supports(g) && (with_bias || !g.is_pointwise()) {
         ConvPath::Direct
     } else {
         ConvPath::Gemm
