@@ -34,15 +34,15 @@
 // are split over the 8 lanes as vec4 and spread with subgroupBroadcast (SG8)
 // or subgroupShuffle within aligned groups of 8. Portable: every lane loads its own halo and
 // weights. Loads dominate on lavapipe (see shared/perf/lavapipe.md 4.7).
-// TRANSPOSED (stride-2 grad-input): a lane owns 8 consecutive dx pixels,
+// TRANSPOSED (stride-2 grad-input): a lane owns 2*PX consecutive dx pixels,
 // accumulated as even and odd vec4; each dx column parity takes only the
 // kernel columns that reach it, so every FMA is useful, and the dy row
 // values are read with stride 1 exactly as the forward reads x.
 //
 // Template defines (src/gpu/template.rs): FORWARD (1: conv2d_forward; 0: the
 // other entry points), GRAD_WEIGHT (conv2d_grad_weight; else the helpers),
-// TRANSPOSED, PX (output pixels per lane of conv2d_forward, 4 or 8; 4 when
-// TRANSPOSED, whose lanes hold 8 dx pixels), Q (output channels per lane,
+// TRANSPOSED, PX (output pixels per lane of conv2d_forward, 4, 8 or 16; when
+// TRANSPOSED, dy columns per lane, whose lanes hold 2*PX dx pixels), Q (output channels per lane,
 // multiple of 4), KW (kernel width), S (stride), PL and NR (halo columns left
 // and right of a lane's core), NV (row values a lane reads), PADL (true left
 // padding when TRANSPOSED), VEC4 (W and out_w multiples of 4: vec4 input loads
@@ -107,7 +107,7 @@ fn load_px(row_ok: bool, row: u32, col: u32) -> f32 {
 //@if TRANSPOSED
 // Pixels ow0..ow0+8 of a dx row: even ones from a, odd ones from b.
 fn store_pairs(at: u32, co: u32, ow0: u32, a: vec4<f32>, b: vec4<f32>) {
-    if co >= p.c_out {
+    if co >= p.c_out || ow0 >= p.out_w {
         return;
     }
 //@if VEC4
@@ -170,7 +170,7 @@ fn conv2d_forward(
     let oy = (g % per_image) / p.row_groups;
 //@end
     let gx = g % p.row_groups;
-    let ow0 = gx * {PX+4*TRANSPOSED}u;
+    let ow0 = gx * {PX+PX*TRANSPOSED}u;
     let cob = wid.y;
     // First input column of this lane's core (its S vec4).
     let xc = gx * {PX*S}u;
@@ -188,9 +188,9 @@ fn conv2d_forward(
 //@for c in 0..Q
 //@for h in 0..PX/4
     var acc{c}_{h} = vec4<f32>(0.0);
-//@end
 //@if TRANSPOSED
-    var odd{c} = vec4<f32>(0.0);
+    var odd{c}_{h} = vec4<f32>(0.0);
+//@end
 //@end
 //@end
 
@@ -271,11 +271,15 @@ fn conv2d_forward(
             // when that is a whole number.
 //@if !(PADL-kx)%2
 //@for e in 0..4
-            acc{4*j+e}_0 = fma(vec4<f32>(v{PL+(PADL-kx)/2}, v{PL+(PADL-kx)/2+1}, v{PL+(PADL-kx)/2+2}, v{PL+(PADL-kx)/2+3}), vec4<f32>(w{kx}_{j}[{e}]), acc{4*j+e}_0);
+//@for h in 0..PX/4
+            acc{4*j+e}_{h} = fma(vec4<f32>(v{PL+(PADL-kx)/2+4*h}, v{PL+(PADL-kx)/2+4*h+1}, v{PL+(PADL-kx)/2+4*h+2}, v{PL+(PADL-kx)/2+4*h+3}), vec4<f32>(w{kx}_{j}[{e}]), acc{4*j+e}_{h});
+//@end
 //@end
 //@else
 //@for e in 0..4
-            odd{4*j+e} = fma(vec4<f32>(v{PL+(1+PADL-kx)/2}, v{PL+(1+PADL-kx)/2+1}, v{PL+(1+PADL-kx)/2+2}, v{PL+(1+PADL-kx)/2+3}), vec4<f32>(w{kx}_{j}[{e}]), odd{4*j+e});
+//@for h in 0..PX/4
+            odd{4*j+e}_{h} = fma(vec4<f32>(v{PL+(1+PADL-kx)/2+4*h}, v{PL+(1+PADL-kx)/2+4*h+1}, v{PL+(1+PADL-kx)/2+4*h+2}, v{PL+(1+PADL-kx)/2+4*h+3}), vec4<f32>(w{kx}_{j}[{e}]), odd{4*j+e}_{h});
+//@end
 //@end
 //@end
 //@else
@@ -296,7 +300,9 @@ fn conv2d_forward(
         let at = (img * p.c_out + co0) * out_plane + oy * p.out_w + ow0;
 //@for c in 0..Q
 //@if TRANSPOSED
-        store_pairs(at + {c}u * out_plane, co0 + {c}u, ow0, acc{c}_0, odd{c});
+//@for h in 0..PX/4
+        store_pairs(at + {c}u * out_plane + {8*h}u, co0 + {c}u, ow0 + {8*h}u, acc{c}_{h}, odd{c}_{h});
+//@end
 //@else
 //@for h in 0..PX/4
         store(at + {c}u * out_plane + {4*h}u, co0 + {c}u, ow0 + {4*h}u, acc{c}_{h});

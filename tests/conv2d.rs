@@ -97,6 +97,9 @@ fn stride_two_downsampling() {
     // Symmetric padding 1 as in diffusers.
     check(geom(1, 6, 8, 8, 35, 3, 2, [1; 4]));
     check(geom(1, 2, 9, 7, 4, 3, 2, [1; 4]));
+    // Odd widths past one lane's 16 or 32 dx pixels in the stride-2 grad-input.
+    check(geom(1, 4, 5, 21, 5, 3, 2, [0, 1, 0, 1]));
+    check(geom(1, 2, 3, 37, 6, 3, 2, [1; 4]));
     // dx rows of 128 pixels span two subgroups in the stride-2 grad-input.
     check(geom(1, 3, 4, 128, 5, 3, 2, [0, 1, 0, 1]));
 }
