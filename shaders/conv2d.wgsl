@@ -16,6 +16,11 @@
 //   conv2d_pack_weights  out: packed weights as above; src: w (C_out, C_in, kh, kw),
 //                        or for grad-input w (C_in, C_out, kh, kw) transposed,
 //                        with flip 1 also rotated by 180 degrees (flip 2: not)
+//   conv2d_grad_weight   out: dw partials (splits, C_out, C_in, kh, kw); src: x;
+//                        wgt: dy. One invocation: TCO output by TCI input
+//                        channels by every tap, summed over a slice of the
+//                        groups of 4 output pixels
+//   conv2d_sum_splits    out: dw (C_out, C_in, kh, kw); src: its partials
 //   conv2d_im2col        out: cols (count, out_h*out_w, C_in*kh*kw) for images
 //                        n0..n0+count; src: x
 //   conv2d_col2im        out: dx (N, C_in, H, W), images n0..n0+count written;
@@ -73,9 +78,11 @@ struct Params {
     // pack_weights: 0 plain; 1 transposed and rotated (stride-1 grad-input);
     // 2 transposed (stride-2 grad-input).
     flip: u32,
+    // grad_weight: slices of the pixel sum, each written as its own partial
+    // dw (sum_splits adds them).
+    splits: u32,
     _pad0: u32,
     _pad1: u32,
-    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -328,7 +335,7 @@ fn load_item(img: u32, ci: u32, iy: u32, col: u32) -> vec4<f32> {
 // core vec4 under a lane's 4 output pixels, plus one each side for halos.
 const ITEMS_PER_ROW: u32 = {S+HL+HR}u;
 
-@compute @workgroup_size(32)
+@compute @workgroup_size(8)
 fn conv2d_grad_weight(
     @builtin(local_invocation_index) li: u32,
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -336,10 +343,11 @@ fn conv2d_grad_weight(
     @builtin(subgroup_invocation_id) sg_lane: u32,
 //@end
 ) {
-    // Lanes of a group of 8 share the input channels and pixels and differ
-    // in output channels, so they split the input loads and broadcast them.
-    let co0 = (wid.x * 8u + li % 8u) * {TCO}u;
-    let ci0 = (wid.y * 4u + li / 8u) * {TCI}u;
+    // The 8 lanes share the input channels and pixels and differ in output
+    // channels, so they split the input loads and broadcast them. wid.z is
+    // this workgroup's slice of the pixel groups.
+    let co0 = (wid.x * 8u + li) * {TCO}u;
+    let ci0 = wid.y * {TCI}u;
 //@if SUBGROUPS
     let slot = sg_lane % 8u;
     let group = sg_lane - slot;
@@ -355,7 +363,9 @@ fn conv2d_grad_weight(
 //@end
 //@end
     let groups = p.out_h * p.row_groups;
-    for (var g = 0u; g < p.n * groups; g++) {
+    let per_split = (p.n * groups + p.splits - 1u) / p.splits;
+    let g_end = min(p.n * groups, (wid.z + 1u) * per_split);
+    for (var g = wid.z * per_split; g < g_end; g++) {
         let img = g / groups;
         let oy = (g % groups) / p.row_groups;
         let ow0 = (g % p.row_groups) * 4u;
@@ -407,7 +417,7 @@ fn conv2d_grad_weight(
 //@for c in 0..TCO
 //@for i in 0..TCI
     if co0 + {c}u < p.c_out && ci0 + {i}u < p.c_in {
-        let at = ((co0 + {c}u) * p.c_in + ci0 + {i}u) * {KH*KW}u;
+        let at = ((wid.z * p.c_out + co0 + {c}u) * p.c_in + ci0 + {i}u) * {KH*KW}u;
 //@for t in 0..KH*KW
         out[at + {t}u] = acc{c}_{i}_{t};
 //@end
@@ -450,6 +460,24 @@ fn conv2d_pack_weights(
         }
     }
     out[i] = v;
+}
+
+@compute @workgroup_size(64)
+fn conv2d_sum_splits(
+    @builtin(local_invocation_index) li: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let i = flat_index(li, wid, nwg);
+    let len = p.c_out * p.c_in * p.kh * p.kw;
+    if i >= len {
+        return;
+    }
+    var sum = 0.0;
+    for (var split = 0u; split < p.splits; split++) {
+        sum += src[split * len + i];
+    }
+    out[i] = sum;
 }
 
 @compute @workgroup_size(64)

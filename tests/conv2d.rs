@@ -81,6 +81,8 @@ fn three_by_three_stride_one() {
     // Image-like inputs: one and three channels.
     check(geom(2, 1, 8, 12, 33, 3, 1, [1; 4]));
     check(geom(1, 3, 9, 6, 16, 3, 1, [1; 4]));
+    // Few channels over many pixels: grad-weight splits its pixel sum.
+    check(geom(2, 3, 16, 32, 4, 3, 1, [1; 4]));
     // Many output channels (not a multiple of any tile): wider grad-weight tiles.
     check(geom(1, 3, 4, 8, 70, 3, 1, [1; 4]));
     // Asymmetric padding: no left halo and two halo columns on the right.

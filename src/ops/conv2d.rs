@@ -160,7 +160,8 @@ struct Params {
     n0: u32,
     count: u32,
     flip: u32,
-    _pad: [u32; 3],
+    splits: u32,
+    _pad: [u32; 2],
 }
 
 impl Params {
@@ -183,7 +184,8 @@ impl Params {
             n0: 0,
             count: g.n as u32,
             flip: 0,
-            _pad: [0; 3],
+            splits: 1,
+            _pad: [0; 2],
         }
     }
 }
@@ -192,6 +194,10 @@ impl Params {
 const PIXELS_PER_LANE: usize = 4;
 /// Invocations per workgroup of every conv2d entry point.
 const WORKGROUP: usize = 64;
+/// grad-weight splits its pixel sum until it has this many workgroups...
+const GW_MIN_WORKGROUPS: usize = 64;
+/// ...but keeps at least this many groups of 4 pixels in each slice.
+const GW_MIN_SLICE: usize = 64;
 /// Upper bound on one chunk's im2col buffer (and on its GEMM output).
 const CHUNK_BYTES: usize = 48 << 20;
 
@@ -737,12 +743,22 @@ pub fn conv2d_grad_weight(gpu: &Gpu, g: &Conv2dGeometry, dy: &Tensor, x: &Tensor
     g.check("conv2d_grad_weight", "x", x, &g.x_shape())?;
     if grad_weight_direct_supports(g) {
         let v = grad_weight_variant(gpu, g);
-        let dw = gpu.uninit(&g.w_shape())?;
-        // A workgroup is 4 groups of 8 lanes: 8 lanes across output
-        // channels, 4 groups across input channels.
-        let grid = [g.c_out.div_ceil(8 * v.q) as u32, g.c_in.div_ceil(4 * v.tci) as u32, 1];
+        // A workgroup is 8 lanes across output channels; when that leaves
+        // too few workgroups to keep every core busy, the pixel sum is split
+        // into slices whose partial dw are added afterwards.
+        let tiles = g.c_out.div_ceil(8 * v.q) * g.c_in.div_ceil(v.tci);
+        let pixel_groups = g.n * g.out_h() * g.out_w().div_ceil(PIXELS_PER_LANE);
+        let splits = GW_MIN_WORKGROUPS.div_ceil(tiles).min(pixel_groups.div_ceil(GW_MIN_SLICE)).max(1);
+        let params = Params { splits: splits as u32, ..Params::new(g) };
+        let partials = gpu.uninit(&[splits * g.c_out, g.c_in, g.kh, g.kw])?;
+        let grid = [g.c_out.div_ceil(8 * v.q) as u32, g.c_in.div_ceil(v.tci) as u32, splits as u32];
         let kernel = Kernel::new(Shader::Conv2d, "conv2d_grad_weight", DIRECT).with_defines(v.defines());
-        gpu.launch(&kernel, &Params::new(g), &[&dw, x, dy], grid)?;
+        gpu.launch(&kernel, &params, &[&partials, x, dy], grid)?;
+        if splits == 1 {
+            return Ok(partials);
+        }
+        let dw = gpu.uninit(&g.w_shape())?;
+        launch_helper(gpu, "conv2d_sum_splits", &params, &dw, &partials, dw.len())?;
         return Ok(dw);
     }
     let ck = g.c_in * g.taps();
