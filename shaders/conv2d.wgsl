@@ -53,7 +53,9 @@
 // padding when TRANSPOSED), VEC4 (W and out_w multiples of 4: vec4 input loads
 // and output stores; else guarded scalar ones), BIAS, SUBGROUPS, SG8;
 // conv2d_grad_weight: TCO, TCI (output and input channels per lane), KH, HL
-// and HR (halo items left and right of the core).
+// and HR (halo items left and right of the core), LANE_SLICES (lanes split
+// the pixel sum rather than the output channels), SHARE_X (SUBGROUPS and not
+// LANE_SLICES: lanes share their input loads).
 
 struct Params {
     n: u32,
@@ -343,11 +345,19 @@ fn conv2d_grad_weight(
     @builtin(subgroup_invocation_id) sg_lane: u32,
 //@end
 ) {
+    let ci0 = wid.y * {TCI}u;
+//@if LANE_SLICES
+    // Too few output channels to spread over the lanes: the 8 lanes take
+    // 8 slices of the pixel sum instead, each loading its own inputs.
+    let co0 = wid.x * {TCO}u;
+    let slice = wid.z * 8u + li;
+//@else
     // The 8 lanes share the input channels and pixels and differ in output
     // channels, so they split the input loads and broadcast them. wid.z is
     // this workgroup's slice of the pixel groups.
     let co0 = (wid.x * 8u + li) * {TCO}u;
-    let ci0 = wid.y * {TCI}u;
+    let slice = wid.z;
+//@end
 //@if SUBGROUPS
     let slot = sg_lane % 8u;
     let group = sg_lane - slot;
@@ -364,8 +374,8 @@ fn conv2d_grad_weight(
 //@end
     let groups = p.out_h * p.row_groups;
     let per_split = (p.n * groups + p.splits - 1u) / p.splits;
-    let g_end = min(p.n * groups, (wid.z + 1u) * per_split);
-    for (var g = wid.z * per_split; g < g_end; g++) {
+    let g_end = min(p.n * groups, (slice + 1u) * per_split);
+    for (var g = slice * per_split; g < g_end; g++) {
         let img = g / groups;
         let oy = (g % groups) / p.row_groups;
         let ow0 = (g % p.row_groups) * 4u;
@@ -375,7 +385,7 @@ fn conv2d_grad_weight(
 //@end
         let xc = ow0 * {S}u;
         let iy0 = oy * {S}u - p.pad_top;
-//@if SUBGROUPS
+//@if SHARE_X
         // Item k = (ci * KH + ky) * ITEMS_PER_ROW + m is loaded by lane k % 8.
 //@for l in 0..(TCI*KH*(S+HL+HR)+7)/8
         let k{l} = {8*l}u + slot;
@@ -385,7 +395,7 @@ fn conv2d_grad_weight(
 //@for i in 0..TCI
 //@for ky in 0..KH
 //@for m in 0..S+HL+HR
-//@if SUBGROUPS
+//@if SHARE_X
 //@if SG8
         let it{i}_{ky}_{m} = subgroupBroadcast(ld{((i*KH+ky)*(S+HL+HR)+m)/8}, {((i*KH+ky)*(S+HL+HR)+m)%8}u);
 //@else
@@ -417,7 +427,7 @@ fn conv2d_grad_weight(
 //@for c in 0..TCO
 //@for i in 0..TCI
     if co0 + {c}u < p.c_out && ci0 + {i}u < p.c_in {
-        let at = ((wid.z * p.c_out + co0 + {c}u) * p.c_in + ci0 + {i}u) * {KH*KW}u;
+        let at = ((slice * p.c_out + co0 + {c}u) * p.c_in + ci0 + {i}u) * {KH*KW}u;
 //@for t in 0..KH*KW
         out[at + {t}u] = acc{c}_{i}_{t};
 //@end

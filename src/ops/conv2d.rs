@@ -230,6 +230,8 @@ struct DirectVariant {
     /// Output pixels per lane of `conv2d_forward` (dy columns when
     /// transposed, with twice as many dx pixels).
     px: usize,
+    /// grad-weight: lanes split the pixel sum, not the output channels.
+    lane_slices: bool,
     /// Output channels per lane (forward), or per lane times input
     /// channels per lane (grad-weight).
     q: usize,
@@ -299,6 +301,8 @@ impl DirectVariant {
             ("NR", nr as i64),
             ("HL", (pl > 0) as i64),
             ("HR", (nr > 0) as i64),
+            ("LANE_SLICES", self.lane_slices as i64),
+            ("SHARE_X", (self.subgroups && !self.lane_slices) as i64),
             ("VEC4", self.vec4 as i64),
             ("BIAS", self.bias as i64),
             ("SUBGROUPS", self.subgroups as i64),
@@ -399,6 +403,7 @@ fn direct_variant(gpu: &Gpu, g: &Conv2dGeometry, bias: bool) -> DirectVariant {
     DirectVariant {
         entry: Entry::Forward,
         transposed: false,
+        lane_slices: false,
         px,
         q,
         tci: 1,
@@ -413,22 +418,25 @@ fn direct_variant(gpu: &Gpu, g: &Conv2dGeometry, bias: bool) -> DirectVariant {
     }
 }
 
-fn grad_weight_variant(gpu: &Gpu, g: &Conv2dGeometry) -> DirectVariant {
-    let info = gpu.info();
+fn grad_weight_variant(subgroups: bool, sg8: bool, g: &Conv2dGeometry) -> DirectVariant {
+    let (q, tci) = grad_weight_tile(subgroups, g.kw, g.c_out);
     DirectVariant {
         entry: Entry::GradWeight,
         transposed: false,
+        // One lane's output channels are all there are: the other 7 lanes
+        // would idle, so the lanes split the pixel sum instead.
+        lane_slices: g.c_out <= q,
         px: PIXELS_PER_LANE,
-        q: grad_weight_tile(info.subgroups, g.kw, g.c_out).0,
-        tci: grad_weight_tile(info.subgroups, g.kw, g.c_out).1,
+        q,
+        tci,
         kh: g.kh,
         kw: g.kw,
         stride: g.stride,
         pad_left: g.pad[2],
         vec4: true,
         bias: false,
-        subgroups: info.subgroups,
-        sg8: info.subgroup_is_8,
+        subgroups,
+        sg8,
     }
 }
 
@@ -438,6 +446,7 @@ fn helper_defines() -> Vec<(&'static str, i64)> {
     DirectVariant {
         entry: Entry::Helpers,
         transposed: false,
+        lane_slices: false,
         px: PIXELS_PER_LANE,
         q: 4,
         tci: 1,
@@ -459,28 +468,17 @@ pub fn variants() -> Vec<Vec<(&'static str, i64)>> {
     let shapes = [(1, 1, 0), (1, 2, 0), (3, 1, 0), (3, 1, 1), (3, 1, 2), (3, 2, 0), (3, 2, 1), (3, 2, 2)];
     for (subgroups, sg8) in [(false, false), (true, true), (true, false)] {
         for (kw, stride, pad_left) in shapes {
-            for c_out in [8, 64] {
-                let (q, tci) = grad_weight_tile(subgroups, kw, c_out);
-                let v = DirectVariant {
-                    entry: Entry::GradWeight,
-                    transposed: false,
-                    px: PIXELS_PER_LANE,
-                    q,
-                    tci,
-                    kh: kw,
-                    kw,
-                    stride,
-                    pad_left,
-                    vec4: true,
-                    bias: false,
-                    subgroups,
-                    sg8,
+            for c_out in [3, 8, 64] {
+                let g = Conv2dGeometry {
+                    pad: [0, 0, pad_left, 0],
+                    ..Conv2dGeometry::square(1, 1, 8, 8, c_out, kw, stride, 0)
                 };
-                out.push(v.defines());
+                out.push(grad_weight_variant(subgroups, sg8, &g).defines());
             }
             let base = DirectVariant {
                 entry: Entry::Forward,
                 transposed: false,
+                lane_slices: false,
                 px: PIXELS_PER_LANE,
                 q: 4,
                 tci: 1,
@@ -504,6 +502,7 @@ pub fn variants() -> Vec<Vec<(&'static str, i64)>> {
                         let v = DirectVariant {
                             entry: Entry::Forward,
                             transposed: true,
+                            lane_slices: false,
                             px,
                             q,
                             tci: 1,
@@ -600,6 +599,7 @@ fn grad_input_transposed(gpu: &Gpu, g: &Conv2dGeometry, dy: &Tensor, w: &Tensor)
     let (px, q) = transposed_tile(info.subgroups, g);
     let v = DirectVariant {
         transposed: true,
+        lane_slices: false,
         px,
         q,
         vec4: g.out_w() % 4 == 0 && g.w % 8 == 0,
@@ -742,16 +742,21 @@ pub fn conv2d_grad_weight(gpu: &Gpu, g: &Conv2dGeometry, dy: &Tensor, x: &Tensor
     g.check("conv2d_grad_weight", "dy", dy, &g.y_shape())?;
     g.check("conv2d_grad_weight", "x", x, &g.x_shape())?;
     if grad_weight_direct_supports(g) {
-        let v = grad_weight_variant(gpu, g);
-        // A workgroup is 8 lanes across output channels; when that leaves
-        // too few workgroups to keep every core busy, the pixel sum is split
-        // into slices whose partial dw are added afterwards.
-        let tiles = g.c_out.div_ceil(8 * v.q) * g.c_in.div_ceil(v.tci);
+        let info = gpu.info();
+        let v = grad_weight_variant(info.subgroups, info.subgroup_is_8, g);
+        // A workgroup is 8 lanes across output channels (or across slices
+        // of the pixel sum); when that leaves too few workgroups to keep
+        // every core busy, the pixel sum is split into more slices whose
+        // partial dw are added afterwards.
+        let (co_per_workgroup, lane_slices) = if v.lane_slices { (v.q, 8) } else { (8 * v.q, 1) };
+        let tiles = g.c_out.div_ceil(co_per_workgroup) * g.c_in.div_ceil(v.tci);
         let pixel_groups = g.n * g.out_h() * g.out_w().div_ceil(PIXELS_PER_LANE);
-        let splits = GW_MIN_WORKGROUPS.div_ceil(tiles).min(pixel_groups.div_ceil(GW_MIN_SLICE)).max(1);
+        let workgroup_slices =
+            GW_MIN_WORKGROUPS.div_ceil(tiles).min(pixel_groups.div_ceil(GW_MIN_SLICE * lane_slices)).max(1);
+        let splits = workgroup_slices * lane_slices;
         let params = Params { splits: splits as u32, ..Params::new(g) };
         let partials = gpu.uninit(&[splits * g.c_out, g.c_in, g.kh, g.kw])?;
-        let grid = [g.c_out.div_ceil(8 * v.q) as u32, g.c_in.div_ceil(v.tci) as u32, splits as u32];
+        let grid = [g.c_out.div_ceil(co_per_workgroup) as u32, g.c_in.div_ceil(v.tci) as u32, workgroup_slices as u32];
         let kernel = Kernel::new(Shader::Conv2d, "conv2d_grad_weight", DIRECT).with_defines(v.defines());
         gpu.launch(&kernel, &params, &[&partials, x, dy], grid)?;
         if splits == 1 {
