@@ -27,35 +27,43 @@
 //                        src: dcols (count, C_in*kh*kw, out_h*out_w); dx is the
 //                        sum of every column entry that reads the pixel
 // The im2col/col2im pair turns the general cases (any kernel width, stride,
-// padding) and grad-weight into GEMMs run by shaders/matmul.wgsl.
+// padding; maps whose width is not a multiple of 4 for grad-weight) into
+// GEMMs run by shaders/matmul.wgsl.
 //
-// conv2d_forward: one invocation owns PX (4 or 8) consecutive output pixels
-// of a row times Q output channels (Q*PX/4 vec4 accumulators). A workgroup
-// is 64 consecutive such pixel groups (rows of all images in turn) of one
-// block of Q output channels. For each
-// input channel and kernel row a lane loads its S vec4 of the input row once;
-// the halo columns come from the neighbouring lanes by subgroupShuffle (a
-// memory load only at subgroup or row ends). The KW*Q weights of a kernel row
-// are split over the 8 lanes as vec4 and spread with subgroupBroadcast (SG8)
-// or subgroupShuffle within aligned groups of 8. Portable: every lane loads its own halo and
-// weights. Loads dominate on lavapipe (see shared/perf/lavapipe.md 4.7).
+// conv2d_forward: one invocation owns PX (4, 8 or 16) consecutive output
+// pixels of a row times Q output channels (Q*PX/4 vec4 accumulators). A
+// workgroup is 64 consecutive such pixel groups (the rows of all images in
+// turn) of one block of Q output channels. For each input channel and kernel
+// row a lane loads the S*PX/4 vec4 of input under its pixels once; the halo
+// columns come from the neighbouring lanes by subgroupShuffle (a memory load
+// only at the ends of a group of 8 or of a row). The KW*Q weights of a kernel
+// row are split over the 8 lanes as vec4 and spread with subgroupBroadcast
+// (SG8) or subgroupShuffle within aligned groups of 8. Portable: every lane
+// loads its own halo and weights, so wide pixel tiles pay off. Loads dominate
+// on lavapipe (see shared/perf/lavapipe.md 4.7).
 // TRANSPOSED (stride-2 grad-input): a lane owns 2*PX consecutive dx pixels,
 // accumulated as even and odd vec4; each dx column parity takes only the
-// kernel columns that reach it, so every FMA is useful, and the dy row
-// values are read with stride 1 exactly as the forward reads x.
+// kernel columns that reach it, so every FMA is useful, and the dy row values
+// are read with stride 1 exactly as the forward reads x. Workgroups hold dx
+// rows of one parity, so all lanes share the kernel rows they run.
+//
+// conv2d_grad_weight: workgroups of 8 lanes; the lanes share input channels
+// and pixels and differ in output channels, so they split the input loads and
+// broadcast them (or, with LANE_SLICES, take 8 slices of the pixel sum). The
+// pixel sum may be cut into slices across workgroups too; conv2d_sum_splits
+// adds the partial results.
 //
 // Template defines (src/gpu/template.rs): FORWARD (1: conv2d_forward; 0: the
 // other entry points), GRAD_WEIGHT (conv2d_grad_weight; else the helpers),
-// TRANSPOSED, PX (output pixels per lane of conv2d_forward, 4, 8 or 16; when
-// TRANSPOSED, dy columns per lane, whose lanes hold 2*PX dx pixels), Q (output channels per lane,
-// multiple of 4), KW (kernel width), S (stride), PL and NR (halo columns left
-// and right of a lane's core), NV (row values a lane reads), PADL (true left
-// padding when TRANSPOSED), VEC4 (W and out_w multiples of 4: vec4 input loads
-// and output stores; else guarded scalar ones), BIAS, SUBGROUPS, SG8;
-// conv2d_grad_weight: TCO, TCI (output and input channels per lane), KH, HL
-// and HR (halo items left and right of the core), LANE_SLICES (lanes split
-// the pixel sum rather than the output channels), SHARE_X (SUBGROUPS and not
-// LANE_SLICES: lanes share their input loads).
+// TRANSPOSED, PX (output pixels per lane; when TRANSPOSED, dy columns per
+// lane), Q (output channels per lane, multiple of 4), KW (kernel width), S
+// (stride), PL and NR (halo columns left and right of a lane's core), NV (row
+// values a lane reads), PADL (true left padding when TRANSPOSED), VEC4 (W and
+// out_w multiples of 4: vec4 input loads and output stores; else guarded
+// scalar ones), BIAS, SUBGROUPS, SG8; for conv2d_grad_weight: TCO and TCI
+// (output and input channels per lane), KH, HL and HR (halo vec4 left and
+// right of the core), LANE_SLICES, SHARE_X (SUBGROUPS and not LANE_SLICES:
+// lanes share their input loads).
 
 struct Params {
     n: u32,

@@ -16,6 +16,7 @@
 //!   width are multiples of 4: the direct kernel `conv2d_grad_weight`;
 //! * everything else: im2col/col2im around a batched GEMM, a chunk of images
 //!   at a time so the column buffer stays bounded.
+//!
 //! grad-bias is `reduce::sum` over (N, H, W).
 
 use anyhow::{ensure, Result};
@@ -44,18 +45,10 @@ pub struct Conv2dGeometry {
 }
 
 impl Conv2dGeometry {
-    /// A square `k` x `k` kernel with the same padding on every side.
-    pub fn square(
-        n: usize,
-        c_in: usize,
-        h: usize,
-        w: usize,
-        c_out: usize,
-        k: usize,
-        stride: usize,
-        pad: usize,
-    ) -> Self {
-        Conv2dGeometry { n, c_in, h, w, c_out, kh: k, kw: k, stride, pad: [pad; 4] }
+    /// A square `k` x `k` kernel on square `size` x `size` maps, with the
+    /// same padding on every side.
+    pub fn square(n: usize, c_in: usize, size: usize, c_out: usize, k: usize, stride: usize, pad: usize) -> Self {
+        Conv2dGeometry { n, c_in, h: size, w: size, c_out, kh: k, kw: k, stride, pad: [pad; 4] }
     }
 
     pub fn out_h(&self) -> usize {
@@ -190,9 +183,10 @@ impl Params {
     }
 }
 
-/// Output pixels (consecutive in a row) per invocation of `conv2d_forward`.
+/// Output pixels (consecutive in a row) per invocation of
+/// `conv2d_grad_weight`, and the smallest tile of `conv2d_forward`.
 const PIXELS_PER_LANE: usize = 4;
-/// Invocations per workgroup of every conv2d entry point.
+/// Invocations per workgroup of `conv2d_forward` and the helpers.
 const WORKGROUP: usize = 64;
 /// grad-weight splits its pixel sum until it has this many workgroups...
 const GW_MIN_WORKGROUPS: usize = 64;
@@ -319,7 +313,7 @@ fn direct_supports(g: &Conv2dGeometry) -> bool {
 /// The direct grad-weight kernel also fixes the kernel height and needs
 /// rows that are whole vec4s.
 fn grad_weight_direct_supports(g: &Conv2dGeometry) -> bool {
-    direct_supports(g) && g.kh == g.kw && g.w % 4 == 0 && g.out_w() % 4 == 0
+    direct_supports(g) && g.kh == g.kw && g.w.is_multiple_of(4) && g.out_w().is_multiple_of(4)
 }
 
 /// (output pixels, output channels) per invocation of `conv2d_forward`.
@@ -350,7 +344,7 @@ fn forward_tile(subgroups: bool, g: &Conv2dGeometry) -> (usize, usize) {
 fn forward_tiles(subgroups: bool) -> Vec<(usize, usize)> {
     let mut tiles = Vec::new();
     for (out_w, stride, c_out) in [4, 8, 16].into_iter().flat_map(|w| [(w, 1, 8), (w, 1, 64), (w, 2, 8), (w, 2, 64)]) {
-        let g = Conv2dGeometry::square(1, 1, out_w * stride, out_w * stride, c_out, 1, stride, 0);
+        let g = Conv2dGeometry::square(1, 1, out_w * stride, c_out, 1, stride, 0);
         let tile = forward_tile(subgroups, &g);
         if !tiles.contains(&tile) {
             tiles.push(tile);
@@ -374,7 +368,7 @@ fn transposed_tile(subgroups: bool, g: &Conv2dGeometry) -> (usize, usize) {
 fn transposed_tiles(subgroups: bool) -> Vec<(usize, usize)> {
     let mut tiles = Vec::new();
     for (w, c_in) in [8, 16, 32].into_iter().flat_map(|w| [(w, 8), (w, 64)]) {
-        let tile = transposed_tile(subgroups, &Conv2dGeometry::square(1, c_in, w, w, 1, 3, 2, 1));
+        let tile = transposed_tile(subgroups, &Conv2dGeometry::square(1, c_in, w, 1, 3, 2, 1));
         if !tiles.contains(&tile) {
             tiles.push(tile);
         }
@@ -411,7 +405,7 @@ fn direct_variant(gpu: &Gpu, g: &Conv2dGeometry, bias: bool) -> DirectVariant {
         kw: g.kw,
         stride: g.stride,
         pad_left: g.pad[2],
-        vec4: g.w % 4 == 0 && g.out_w() % 4 == 0,
+        vec4: g.w.is_multiple_of(4) && g.out_w().is_multiple_of(4),
         bias,
         subgroups: info.subgroups,
         sg8: info.subgroup_is_8,
@@ -471,7 +465,7 @@ pub fn variants() -> Vec<Vec<(&'static str, i64)>> {
             for c_out in [3, 8, 64] {
                 let g = Conv2dGeometry {
                     pad: [0, 0, pad_left, 0],
-                    ..Conv2dGeometry::square(1, 1, 8, 8, c_out, kw, stride, 0)
+                    ..Conv2dGeometry::square(1, 1, 8, c_out, kw, stride, 0)
                 };
                 out.push(grad_weight_variant(subgroups, sg8, &g).defines());
             }
@@ -602,7 +596,7 @@ fn grad_input_transposed(gpu: &Gpu, g: &Conv2dGeometry, dy: &Tensor, w: &Tensor)
         lane_slices: false,
         px,
         q,
-        vec4: g.out_w() % 4 == 0 && g.w % 8 == 0,
+        vec4: g.out_w().is_multiple_of(4) && g.w.is_multiple_of(8),
         ..direct_variant(gpu, g, false)
     };
     // Seen from the kernel: input dy (c_out channels), output dx.
