@@ -16,36 +16,54 @@
 //   conv2d_pack_weights  out: packed weights as above; src: w (C_out, C_in, kh, kw),
 //                        or for grad-input w (C_in, C_out, kh, kw) transposed,
 //                        with flip 1 also rotated by 180 degrees (flip 2: not)
+//   conv2d_grad_weight   out: dw partials (splits, C_out, C_in, kh, kw); src: x;
+//                        wgt: dy. One invocation: TCO output by TCI input
+//                        channels by every tap, summed over a slice of the
+//                        groups of 4 output pixels
+//   conv2d_sum_splits    out: dw (C_out, C_in, kh, kw); src: its partials
 //   conv2d_im2col        out: cols (count, out_h*out_w, C_in*kh*kw) for images
 //                        n0..n0+count; src: x
 //   conv2d_col2im        out: dx (N, C_in, H, W), images n0..n0+count written;
 //                        src: dcols (count, C_in*kh*kw, out_h*out_w); dx is the
 //                        sum of every column entry that reads the pixel
 // The im2col/col2im pair turns the general cases (any kernel width, stride,
-// padding) and grad-weight into GEMMs run by shaders/matmul.wgsl.
+// padding; maps whose width is not a multiple of 4 for grad-weight) into
+// GEMMs run by shaders/matmul.wgsl.
 //
-// conv2d_forward: one invocation owns 4 consecutive output pixels of a row
-// times Q output channels (Q vec4 accumulators over the 4 pixels). A workgroup
-// is 64 consecutive such pixel groups (rows of all images in turn) of one
-// block of Q output channels. For each
-// input channel and kernel row a lane loads its S vec4 of the input row once;
-// the halo columns come from the neighbouring lanes by subgroupShuffle (a
-// memory load only at subgroup or row ends). The Q weights of a tap are one
-// vec4 per lane slot, spread with subgroupBroadcast (SG8) or subgroupShuffle
-// within aligned groups of 8. Portable: every lane loads its own halo and
-// weights. Loads dominate on lavapipe (see shared/perf/lavapipe.md 4.7).
-// TRANSPOSED (stride-2 grad-input): a lane owns 8 consecutive dx pixels,
+// conv2d_forward: one invocation owns PX (4, 8 or 16) consecutive output
+// pixels of a row times Q output channels (Q*PX/4 vec4 accumulators). A
+// workgroup is 64 consecutive such pixel groups (the rows of all images in
+// turn) of one block of Q output channels. For each input channel and kernel
+// row a lane loads the S*PX/4 vec4 of input under its pixels once; the halo
+// columns come from the neighbouring lanes by subgroupShuffle (a memory load
+// only at the ends of a group of 8 or of a row). The KW*Q weights of a kernel
+// row are split over the 8 lanes as vec4 and spread with subgroupBroadcast
+// (SG8) or subgroupShuffle within aligned groups of 8. Portable: every lane
+// loads its own halo and weights, so wide pixel tiles pay off. Loads dominate
+// on lavapipe (see shared/perf/lavapipe.md 4.7).
+// TRANSPOSED (stride-2 grad-input): a lane owns 2*PX consecutive dx pixels,
 // accumulated as even and odd vec4; each dx column parity takes only the
-// kernel columns that reach it, so every FMA is useful, and the dy row
-// values are read with stride 1 exactly as the forward reads x.
+// kernel columns that reach it, so every FMA is useful, and the dy row values
+// are read with stride 1 exactly as the forward reads x. Workgroups hold dx
+// rows of one parity, so all lanes share the kernel rows they run.
+//
+// conv2d_grad_weight: workgroups of 8 lanes; the lanes share input channels
+// and pixels and differ in output channels, so they split the input loads and
+// broadcast them (or, with LANE_SLICES, take 8 slices of the pixel sum). The
+// pixel sum may be cut into slices across workgroups too; conv2d_sum_splits
+// adds the partial results.
 //
 // Template defines (src/gpu/template.rs): FORWARD (1: conv2d_forward; 0: the
-// other entry points), GRAD_WEIGHT, TRANSPOSED, PADL (true left padding when
-// TRANSPOSED), NV (row values a lane reads), Q (channels per lane, multiple of 4; with SUBGROUPS
-// Q/4 <= 8), KW (kernel width), S (stride), PL (left padding), NR (halo
-// columns right of a lane's core), VEC4 (W and out_w multiples of 4: vec4
-// input loads and output stores; else guarded scalar ones), BIAS, SUBGROUPS,
-// SG8.
+// other entry points), GRAD_WEIGHT (conv2d_grad_weight; else the helpers),
+// TRANSPOSED, PX (output pixels per lane; when TRANSPOSED, dy columns per
+// lane), Q (output channels per lane, multiple of 4), KW (kernel width), S
+// (stride), PL and NR (halo columns left and right of a lane's core), NV (row
+// values a lane reads), PADL (true left padding when TRANSPOSED), VEC4 (W and
+// out_w multiples of 4: vec4 input loads and output stores; else guarded
+// scalar ones), BIAS, SUBGROUPS, SG8; for conv2d_grad_weight: TCO and TCI
+// (output and input channels per lane), KH, HL and HR (halo vec4 left and
+// right of the core), LANE_SLICES, SHARE_X (SUBGROUPS and not LANE_SLICES:
+// lanes share their input loads).
 
 struct Params {
     n: u32,
@@ -70,9 +88,11 @@ struct Params {
     // pack_weights: 0 plain; 1 transposed and rotated (stride-1 grad-input);
     // 2 transposed (stride-2 grad-input).
     flip: u32,
+    // grad_weight: slices of the pixel sum, each written as its own partial
+    // dw (sum_splits adds them).
+    splits: u32,
     _pad0: u32,
     _pad1: u32,
-    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -104,7 +124,7 @@ fn load_px(row_ok: bool, row: u32, col: u32) -> f32 {
 //@if TRANSPOSED
 // Pixels ow0..ow0+8 of a dx row: even ones from a, odd ones from b.
 fn store_pairs(at: u32, co: u32, ow0: u32, a: vec4<f32>, b: vec4<f32>) {
-    if co >= p.c_out {
+    if co >= p.c_out || ow0 >= p.out_w {
         return;
     }
 //@if VEC4
@@ -121,7 +141,7 @@ fn store_pairs(at: u32, co: u32, ow0: u32, a: vec4<f32>, b: vec4<f32>) {
 //@end
 
 fn store(at: u32, co: u32, ow0: u32, acc: vec4<f32>) {
-    if co >= p.c_out {
+    if co >= p.c_out || ow0 >= p.out_w {
         return;
     }
 //@if BIAS
@@ -167,10 +187,10 @@ fn conv2d_forward(
     let oy = (g % per_image) / p.row_groups;
 //@end
     let gx = g % p.row_groups;
-    let ow0 = gx * {4+4*TRANSPOSED}u;
+    let ow0 = gx * {PX+PX*TRANSPOSED}u;
     let cob = wid.y;
     // First input column of this lane's core (its S vec4).
-    let xc = gx * {4*S}u;
+    let xc = gx * {PX*S}u;
     let last_in_row = gx + 1u >= p.row_groups;
 //@if SUBGROUPS
     let slot = sg_lane % 8u;
@@ -180,13 +200,14 @@ fn conv2d_forward(
     // Halo columns a neighbour lane cannot supply: at the ends of the group
     // of 8, and right of a row's last group when that still lies in the map.
     let load_left = slot == 0u && gx > 0u;
-    let load_right = slot == 7u || (last_in_row && {S}u * p.row_groups * 4u < p.w);
-    let wslot = slot % {Q/4}u;
+    let load_right = slot == 7u || (last_in_row && {PX*S}u * p.row_groups < p.w);
 //@end
 //@for c in 0..Q
-    var acc{c} = vec4<f32>(0.0);
+//@for h in 0..PX/4
+    var acc{c}_{h} = vec4<f32>(0.0);
 //@if TRANSPOSED
-    var odd{c} = vec4<f32>(0.0);
+    var odd{c}_{h} = vec4<f32>(0.0);
+//@end
 //@end
 //@end
 
@@ -207,12 +228,12 @@ fn conv2d_forward(
             let row = plane + min(iy, p.h - 1u) * p.w;
             // Input columns xc - PL + t for t in 0..NV, named v_t.
 //@if VEC4
-//@for m in 0..S
+//@for m in 0..S*PX/4
             let core{m} = select(vec4<f32>(0.0), src[(row + min(xc + {4*m}u, p.w - 4u)) / 4u], row_ok && xc + {4*m}u < p.w);
 //@end
 //@for t in 0..PL
 //@if SUBGROUPS
-            var v{t} = select(subgroupShuffle(core{(4*S-PL+t)/4}[{(4*S-PL+t)%4}], left_lane), 0.0, gx == 0u);
+            var v{t} = select(subgroupShuffle(core{(PX*S-PL+t)/4}[{(PX*S-PL+t)%4}], left_lane), 0.0, gx == 0u);
             if load_left {
                 v{t} = load_px(row_ok, row, xc + {t}u - {PL}u);
             }
@@ -220,17 +241,17 @@ fn conv2d_forward(
             let v{t} = load_px(row_ok, row, xc + {t}u - {PL}u);
 //@end
 //@end
-//@for u in 0..4*S
+//@for u in 0..PX*S
             let v{PL+u} = core{u/4}[{u%4}];
 //@end
 //@for r in 0..NR
 //@if SUBGROUPS
-            var v{PL+4*S+r} = select(subgroupShuffle(core0[{r}], right_lane), 0.0, last_in_row);
+            var v{PL+PX*S+r} = select(subgroupShuffle(core0[{r}], right_lane), 0.0, last_in_row);
             if load_right {
-                v{PL+4*S+r} = load_px(row_ok, row, xc + {4*S+r}u);
+                v{PL+PX*S+r} = load_px(row_ok, row, xc + {PX*S+r}u);
             }
 //@else
-            let v{PL+4*S+r} = load_px(row_ok, row, xc + {4*S+r}u);
+            let v{PL+PX*S+r} = load_px(row_ok, row, xc + {PX*S+r}u);
 //@end
 //@end
 //@else
@@ -239,19 +260,25 @@ fn conv2d_forward(
 //@end
 //@end
             let wbase = ((cob * p.c_in + ci) * p.kh + ky) * {KW*Q/4}u;
+//@if SUBGROUPS
+            // The KW*Q/4 weight vec4 of this kernel row: item k is loaded by
+            // lane k % 8 as its load number k / 8.
+//@for l in 0..(KW*Q/4+7)/8
+            let wl{l} = wgt[wbase + min({8*l}u + slot, {KW*Q/4-1}u)];
+//@end
+//@end
 //@for kx in 0..KW
 //@if !TRANSPOSED
-            let xv{kx} = vec4<f32>(v{kx}, v{S+kx}, v{2*S+kx}, v{3*S+kx});
+//@for h in 0..PX/4
+            let xv{kx}_{h} = vec4<f32>(v{kx+4*h*S}, v{kx+(4*h+1)*S}, v{kx+(4*h+2)*S}, v{kx+(4*h+3)*S});
 //@end
-//@if SUBGROUPS
-            let wl{kx} = wgt[wbase + {kx*Q/4}u + wslot];
 //@end
 //@for j in 0..Q/4
 //@if SUBGROUPS
 //@if SG8
-            let w{kx}_{j} = subgroupBroadcast(wl{kx}, {j}u);
+            let w{kx}_{j} = subgroupBroadcast(wl{(kx*Q/4+j)/8}, {(kx*Q/4+j)%8}u);
 //@else
-            let w{kx}_{j} = subgroupShuffle(wl{kx}, group + {j}u);
+            let w{kx}_{j} = subgroupShuffle(wl{(kx*Q/4+j)/8}, group + {(kx*Q/4+j)%8}u);
 //@end
 //@else
             let w{kx}_{j} = wgt[wbase + {kx*Q/4+j}u];
@@ -261,16 +288,22 @@ fn conv2d_forward(
             // when that is a whole number.
 //@if !(PADL-kx)%2
 //@for e in 0..4
-            acc{4*j+e} = fma(vec4<f32>(v{PL+(PADL-kx)/2}, v{PL+(PADL-kx)/2+1}, v{PL+(PADL-kx)/2+2}, v{PL+(PADL-kx)/2+3}), vec4<f32>(w{kx}_{j}[{e}]), acc{4*j+e});
-//@end
-//@else
-//@for e in 0..4
-            odd{4*j+e} = fma(vec4<f32>(v{PL+(1+PADL-kx)/2}, v{PL+(1+PADL-kx)/2+1}, v{PL+(1+PADL-kx)/2+2}, v{PL+(1+PADL-kx)/2+3}), vec4<f32>(w{kx}_{j}[{e}]), odd{4*j+e});
+//@for h in 0..PX/4
+            acc{4*j+e}_{h} = fma(vec4<f32>(v{PL+(PADL-kx)/2+4*h}, v{PL+(PADL-kx)/2+4*h+1}, v{PL+(PADL-kx)/2+4*h+2}, v{PL+(PADL-kx)/2+4*h+3}), vec4<f32>(w{kx}_{j}[{e}]), acc{4*j+e}_{h});
 //@end
 //@end
 //@else
 //@for e in 0..4
-            acc{4*j+e} = fma(xv{kx}, vec4<f32>(w{kx}_{j}[{e}]), acc{4*j+e});
+//@for h in 0..PX/4
+            odd{4*j+e}_{h} = fma(vec4<f32>(v{PL+(1+PADL-kx)/2+4*h}, v{PL+(1+PADL-kx)/2+4*h+1}, v{PL+(1+PADL-kx)/2+4*h+2}, v{PL+(1+PADL-kx)/2+4*h+3}), vec4<f32>(w{kx}_{j}[{e}]), odd{4*j+e}_{h});
+//@end
+//@end
+//@end
+//@else
+//@for e in 0..4
+//@for h in 0..PX/4
+            acc{4*j+e}_{h} = fma(xv{kx}_{h}, vec4<f32>(w{kx}_{j}[{e}]), acc{4*j+e}_{h});
+//@end
 //@end
 //@end
 //@end
@@ -284,9 +317,13 @@ fn conv2d_forward(
         let at = (img * p.c_out + co0) * out_plane + oy * p.out_w + ow0;
 //@for c in 0..Q
 //@if TRANSPOSED
-        store_pairs(at + {c}u * out_plane, co0 + {c}u, ow0, acc{c}, odd{c});
+//@for h in 0..PX/4
+        store_pairs(at + {c}u * out_plane + {8*h}u, co0 + {c}u, ow0 + {8*h}u, acc{c}_{h}, odd{c}_{h});
+//@end
 //@else
-        store(at + {c}u * out_plane, co0 + {c}u, ow0, acc{c});
+//@for h in 0..PX/4
+        store(at + {c}u * out_plane + {4*h}u, co0 + {c}u, ow0 + {4*h}u, acc{c}_{h});
+//@end
 //@end
 //@end
     }
@@ -308,7 +345,7 @@ fn load_item(img: u32, ci: u32, iy: u32, col: u32) -> vec4<f32> {
 // core vec4 under a lane's 4 output pixels, plus one each side for halos.
 const ITEMS_PER_ROW: u32 = {S+HL+HR}u;
 
-@compute @workgroup_size(32)
+@compute @workgroup_size(8)
 fn conv2d_grad_weight(
     @builtin(local_invocation_index) li: u32,
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -316,10 +353,19 @@ fn conv2d_grad_weight(
     @builtin(subgroup_invocation_id) sg_lane: u32,
 //@end
 ) {
-    // Lanes of a group of 8 share the input channels and pixels and differ
-    // in output channels, so they split the input loads and broadcast them.
-    let co0 = (wid.x * 8u + li % 8u) * {TCO}u;
-    let ci0 = (wid.y * 4u + li / 8u) * {TCI}u;
+    let ci0 = wid.y * {TCI}u;
+//@if LANE_SLICES
+    // Too few output channels to spread over the lanes: the 8 lanes take
+    // 8 slices of the pixel sum instead, each loading its own inputs.
+    let co0 = wid.x * {TCO}u;
+    let slice = wid.z * 8u + li;
+//@else
+    // The 8 lanes share the input channels and pixels and differ in output
+    // channels, so they split the input loads and broadcast them. wid.z is
+    // this workgroup's slice of the pixel groups.
+    let co0 = (wid.x * 8u + li) * {TCO}u;
+    let slice = wid.z;
+//@end
 //@if SUBGROUPS
     let slot = sg_lane % 8u;
     let group = sg_lane - slot;
@@ -335,7 +381,9 @@ fn conv2d_grad_weight(
 //@end
 //@end
     let groups = p.out_h * p.row_groups;
-    for (var g = 0u; g < p.n * groups; g++) {
+    let per_split = (p.n * groups + p.splits - 1u) / p.splits;
+    let g_end = min(p.n * groups, (slice + 1u) * per_split);
+    for (var g = slice * per_split; g < g_end; g++) {
         let img = g / groups;
         let oy = (g % groups) / p.row_groups;
         let ow0 = (g % p.row_groups) * 4u;
@@ -345,7 +393,7 @@ fn conv2d_grad_weight(
 //@end
         let xc = ow0 * {S}u;
         let iy0 = oy * {S}u - p.pad_top;
-//@if SUBGROUPS
+//@if SHARE_X
         // Item k = (ci * KH + ky) * ITEMS_PER_ROW + m is loaded by lane k % 8.
 //@for l in 0..(TCI*KH*(S+HL+HR)+7)/8
         let k{l} = {8*l}u + slot;
@@ -355,7 +403,7 @@ fn conv2d_grad_weight(
 //@for i in 0..TCI
 //@for ky in 0..KH
 //@for m in 0..S+HL+HR
-//@if SUBGROUPS
+//@if SHARE_X
 //@if SG8
         let it{i}_{ky}_{m} = subgroupBroadcast(ld{((i*KH+ky)*(S+HL+HR)+m)/8}, {((i*KH+ky)*(S+HL+HR)+m)%8}u);
 //@else
@@ -387,7 +435,7 @@ fn conv2d_grad_weight(
 //@for c in 0..TCO
 //@for i in 0..TCI
     if co0 + {c}u < p.c_out && ci0 + {i}u < p.c_in {
-        let at = ((co0 + {c}u) * p.c_in + ci0 + {i}u) * {KH*KW}u;
+        let at = ((slice * p.c_out + co0 + {c}u) * p.c_in + ci0 + {i}u) * {KH*KW}u;
 //@for t in 0..KH*KW
         out[at + {t}u] = acc{c}_{i}_{t};
 //@end
@@ -430,6 +478,24 @@ fn conv2d_pack_weights(
         }
     }
     out[i] = v;
+}
+
+@compute @workgroup_size(64)
+fn conv2d_sum_splits(
+    @builtin(local_invocation_index) li: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let i = flat_index(li, wid, nwg);
+    let len = p.c_out * p.c_in * p.kh * p.kw;
+    if i >= len {
+        return;
+    }
+    var sum = 0.0;
+    for (var split = 0u; split < p.splits; split++) {
+        sum += src[split * len + i];
+    }
+    out[i] = sum;
 }
 
 @compute @workgroup_size(64)

@@ -8,16 +8,8 @@ mod common;
 use common::{assert_close, each_path, rng, uniform};
 use ddpm_wgpu::ops::conv2d::{self, cpu, Conv2dGeometry, ConvPath};
 
-fn geom(
-    n: usize,
-    c_in: usize,
-    h: usize,
-    w: usize,
-    c_out: usize,
-    k: usize,
-    stride: usize,
-    pad: [usize; 4],
-) -> Conv2dGeometry {
+/// Conv of x (n, c_in, h, w) by `k` x `k` weights.
+fn geom([n, c_in, h, w]: [usize; 4], c_out: usize, k: usize, stride: usize, pad: [usize; 4]) -> Conv2dGeometry {
     Conv2dGeometry { n, c_in, h, w, c_out, kh: k, kw: k, stride, pad }
 }
 
@@ -44,7 +36,7 @@ fn check(g: Conv2dGeometry) {
     let (dw_atol, _) = tolerance(g.n * g.out_h() * g.out_w());
     let paths = format!(
         "forward {:?}, grad-input {:?}, grad-weight {:?}",
-        conv2d::forward_path(&g),
+        conv2d::forward_path(&g, true),
         conv2d::grad_input_path(&g),
         conv2d::grad_weight_path(&g)
     );
@@ -70,49 +62,60 @@ fn check(g: Conv2dGeometry) {
 #[test]
 fn three_by_three_stride_one() {
     // Aligned maps (vec4 path), padding 1 as diffusers uses.
-    check(geom(2, 8, 8, 16, 40, 3, 1, [1; 4]));
+    check(geom([2, 8, 8, 16], 40, 3, 1, [1; 4]));
     // Rows of 64 pixels span two subgroups: halo loads at subgroup ends.
-    check(geom(1, 5, 4, 64, 9, 3, 1, [1; 4]));
+    check(geom([1, 5, 4, 64], 9, 3, 1, [1; 4]));
     // Odd maps and channel counts, batch 3 (scalar path).
-    check(geom(3, 5, 5, 7, 6, 3, 1, [1; 4]));
+    check(geom([3, 5, 5, 7], 6, 3, 1, [1; 4]));
+    // Odd widths past one pixel tile of a lane (8 or 16 pixels).
+    check(geom([2, 2, 5, 11], 6, 3, 1, [1; 4]));
+    check(geom([1, 3, 3, 19], 10, 3, 1, [1; 4]));
     // Image-like inputs: one and three channels.
-    check(geom(2, 1, 8, 12, 33, 3, 1, [1; 4]));
-    check(geom(1, 3, 9, 6, 16, 3, 1, [1; 4]));
+    check(geom([2, 1, 8, 12], 33, 3, 1, [1; 4]));
+    check(geom([1, 3, 9, 6], 16, 3, 1, [1; 4]));
+    // Few channels over many pixels: grad-weight splits its pixel sum.
+    check(geom([2, 3, 16, 32], 4, 3, 1, [1; 4]));
+    // Many output channels (not a multiple of any tile): wider grad-weight tiles.
+    check(geom([1, 3, 4, 8], 70, 3, 1, [1; 4]));
     // Asymmetric padding: no left halo and two halo columns on the right.
-    check(geom(2, 4, 6, 12, 7, 3, 1, [0, 2, 0, 2]));
+    check(geom([2, 4, 6, 12], 7, 3, 1, [0, 2, 0, 2]));
     // Valid (no) padding.
-    check(geom(1, 3, 7, 10, 5, 3, 1, [0; 4]));
+    check(geom([1, 3, 7, 10], 5, 3, 1, [0; 4]));
 }
 
 #[test]
 fn stride_two_downsampling() {
     // TF 'SAME' as in the DDPM paper: pad only bottom and right.
-    check(geom(2, 4, 16, 16, 12, 3, 2, [0, 1, 0, 1]));
-    check(geom(3, 3, 5, 7, 5, 3, 2, [0, 1, 0, 1]));
+    check(geom([2, 4, 16, 16], 12, 3, 2, [0, 1, 0, 1]));
+    check(geom([3, 3, 5, 7], 5, 3, 2, [0, 1, 0, 1]));
     // Symmetric padding 1 as in diffusers.
-    check(geom(1, 6, 8, 8, 35, 3, 2, [1; 4]));
-    check(geom(1, 2, 9, 7, 4, 3, 2, [1; 4]));
+    check(geom([1, 6, 8, 8], 35, 3, 2, [1; 4]));
+    check(geom([1, 2, 9, 7], 4, 3, 2, [1; 4]));
+    // Odd widths past one lane's 16 or 32 dx pixels in the stride-2 grad-input.
+    check(geom([1, 4, 5, 21], 5, 3, 2, [0, 1, 0, 1]));
+    check(geom([1, 2, 3, 37], 6, 3, 2, [1; 4]));
     // dx rows of 128 pixels span two subgroups in the stride-2 grad-input.
-    check(geom(1, 3, 4, 128, 5, 3, 2, [0, 1, 0, 1]));
+    check(geom([1, 3, 4, 128], 5, 3, 2, [0, 1, 0, 1]));
 }
 
 #[test]
 fn one_by_one_and_other_kernels() {
-    check(geom(3, 7, 6, 8, 9, 1, 1, [0; 4]));
-    check(geom(1, 64, 4, 4, 3, 1, 1, [0; 4]));
-    check(geom(2, 5, 5, 7, 4, 1, 2, [0; 4]));
+    check(geom([3, 7, 6, 8], 9, 1, 1, [0; 4]));
+    check(geom([1, 64, 4, 4], 3, 1, 1, [0; 4]));
+    check(geom([2, 5, 4, 4], 65, 1, 1, [0; 4]));
+    check(geom([2, 5, 5, 7], 4, 1, 2, [0; 4]));
     // Unpadded 1x1 runs as a plain GEMM, padded 1x1 on the direct kernels.
-    check(geom(1, 6, 4, 8, 10, 1, 1, [0, 0, 0, 0]));
-    check(geom(2, 3, 3, 5, 5, 1, 1, [1, 0, 0, 1]));
+    check(geom([1, 6, 4, 8], 10, 1, 1, [0, 0, 0, 0]));
+    check(geom([2, 3, 3, 5], 5, 1, 1, [1, 0, 0, 1]));
     // A 2x2 kernel takes the GEMM path; a 5x1 one the direct kernel (kh is a loop).
-    check(geom(2, 3, 6, 7, 5, 2, 1, [0, 1, 0, 1]));
-    check(Conv2dGeometry { kh: 5, kw: 1, ..geom(1, 4, 9, 8, 6, 1, 1, [2, 2, 0, 0]) });
+    check(geom([2, 3, 6, 7], 5, 2, 1, [0, 1, 0, 1]));
+    check(Conv2dGeometry { kh: 5, kw: 1, ..geom([1, 4, 9, 8], 6, 1, 1, [2, 2, 0, 0]) });
 }
 
 #[test]
 fn shape_errors_name_the_op_and_shapes() {
     let (_turn, gpu) = common::gpu();
-    let g = geom(1, 3, 8, 8, 4, 3, 1, [1; 4]);
+    let g = geom([1, 3, 8, 8], 4, 3, 1, [1; 4]);
     let x = gpu.zeros(&[1, 3, 8, 7]).unwrap();
     let w = gpu.zeros(&g.w_shape()).unwrap();
     let err = conv2d::conv2d_forward(&gpu, &g, &x, &w, None).unwrap_err().to_string();
@@ -123,22 +126,24 @@ fn shape_errors_name_the_op_and_shapes() {
 
 #[test]
 fn geometry_sizes() {
-    let same = geom(1, 1, 16, 16, 1, 3, 2, [0, 1, 0, 1]);
+    let same = geom([1, 1, 16, 16], 1, 3, 2, [0, 1, 0, 1]);
     assert_eq!((same.out_h(), same.out_w()), (8, 8));
-    let sym = geom(1, 1, 16, 16, 1, 3, 2, [1; 4]);
+    let sym = geom([1, 1, 16, 16], 1, 3, 2, [1; 4]);
     assert_eq!((sym.out_h(), sym.out_w()), (8, 8));
-    let odd = geom(2, 3, 5, 7, 4, 3, 2, [0, 1, 0, 1]);
+    let odd = geom([2, 3, 5, 7], 4, 3, 2, [0, 1, 0, 1]);
     assert_eq!(odd.y_shape(), [2, 4, 2, 3]);
     assert_eq!(odd.flops(), 2.0 * (2 * 4 * 2 * 3 * 3 * 9) as f64);
     // The shapes in the tests above reach both kernel families.
-    assert_eq!(conv2d::forward_path(&sym), ConvPath::Direct);
+    assert_eq!(conv2d::forward_path(&sym, false), ConvPath::Direct);
     assert_eq!(conv2d::grad_input_path(&sym), ConvPath::Direct);
-    assert_eq!(conv2d::grad_input_path(&geom(1, 1, 5, 5, 1, 2, 2, [0; 4])), ConvPath::Gemm);
-    assert_eq!(conv2d::grad_weight_path(&geom(1, 1, 5, 7, 1, 3, 1, [1; 4])), ConvPath::Gemm);
-    assert_eq!(conv2d::grad_input_path(&geom(1, 1, 5, 5, 1, 3, 1, [1; 4])), ConvPath::Direct);
-    assert_eq!(conv2d::forward_path(&geom(1, 1, 5, 5, 1, 2, 1, [0; 4])), ConvPath::Gemm);
-    assert_eq!(conv2d::forward_path(&geom(1, 1, 5, 5, 1, 1, 1, [0; 4])), ConvPath::Gemm);
-    assert_eq!(conv2d::forward_path(&geom(1, 1, 5, 5, 1, 1, 2, [0; 4])), ConvPath::Direct);
+    assert_eq!(conv2d::grad_input_path(&geom([1, 1, 5, 5], 1, 2, 2, [0; 4])), ConvPath::Gemm);
+    assert_eq!(conv2d::grad_weight_path(&geom([1, 1, 5, 7], 1, 3, 1, [1; 4])), ConvPath::Gemm);
+    assert_eq!(conv2d::grad_input_path(&geom([1, 1, 5, 5], 1, 3, 1, [1; 4])), ConvPath::Direct);
+    assert_eq!(conv2d::forward_path(&geom([1, 1, 5, 5], 1, 2, 1, [0; 4]), true), ConvPath::Gemm);
+    let pointwise = geom([1, 1, 5, 5], 1, 1, 1, [0; 4]);
+    assert_eq!(conv2d::forward_path(&pointwise, false), ConvPath::Gemm);
+    assert_eq!(conv2d::forward_path(&pointwise, true), ConvPath::Direct);
+    assert_eq!(conv2d::forward_path(&geom([1, 1, 5, 5], 1, 1, 2, [0; 4]), false), ConvPath::Direct);
 }
 
 /// d(sum(r * y))/d(input) by central differences in f64.
@@ -167,10 +172,10 @@ fn assert_close_f64(what: &str, got: &[f64], want: &[f64]) {
 fn cpu_backward_matches_finite_differences() {
     let mut r = rng();
     for g in [
-        geom(2, 2, 5, 4, 3, 3, 1, [1; 4]),
-        geom(1, 2, 5, 6, 2, 3, 2, [0, 1, 0, 1]),
-        geom(2, 3, 4, 4, 2, 1, 1, [0; 4]),
-        Conv2dGeometry { kh: 2, kw: 3, ..geom(1, 2, 5, 5, 2, 1, 2, [1, 0, 0, 2]) },
+        geom([2, 2, 5, 4], 3, 3, 1, [1; 4]),
+        geom([1, 2, 5, 6], 2, 3, 2, [0, 1, 0, 1]),
+        geom([2, 3, 4, 4], 2, 1, 1, [0; 4]),
+        Conv2dGeometry { kh: 2, kw: 3, ..geom([1, 2, 5, 5], 2, 1, 2, [1, 0, 0, 2]) },
     ] {
         let x = cpu::widen(&uniform(&mut r, g.x_shape().iter().product()));
         let w = cpu::widen(&uniform(&mut r, g.w_shape().iter().product()));

@@ -3,7 +3,8 @@
 //! forms.
 //!
 //! Paths, fastest first:
-//! * 1x1 stride-1 unpadded convs (forward and grad-input): one batched GEMM;
+//! * 1x1 stride-1 unpadded convs (grad-input, and forward without bias): one
+//!   batched GEMM;
 //! * forward with kernel width 1 or 3, stride 1 or 2 and left padding below
 //!   the kernel width: the direct kernel `conv2d_forward` (weights packed by
 //!   `conv2d_pack_weights` on the GPU, output channels innermost);
@@ -15,6 +16,7 @@
 //!   width are multiples of 4: the direct kernel `conv2d_grad_weight`;
 //! * everything else: im2col/col2im around a batched GEMM, a chunk of images
 //!   at a time so the column buffer stays bounded.
+//!
 //! grad-bias is `reduce::sum` over (N, H, W).
 
 use anyhow::{ensure, Result};
@@ -43,18 +45,10 @@ pub struct Conv2dGeometry {
 }
 
 impl Conv2dGeometry {
-    /// A square `k` x `k` kernel with the same padding on every side.
-    pub fn square(
-        n: usize,
-        c_in: usize,
-        h: usize,
-        w: usize,
-        c_out: usize,
-        k: usize,
-        stride: usize,
-        pad: usize,
-    ) -> Self {
-        Conv2dGeometry { n, c_in, h, w, c_out, kh: k, kw: k, stride, pad: [pad; 4] }
+    /// A square `k` x `k` kernel on square `size` x `size` maps, with the
+    /// same padding on every side.
+    pub fn square(n: usize, c_in: usize, size: usize, c_out: usize, k: usize, stride: usize, pad: usize) -> Self {
+        Conv2dGeometry { n, c_in, h: size, w: size, c_out, kh: k, kw: k, stride, pad: [pad; 4] }
     }
 
     pub fn out_h(&self) -> usize {
@@ -159,7 +153,8 @@ struct Params {
     n0: u32,
     count: u32,
     flip: u32,
-    _pad: [u32; 3],
+    splits: u32,
+    _pad: [u32; 2],
 }
 
 impl Params {
@@ -182,15 +177,21 @@ impl Params {
             n0: 0,
             count: g.n as u32,
             flip: 0,
-            _pad: [0; 3],
+            splits: 1,
+            _pad: [0; 2],
         }
     }
 }
 
-/// Output pixels (consecutive in a row) per invocation of `conv2d_forward`.
+/// Output pixels (consecutive in a row) per invocation of
+/// `conv2d_grad_weight`, and the smallest tile of `conv2d_forward`.
 const PIXELS_PER_LANE: usize = 4;
-/// Invocations per workgroup of every conv2d entry point.
+/// Invocations per workgroup of `conv2d_forward` and the helpers.
 const WORKGROUP: usize = 64;
+/// grad-weight splits its pixel sum until it has this many workgroups...
+const GW_MIN_WORKGROUPS: usize = 64;
+/// ...but keeps at least this many groups of 4 pixels in each slice.
+const GW_MIN_SLICE: usize = 64;
 /// Upper bound on one chunk's im2col buffer (and on its GEMM output).
 const CHUNK_BYTES: usize = 48 << 20;
 
@@ -220,6 +221,11 @@ struct DirectVariant {
     entry: Entry,
     /// Stride-2 grad-input form of `conv2d_forward`.
     transposed: bool,
+    /// Output pixels per lane of `conv2d_forward` (dy columns when
+    /// transposed, with twice as many dx pixels).
+    px: usize,
+    /// grad-weight: lanes split the pixel sum, not the output channels.
+    lane_slices: bool,
     /// Output channels per lane (forward), or per lane times input
     /// channels per lane (grad-weight).
     q: usize,
@@ -261,12 +267,22 @@ impl DirectVariant {
         }
     }
 
+    /// Output pixel groups per output row.
+    fn row_groups(&self, out_w: usize) -> usize {
+        if self.transposed {
+            out_w.div_ceil(2 * self.px)
+        } else {
+            out_w.div_ceil(self.px)
+        }
+    }
+
     fn defines(&self) -> Vec<(&'static str, i64)> {
         let (s, pl, nr) = self.row_reads();
         vec![
             ("TRANSPOSED", self.transposed as i64),
             ("PADL", self.pad_left as i64),
-            ("NV", (pl + 4 * s + nr) as i64),
+            ("NV", (pl + self.px * s + nr) as i64),
+            ("PX", self.px as i64),
             ("FORWARD", (self.entry == Entry::Forward) as i64),
             ("GRAD_WEIGHT", (self.entry == Entry::GradWeight) as i64),
             ("Q", self.q as i64),
@@ -279,6 +295,8 @@ impl DirectVariant {
             ("NR", nr as i64),
             ("HL", (pl > 0) as i64),
             ("HR", (nr > 0) as i64),
+            ("LANE_SLICES", self.lane_slices as i64),
+            ("SHARE_X", (self.subgroups && !self.lane_slices) as i64),
             ("VEC4", self.vec4 as i64),
             ("BIAS", self.bias as i64),
             ("SUBGROUPS", self.subgroups as i64),
@@ -295,71 +313,124 @@ fn direct_supports(g: &Conv2dGeometry) -> bool {
 /// The direct grad-weight kernel also fixes the kernel height and needs
 /// rows that are whole vec4s.
 fn grad_weight_direct_supports(g: &Conv2dGeometry) -> bool {
-    direct_supports(g) && g.kh == g.kw && g.w % 4 == 0 && g.out_w() % 4 == 0
+    direct_supports(g) && g.kh == g.kw && g.w.is_multiple_of(4) && g.out_w().is_multiple_of(4)
 }
 
-/// Output channels per invocation. Measured on lavapipe: 32 with subgroup
-/// weight sharing; without it each lane loads its own weights, so fewer.
-fn channels_per_lane(subgroups: bool, c_out: usize) -> usize {
-    match (subgroups, c_out) {
-        (_, 0..=8) => 8,
-        (true, _) => 32,
-        (false, _) => 16,
-    }
-}
-
-/// Output (dx) channels per invocation of the stride-2 grad-input kernel:
-/// its lanes hold 8 pixels, so half as many channels as the forward.
-fn transposed_channels_per_lane(subgroups: bool, c_in: usize) -> usize {
-    channels_per_lane(subgroups, c_in).div_ceil(2).max(8)
-}
-
-/// grad-weight tile per lane: 4 output channels by this many input
-/// channels by every tap (about 128 accumulators).
-fn grad_weight_input_channels(k: usize) -> usize {
-    if k == 1 {
-        32
+/// (output pixels, output channels) per invocation of `conv2d_forward`.
+/// Measured on lavapipe (16x16 and 32x32 maps, 32-64 channels): with
+/// subgroup weight sharing 8 x 16 at stride 1 (44 GF/s, 4 x 32: 42) and
+/// 4 x 32 at stride 2; without it every lane loads its own weights, so the
+/// widest pixel tile wins (16 x 8: 25.6 GF/s, 8 x 16: 19.4, 4 x 16: 13).
+fn forward_tile(subgroups: bool, g: &Conv2dGeometry) -> (usize, usize) {
+    let px = if subgroups {
+        if g.stride == 1 && g.out_w() >= 8 {
+            8
+        } else {
+            4
+        }
     } else {
-        4
-    }
+        [16, 8].into_iter().find(|&px| g.out_w() >= px).unwrap_or(4)
+    };
+    let q = match (subgroups, px) {
+        _ if g.c_out <= 8 => 8,
+        (true, 4) => 32,
+        (_, 16) => 8,
+        _ => 16,
+    };
+    (px, q)
 }
 
-/// Output channels per lane of `conv2d_grad_weight`.
-const GW_OUT_CHANNELS: usize = 4;
+/// Every tile `forward_tile` can choose on one kind of path.
+fn forward_tiles(subgroups: bool) -> Vec<(usize, usize)> {
+    let mut tiles = Vec::new();
+    for (out_w, stride, c_out) in [4, 8, 16].into_iter().flat_map(|w| [(w, 1, 8), (w, 1, 64), (w, 2, 8), (w, 2, 64)]) {
+        let g = Conv2dGeometry::square(1, 1, out_w * stride, c_out, 1, stride, 0);
+        let tile = forward_tile(subgroups, &g);
+        if !tiles.contains(&tile) {
+            tiles.push(tile);
+        }
+    }
+    tiles
+}
+
+/// (dy columns, dx channels) per invocation of the stride-2 grad-input
+/// kernel, whose lanes hold twice as many dx pixels as dy columns. Measured
+/// on lavapipe (64 channels, dx 32x32): 16 x 8 gives 25 GF/s with subgroups
+/// and 17.7 without, 8 x 8 and 4 x 16 about 21 and 13; on narrower maps the
+/// widest tile that still fits a row.
+fn transposed_tile(subgroups: bool, g: &Conv2dGeometry) -> (usize, usize) {
+    let px = [16, 8].into_iter().find(|&px| g.w >= 2 * px).unwrap_or(4);
+    let q = if subgroups && px == 4 && g.c_in > 8 { 16 } else { 8 };
+    (px, q)
+}
+
+/// Every tile `transposed_tile` can choose on one kind of path.
+fn transposed_tiles(subgroups: bool) -> Vec<(usize, usize)> {
+    let mut tiles = Vec::new();
+    for (w, c_in) in [8, 16, 32].into_iter().flat_map(|w| [(w, 8), (w, 64)]) {
+        let tile = transposed_tile(subgroups, &Conv2dGeometry::square(1, c_in, w, 1, 3, 2, 1));
+        if !tiles.contains(&tile) {
+            tiles.push(tile);
+        }
+    }
+    tiles
+}
+
+/// (output, input) channels per invocation of `conv2d_grad_weight`, each
+/// with every tap: about 128 accumulators. Per 4 output pixels a lane loads
+/// one dy vec4 per output channel and the input rows of its input channels;
+/// with subgroups the input rows are shared by the 8 lanes, so few output
+/// channels per lane; without, the two kinds of load are balanced, unless
+/// there are too few output channels for 8 lanes of 8.
+fn grad_weight_tile(subgroups: bool, k: usize, c_out: usize) -> (usize, usize) {
+    match (subgroups || c_out < 64, k) {
+        (true, 1) => (4, 32),
+        (true, _) => (4, 4),
+        (false, 1) => (8, 16),
+        (false, _) => (8, 2),
+    }
+}
 
 fn direct_variant(gpu: &Gpu, g: &Conv2dGeometry, bias: bool) -> DirectVariant {
     let info = gpu.info();
+    let (px, q) = forward_tile(info.subgroups, g);
     DirectVariant {
         entry: Entry::Forward,
         transposed: false,
-        q: channels_per_lane(info.subgroups, g.c_out),
+        lane_slices: false,
+        px,
+        q,
         tci: 1,
         kh: 1,
         kw: g.kw,
         stride: g.stride,
         pad_left: g.pad[2],
-        vec4: g.w % 4 == 0 && g.out_w() % 4 == 0,
+        vec4: g.w.is_multiple_of(4) && g.out_w().is_multiple_of(4),
         bias,
         subgroups: info.subgroups,
         sg8: info.subgroup_is_8,
     }
 }
 
-fn grad_weight_variant(gpu: &Gpu, g: &Conv2dGeometry) -> DirectVariant {
-    let info = gpu.info();
+fn grad_weight_variant(subgroups: bool, sg8: bool, g: &Conv2dGeometry) -> DirectVariant {
+    let (q, tci) = grad_weight_tile(subgroups, g.kw, g.c_out);
     DirectVariant {
         entry: Entry::GradWeight,
         transposed: false,
-        q: GW_OUT_CHANNELS,
-        tci: grad_weight_input_channels(g.kw),
+        // One lane's output channels are all there are: the other 7 lanes
+        // would idle, so the lanes split the pixel sum instead.
+        lane_slices: g.c_out <= q,
+        px: PIXELS_PER_LANE,
+        q,
+        tci,
         kh: g.kh,
         kw: g.kw,
         stride: g.stride,
         pad_left: g.pad[2],
         vec4: true,
         bias: false,
-        subgroups: info.subgroups,
-        sg8: info.subgroup_is_8,
+        subgroups,
+        sg8,
     }
 }
 
@@ -369,6 +440,8 @@ fn helper_defines() -> Vec<(&'static str, i64)> {
     DirectVariant {
         entry: Entry::Helpers,
         transposed: false,
+        lane_slices: false,
+        px: PIXELS_PER_LANE,
         q: 4,
         tci: 1,
         kh: 1,
@@ -389,11 +462,20 @@ pub fn variants() -> Vec<Vec<(&'static str, i64)>> {
     let shapes = [(1, 1, 0), (1, 2, 0), (3, 1, 0), (3, 1, 1), (3, 1, 2), (3, 2, 0), (3, 2, 1), (3, 2, 2)];
     for (subgroups, sg8) in [(false, false), (true, true), (true, false)] {
         for (kw, stride, pad_left) in shapes {
+            for c_out in [3, 8, 64] {
+                let g = Conv2dGeometry {
+                    pad: [0, 0, pad_left, 0],
+                    ..Conv2dGeometry::square(1, 1, 8, c_out, kw, stride, 0)
+                };
+                out.push(grad_weight_variant(subgroups, sg8, &g).defines());
+            }
             let base = DirectVariant {
-                entry: Entry::GradWeight,
+                entry: Entry::Forward,
                 transposed: false,
-                q: GW_OUT_CHANNELS,
-                tci: grad_weight_input_channels(kw),
+                lane_slices: false,
+                px: PIXELS_PER_LANE,
+                q: 4,
+                tci: 1,
                 kh: kw,
                 kw,
                 stride,
@@ -403,29 +485,34 @@ pub fn variants() -> Vec<Vec<(&'static str, i64)>> {
                 subgroups,
                 sg8,
             };
-            out.push(base.defines());
-            for q in [8, channels_per_lane(subgroups, 64)] {
-                for bits in 0..4 {
-                    let v = DirectVariant {
-                        entry: Entry::Forward,
-                        q,
-                        tci: 1,
-                        kh: 1,
-                        vec4: bits & 1 != 0,
-                        bias: bits & 2 != 0,
-                        ..base
-                    };
+            for bits in 0..4 {
+                let (vec4, bias) = (bits & 1 != 0, bits & 2 != 0);
+                for (px, q) in forward_tiles(subgroups) {
+                    let v = DirectVariant { entry: Entry::Forward, px, q, tci: 1, kh: 1, vec4, bias, ..base };
                     out.push(v.defines());
-                    if stride == 2 {
-                        out.push(
-                            DirectVariant { transposed: true, q: transposed_channels_per_lane(subgroups, q), ..v }
-                                .defines(),
-                        );
+                }
+                if stride == 2 && !bias {
+                    for (px, q) in transposed_tiles(subgroups) {
+                        let v = DirectVariant {
+                            entry: Entry::Forward,
+                            transposed: true,
+                            lane_slices: false,
+                            px,
+                            q,
+                            tci: 1,
+                            kh: 1,
+                            vec4,
+                            bias,
+                            ..base
+                        };
+                        out.push(v.defines());
                     }
                 }
             }
         }
     }
+    out.sort();
+    out.dedup();
     out
 }
 
@@ -490,7 +577,8 @@ fn direct(
     let v = direct_variant(gpu, g, bias.is_some());
     let packed = pack_weights(gpu, g, w, v.q, packing)?;
     let y = gpu.uninit(&g.y_shape())?;
-    launch_direct(gpu, &v, &Params::new(g), &y, x, &packed, bias)?;
+    let params = Params { row_groups: v.row_groups(g.out_w()) as u32, ..Params::new(g) };
+    launch_direct(gpu, &v, &params, &y, x, &packed, bias)?;
     Ok(y)
 }
 
@@ -502,10 +590,13 @@ fn transposed_supports(g: &Conv2dGeometry) -> bool {
 /// dx of a stride-2 conv by the TRANSPOSED form of the direct kernel.
 fn grad_input_transposed(gpu: &Gpu, g: &Conv2dGeometry, dy: &Tensor, w: &Tensor) -> Result<Tensor> {
     let info = gpu.info();
+    let (px, q) = transposed_tile(info.subgroups, g);
     let v = DirectVariant {
         transposed: true,
-        q: transposed_channels_per_lane(info.subgroups, g.c_in),
-        vec4: g.out_w() % 4 == 0 && g.w % 8 == 0,
+        lane_slices: false,
+        px,
+        q,
+        vec4: g.out_w().is_multiple_of(4) && g.w.is_multiple_of(8),
         ..direct_variant(gpu, g, false)
     };
     // Seen from the kernel: input dy (c_out channels), output dx.
@@ -516,7 +607,7 @@ fn grad_input_transposed(gpu: &Gpu, g: &Conv2dGeometry, dy: &Tensor, w: &Tensor)
         c_out: g.c_in as u32,
         out_h: g.h as u32,
         out_w: g.w as u32,
-        row_groups: g.w.div_ceil(2 * PIXELS_PER_LANE) as u32,
+        row_groups: v.row_groups(g.w) as u32,
         ..Params::new(g)
     };
     let dy_to_dx = Conv2dGeometry { c_in: g.c_out, c_out: g.c_in, ..*g };
@@ -578,15 +669,14 @@ pub fn conv2d_forward(gpu: &Gpu, g: &Conv2dGeometry, x: &Tensor, w: &Tensor, bia
     if let Some(b) = bias {
         g.check("conv2d_forward", "bias", b, &[g.c_out])?;
     }
-    if g.is_pointwise() {
-        // y[z] (c_out, h*w) = w (c_out, c_in) x[z] (c_in, h*w).
+    if bias.is_none() && g.is_pointwise() {
+        // y[z] (c_out, h*w) = w (c_out, c_in) x[z] (c_in, h*w). With a bias
+        // the direct kernel wins: a separate bias pass costs more than the
+        // GEMM saves (measured on lavapipe, 1x1 64 -> 128 on 16x16 maps).
         let y = gpu.uninit(&g.y_shape())?;
         let mm = Gemm { batch: g.n, shared_a: true, ..Gemm::new(g.c_out, g.h * g.w, g.c_in) };
         gemm(gpu, &mm, &y, w, x, None)?;
-        match bias {
-            Some(b) => elementwise::add_channel(gpu, &y, b),
-            None => Ok(y),
-        }
+        Ok(y)
     } else if direct_supports(g) {
         direct(gpu, g, x, w, bias, Packing::Plain)
     } else {
@@ -646,13 +736,28 @@ pub fn conv2d_grad_weight(gpu: &Gpu, g: &Conv2dGeometry, dy: &Tensor, x: &Tensor
     g.check("conv2d_grad_weight", "dy", dy, &g.y_shape())?;
     g.check("conv2d_grad_weight", "x", x, &g.x_shape())?;
     if grad_weight_direct_supports(g) {
-        let v = grad_weight_variant(gpu, g);
-        let dw = gpu.uninit(&g.w_shape())?;
-        // A workgroup is 4 groups of 8 lanes: 8 lanes across output
-        // channels, 4 groups across input channels.
-        let grid = [g.c_out.div_ceil(8 * v.q) as u32, g.c_in.div_ceil(4 * v.tci) as u32, 1];
+        let info = gpu.info();
+        let v = grad_weight_variant(info.subgroups, info.subgroup_is_8, g);
+        // A workgroup is 8 lanes across output channels (or across slices
+        // of the pixel sum); when that leaves too few workgroups to keep
+        // every core busy, the pixel sum is split into more slices whose
+        // partial dw are added afterwards.
+        let (co_per_workgroup, lane_slices) = if v.lane_slices { (v.q, 8) } else { (8 * v.q, 1) };
+        let tiles = g.c_out.div_ceil(co_per_workgroup) * g.c_in.div_ceil(v.tci);
+        let pixel_groups = g.n * g.out_h() * g.out_w().div_ceil(PIXELS_PER_LANE);
+        let workgroup_slices =
+            GW_MIN_WORKGROUPS.div_ceil(tiles).min(pixel_groups.div_ceil(GW_MIN_SLICE * lane_slices)).max(1);
+        let splits = workgroup_slices * lane_slices;
+        let params = Params { splits: splits as u32, ..Params::new(g) };
+        let partials = gpu.uninit(&[splits * g.c_out, g.c_in, g.kh, g.kw])?;
+        let grid = [g.c_out.div_ceil(co_per_workgroup) as u32, g.c_in.div_ceil(v.tci) as u32, workgroup_slices as u32];
         let kernel = Kernel::new(Shader::Conv2d, "conv2d_grad_weight", DIRECT).with_defines(v.defines());
-        gpu.launch(&kernel, &Params::new(g), &[&dw, x, dy], grid)?;
+        gpu.launch(&kernel, &params, &[&partials, x, dy], grid)?;
+        if splits == 1 {
+            return Ok(partials);
+        }
+        let dw = gpu.uninit(&g.w_shape())?;
+        launch_helper(gpu, "conv2d_sum_splits", &params, &dw, &partials, dw.len())?;
         return Ok(dw);
     }
     let ck = g.c_in * g.taps();
@@ -701,8 +806,8 @@ pub enum ConvPath {
     Gemm,
 }
 
-pub fn forward_path(g: &Conv2dGeometry) -> ConvPath {
-    if direct_supports(g) && !g.is_pointwise() {
+pub fn forward_path(g: &Conv2dGeometry, with_bias: bool) -> ConvPath {
+    if direct_supports(g) && (with_bias || !g.is_pointwise()) {
         ConvPath::Direct
     } else {
         ConvPath::Gemm
