@@ -114,7 +114,7 @@ impl GroupNorm {
     }
 
     fn kernel(&self, gpu: &Gpu, entry: &'static str, bindings: &'static [Access], g: &Geometry) -> Kernel {
-        let vec4 = g.hw % 4 == 0;
+        let vec4 = g.hw.is_multiple_of(4);
         Kernel::new(Shader::GroupNorm, entry, bindings).with_defines(defines(
             vec4,
             gpu.info().subgroups,

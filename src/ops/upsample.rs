@@ -37,7 +37,7 @@ pub fn upsample_nearest2x(gpu: &Gpu, x: &Tensor) -> Result<Tensor> {
 pub fn upsample_nearest2x_backward(gpu: &Gpu, dy: &Tensor) -> Result<Tensor> {
     let s = dy.shape();
     ensure!(
-        s.len() == 4 && s[2] % 2 == 0 && s[3] % 2 == 0,
+        s.len() == 4 && s[2].is_multiple_of(2) && s[3].is_multiple_of(2),
         "upsample_nearest2x backward: dy {s:?} must be (N, C, 2H, 2W)"
     );
     let (h, w) = (s[2] / 2, s[3] / 2);
