@@ -71,11 +71,12 @@ impl Shader {
     /// test translates each one for every backend.
     pub fn variants(self) -> Vec<Vec<(&'static str, i64)>> {
         match self {
-            Shader::Elementwise | Shader::Reduce | Shader::Embedding | Shader::Upsample | Shader::Loss => vec![vec![]],
+            Shader::Elementwise | Shader::Reduce | Shader::Embedding | Shader::Loss => vec![vec![]],
             Shader::Matmul => crate::ops::matmul::variants(),
             Shader::GroupNorm => crate::ops::group_norm::variants(),
             Shader::Attention => crate::ops::attention::variants(),
             Shader::Concat => crate::ops::concat::variants(),
+            Shader::Upsample => crate::ops::upsample::variants(),
         }
     }
 
