@@ -3,7 +3,7 @@
 //
 //   x viewed as (N, G, cpg * HW); group (n, g) is one contiguous run of
 //   group_len = cpg * HW elements, channels g * cpg .. (g + 1) * cpg.
-//   mean, var over each group (two passes: mean first, then centred squares)
+//   mean, var over each group (Welford per lane, merged with Chan's formula)
 //   xhat = (x - mean) * rstd, rstd = 1 / sqrt(var + eps)
 //   z    = xhat * gamma[c] + beta[c]
 //   y    = z, or silu(z) = z * sigmoid(z) when SILU
@@ -22,14 +22,19 @@
 //   group_norm_param_grads(dgamma, dbeta, partials)      (scalar variant only)
 //     dgamma, dbeta: (C) = partials summed over N in order
 //
-// One workgroup of 64 lanes per group. Items are vec4 (VEC4: HW % 4 == 0,
-// so a vec4 never straddles two channels) or single floats. The first
-// 64 * R items of the group stay in registers between the passes; items
-// past that (large groups) are read again in each pass. Reductions are
-// fixed-order (subgroupAdd plus an in-order sum of the subgroup totals, or a
-// workgroup-memory tree): no atomics, so results are bit-reproducible.
+// A team of 8 lanes per group, 8 groups per 64-lane workgroup. Items are
+// vec4 (VEC4: HW % 4 == 0, so a vec4 never straddles two channels) or
+// floats; lane s of a team takes items s, s + 8, ... Forward: one Welford
+// pass for the statistics, one pass writing y channel by channel (gamma and
+// beta loaded once per channel). Backward: one pass for the per-channel
+// sums, one writing dx. Team sums use an xor butterfly of subgroup shuffles
+// (within aligned groups of 8 lanes, so any subgroup size >= 8 works; float
+// addition is commutative, so all 8 lanes get the same bits) and, on the
+// portable path, workgroup memory read back in lane order. No barriers on
+// the subgroup path (on lavapipe each barrier costs ~1 us per workgroup);
+// no atomics anywhere, so results are bit-reproducible.
 //
-// Template defines: VEC4, R (items per lane kept in registers), SUBGROUPS, SILU.
+// Template defines: VEC4, SUBGROUPS, SILU.
 
 struct Params {
     hw: u32,
@@ -68,64 +73,46 @@ fn hsum(v: f32) -> f32 {
 @group(1) @binding(6) var<storage, read> stats: array<f32>;
 
 const WG: u32 = 64u;
+const TEAM: u32 = 8u;
+
+//@if SUBGROUPS
+fn team_sum(v: vec2<f32>, li: u32) -> vec2<f32> {
+    var s = v + subgroupShuffleXor(v, 1u);
+    s += subgroupShuffleXor(s, 2u);
+    return s + subgroupShuffleXor(s, 4u);
+}
+//@else
 var<workgroup> red: array<vec2<f32>, WG>;
 
-// Sum of `v` over the workgroup, returned to every lane; same order every run.
-fn workgroup_sum(v: vec2<f32>, li: u32, sg_lane: u32, sg_size: u32) -> vec2<f32> {
-//@if SUBGROUPS
-    let s = subgroupAdd(v);
-    if sg_lane == 0u {
-        red[li / sg_size] = s;
-    }
-    workgroupBarrier();
-    var total = vec2<f32>(0.0);
-    for (var i = 0u; i < (WG + sg_size - 1u) / sg_size; i++) {
-        total += red[i];
-    }
-    workgroupBarrier();
-    return total;
-//@else
+fn team_sum(v: vec2<f32>, li: u32) -> vec2<f32> {
     red[li] = v;
     workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s /= 2u) {
-        if li < s {
-            red[li] += red[li + s];
-        }
-        workgroupBarrier();
+    let first = li - li % TEAM;
+    var s = vec2<f32>(0.0);
+    for (var i = 0u; i < TEAM; i++) {
+        s += red[first + i];
     }
-    let total = red[0];
     workgroupBarrier();
-    return total;
-//@end
+    return s;
 }
+//@end
 
 fn sigmoid(v: T) -> T {
     return 1.0 / (1.0 + exp(-v));
 }
 
-// Channel of item i of the group whose first channel is c0.
-fn channel_of(c0: u32, i: u32) -> u32 {
-    return c0 + (i * W) / p.hw;
-}
-
-// Item i of x in the group starting at item base, zero past the group end.
-fn load_x(base: u32, i: u32, items: u32) -> T {
-    return select(T(0.0), x[base + min(i, items - 1u)], i < items);
-}
-
-// Upstream gradient with respect to z (the affine output) at item i.
-fn grad_z(at: u32, c: u32, xhat: T) -> T {
+// Upstream gradient with respect to z (the affine output), from dy.
+fn grad_z(dy_value: T, xhat: T, gamma: f32, beta_c: f32) -> T {
 //@if SILU
-    let z = xhat * channel_in[c] + beta[c];
+    let z = xhat * gamma + beta_c;
     let s = sigmoid(z);
-    return dy[at] * s * (1.0 + z * (1.0 - s));
+    return dy_value * s * (1.0 + z * (1.0 - s));
 //@else
-    return dy[at];
+    return dy_value;
 //@end
 }
 
-fn normalised_output(v: T, c: u32, mean: f32, rstd: f32) -> T {
-    let z = (v - mean) * rstd * channel_in[c] + beta[c];
+fn activation(z: T) -> T {
 //@if SILU
     return z * sigmoid(z);
 //@else
@@ -133,147 +120,115 @@ fn normalised_output(v: T, c: u32, mean: f32, rstd: f32) -> T {
 //@end
 }
 
-@compute @workgroup_size(64)
-fn group_norm_forward(
-    @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) li: u32,
-//@if SUBGROUPS
-    @builtin(subgroup_invocation_id) sg_lane: u32,
-    @builtin(subgroup_size) sg_size: u32,
-//@end
-) {
-//@if !SUBGROUPS
-    let sg_lane = 0u;
-    let sg_size = 1u;
-//@end
-    let grp = wid.x + wid.y * nwg.x;
-    if grp >= p.n_groups_total {
-        return;
-    }
+// The first item at or after `lo` that belongs to team lane `lane`.
+fn first_item(lo: u32, lane: u32) -> u32 {
+    return lo + (lane + TEAM - lo % TEAM) % TEAM;
+}
+
+struct Team {
+    // Group index (clamped in range) and whether this team has a real group;
+    // teams past the end still run so that every lane reaches the barriers.
+    grp: u32,
+    live: bool,
+    lane: u32,
+    items: u32,
+    base: u32,
+    first_channel: u32,
+}
+
+fn team(wid: vec3<u32>, nwg: vec3<u32>, li: u32) -> Team {
+    let g = (wid.x + wid.y * nwg.x) * (WG / TEAM) + li / TEAM;
+    let grp = min(g, p.n_groups_total - 1u);
     let items = p.group_len / W;
-    let base = grp * items;
-    let first_channel = (grp % p.groups) * p.cpg;
+    return Team(grp, g < p.n_groups_total, li % TEAM, items, grp * items, (grp % p.groups) * p.cpg);
+}
+
+@compute @workgroup_size(64)
+fn group_norm_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let t = team(wid, nwg, li);
+
+    // Welford per lane; the components of a vec4 are four accumulators
+    // sharing one count.
+    var count = 0.0;
+    var m = T(0.0);
+    var m2 = T(0.0);
+    for (var i = t.lane; i < t.items; i += TEAM) {
+        let v = x[t.base + i];
+        count += 1.0;
+        let d = v - m;
+        m += d / count;
+        m2 += d * (v - m);
+    }
+    // Chan's merge: the group mean, then M2 = sum(M2_lane + count_lane (m_lane - mean)^2).
     let n = f32(p.group_len);
-
-    // Pass 1: mean.
-//@for r in 0..R
-    let i{r} = li + {r*64}u;
-    let v{r} = load_x(base, i{r}, items);
-//@end
-    var s = T(0.0);
-//@for r in 0..R
-    s += v{r};
-//@end
-    for (var i = li + {64*R}u; i < items; i += WG) {
-        s += x[base + i];
-    }
-    let mean = workgroup_sum(vec2<f32>(hsum(s), 0.0), li, sg_lane, sg_size).x / n;
-
-    // Pass 2: variance from centred squares.
-    var q = T(0.0);
-//@for r in 0..R
-    let d{r} = select(T(0.0), v{r} - mean, i{r} < items);
-    q += d{r} * d{r};
-//@end
-    for (var i = li + {64*R}u; i < items; i += WG) {
-        let d = x[base + i] - mean;
-        q += d * d;
-    }
-    let variance = workgroup_sum(vec2<f32>(hsum(q), 0.0), li, sg_lane, sg_size).x / n;
+    let mean = team_sum(vec2<f32>(count * hsum(m), 0.0), li).x / n;
+    let spread = m - mean;
+    let variance = team_sum(vec2<f32>(hsum(m2 + count * spread * spread), 0.0), li).x / n;
     let rstd = inverseSqrt(variance + p.eps);
-    if li == 0u {
-        aux_out[2u * grp] = mean;
-        aux_out[2u * grp + 1u] = rstd;
+    if t.live && t.lane == 0u {
+        aux_out[2u * t.grp] = mean;
+        aux_out[2u * t.grp + 1u] = rstd;
     }
 
-    // Pass 3: normalise, scale, shift (and SiLU).
-//@for r in 0..R
-    if i{r} < items {
-        out[base + i{r}] = normalised_output(v{r}, channel_of(first_channel, i{r}), mean, rstd);
-    }
-//@end
-    for (var i = li + {64*R}u; i < items; i += WG) {
-        out[base + i] = normalised_output(x[base + i], channel_of(first_channel, i), mean, rstd);
+    // y = activation(x * scale + shift), channel by channel.
+    let items_per_channel = p.hw / W;
+    for (var cl = 0u; cl < p.cpg; cl++) {
+        let c = t.first_channel + cl;
+        let scale = channel_in[c] * rstd;
+        let shift = beta[c] - mean * scale;
+        let lo = cl * items_per_channel;
+        for (var i = first_item(lo, t.lane); i < lo + items_per_channel && t.live; i += TEAM) {
+            out[t.base + i] = activation(x[t.base + i] * scale + shift);
+        }
     }
 }
 
 @compute @workgroup_size(64)
-fn group_norm_backward(
-    @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) li: u32,
-//@if SUBGROUPS
-    @builtin(subgroup_invocation_id) sg_lane: u32,
-    @builtin(subgroup_size) sg_size: u32,
-//@end
-) {
-//@if !SUBGROUPS
-    let sg_lane = 0u;
-    let sg_size = 1u;
-//@end
-    let grp = wid.x + wid.y * nwg.x;
-    if grp >= p.n_groups_total {
-        return;
-    }
-    let items = p.group_len / W;
-    let base = grp * items;
-    let first_channel = (grp % p.groups) * p.cpg;
-    let image = grp / p.groups;
-    let mean = stats[2u * grp];
-    let rstd = stats[2u * grp + 1u];
-
-    // Registers: xhat and dz for the first 64 * R items (zero past the end).
-//@for r in 0..R
-    let i{r} = li + {r*64}u;
-    let c{r} = channel_of(first_channel, min(i{r}, items - 1u));
-    let xhat{r} = select(T(0.0), (x[base + min(i{r}, items - 1u)] - mean) * rstd, i{r} < items);
-    let dz{r} = select(T(0.0), grad_z(base + min(i{r}, items - 1u), c{r}, xhat{r}), i{r} < items);
-//@end
-
-    // Per channel: sums of dz * xhat and dz; the group sums weight them by gamma.
+fn group_norm_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let t = team(wid, nwg, li);
+    let image = t.grp / p.groups;
+    let mean = stats[2u * t.grp];
+    let rstd = stats[2u * t.grp + 1u];
     let items_per_channel = p.hw / W;
+
+    // Per channel: sums of dz * xhat and dz (the parameter gradients'
+    // per-image parts); the group sums weight them by gamma.
     var sum_g_dz_xhat = 0.0;
     var sum_g_dz = 0.0;
     for (var cl = 0u; cl < p.cpg; cl++) {
+        let c = t.first_channel + cl;
+        let gamma_c = channel_in[c];
+        let beta_c = beta[c];
         let lo = cl * items_per_channel;
-        let hi = lo + items_per_channel;
         var a = T(0.0);
         var b = T(0.0);
-//@for r in 0..R
-        let in{r} = i{r} >= lo && i{r} < hi;
-        a += select(T(0.0), dz{r} * xhat{r}, in{r});
-        b += select(T(0.0), dz{r}, in{r});
-//@end
-        let c = first_channel + cl;
-        // Items of this channel past the register block, strided by lane.
-        let start = max(lo, {64*R}u);
-        for (var i = start + (li + WG - start % WG) % WG; i < hi; i += WG) {
-            let xh = (x[base + i] - mean) * rstd;
-            let g = grad_z(base + i, c, xh);
+        for (var i = first_item(lo, t.lane); i < lo + items_per_channel; i += TEAM) {
+            let xh = (x[t.base + i] - mean) * rstd;
+            let g = grad_z(dy[t.base + i], xh, gamma_c, beta_c);
             a += g * xh;
             b += g;
         }
-        let sums = workgroup_sum(vec2<f32>(hsum(a), hsum(b)), li, sg_lane, sg_size);
-        if li == 0u {
+        let sums = team_sum(vec2<f32>(hsum(a), hsum(b)), li);
+        if t.live && t.lane == 0u {
             aux_out[image * 2u * p.channels + c] = sums.x;
             aux_out[image * 2u * p.channels + p.channels + c] = sums.y;
         }
-        sum_g_dz_xhat += channel_in[c] * sums.x;
-        sum_g_dz += channel_in[c] * sums.y;
+        sum_g_dz_xhat += gamma_c * sums.x;
+        sum_g_dz += gamma_c * sums.y;
     }
     let mean_g_dz_xhat = sum_g_dz_xhat / f32(p.group_len);
     let mean_g_dz = sum_g_dz / f32(p.group_len);
 
-//@for r in 0..R
-    if i{r} < items {
-        out[base + i{r}] = rstd * (channel_in[c{r}] * dz{r} - mean_g_dz - xhat{r} * mean_g_dz_xhat);
-    }
-//@end
-    for (var i = li + {64*R}u; i < items; i += WG) {
-        let c = channel_of(first_channel, i);
-        let xh = (x[base + i] - mean) * rstd;
-        out[base + i] = rstd * (channel_in[c] * grad_z(base + i, c, xh) - mean_g_dz - xh * mean_g_dz_xhat);
+    for (var cl = 0u; cl < p.cpg; cl++) {
+        let c = t.first_channel + cl;
+        let gamma_c = channel_in[c];
+        let beta_c = beta[c];
+        let lo = cl * items_per_channel;
+        for (var i = first_item(lo, t.lane); i < lo + items_per_channel && t.live; i += TEAM) {
+            let xh = (x[t.base + i] - mean) * rstd;
+            let g = grad_z(dy[t.base + i], xh, gamma_c, beta_c);
+            out[t.base + i] = rstd * (gamma_c * g - mean_g_dz - xh * mean_g_dz_xhat);
+        }
     }
 }
 

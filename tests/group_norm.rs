@@ -1,7 +1,7 @@
 //! group_norm (and the fused group_norm_silu): the CPU backward against
 //! finite differences, then every GPU forward and backward against the CPU
-//! twin on every kernel path, at odd and aligned shapes, groups that fit in
-//! registers and groups that do not.
+//! twin on every kernel path, at odd and aligned shapes, small and large
+//! groups, and batches that leave part of the last workgroup idle.
 
 mod common;
 mod gradcheck;
@@ -89,7 +89,7 @@ fn odd_maps_and_few_groups() {
 }
 
 #[test]
-fn aligned_maps_in_registers() {
+fn aligned_maps() {
     for fuse_silu in [false, true] {
         check([2, 8, 4, 4], 4, fuse_silu, 0.0);
         check([3, 64, 8, 8], 32, fuse_silu, 0.0);
@@ -97,7 +97,7 @@ fn aligned_maps_in_registers() {
 }
 
 #[test]
-fn groups_larger_than_the_register_block() {
+fn large_groups() {
     for fuse_silu in [false, true] {
         // 8192-element groups (vec4 items) and 900-element groups (float items).
         check([1, 8, 32, 32], 1, fuse_silu, 0.0);

@@ -129,7 +129,7 @@ fn timestep_embedding_known_values() {
 #[test]
 fn upsample_forward_and_backward() {
     let mut r = rng();
-    for shape in [[1, 1, 1, 1], [2, 3, 5, 7], [3, 2, 4, 4], [1, 6, 3, 2]] {
+    for shape in [[1, 1, 1, 1], [2, 3, 5, 7], [3, 2, 4, 4], [1, 6, 3, 2], [2, 3, 6, 8], [1, 2, 1, 12]] {
         let [n, c, h, w] = shape;
         let x = uniform(&mut r, n * c * h * w);
         let dy = uniform(&mut r, 4 * x.len());

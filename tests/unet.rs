@@ -134,8 +134,8 @@ fn resblock_and_attention_gradients_match_finite_differences() {
     ];
     check_gradients(&gpu, "resblock", &params, 8, 1e-2, (3e-3, 5e-2), |t, v| {
         use ddpm_wgpu::ops::conv2d::Conv2dGeometry;
-        let g3 = Conv2dGeometry::square(2, 4, 5, 7, 6, 3, 1, 1);
-        let g1 = Conv2dGeometry::square(2, 4, 5, 7, 6, 1, 1, 0);
+        let g3 = Conv2dGeometry { n: 2, c_in: 4, h: 5, w: 7, c_out: 6, kh: 3, kw: 3, stride: 1, pad: [1; 4] };
+        let g1 = Conv2dGeometry { kh: 1, kw: 1, pad: [0; 4], ..g3 };
         let h = t.group_norm(&v[0], &v[1], &v[2], 2, 1e-5, true)?;
         let h = t.conv2d(&h, &v[3], &v[4], g3)?;
         let h = t.add_per_sample(&h, &v[5])?;

@@ -46,8 +46,8 @@ fn softmax_launch(gpu: &Gpu, entry: &'static str, bindings: &'static [Access], t
     let s = tensors[0].shape();
     let cols = s[s.len() - 1];
     let rows = tensors[0].len() / cols;
-    let kernel =
-        Kernel::new(Shader::Attention, entry, bindings).with_defines(defines(cols % 4 == 0, gpu.info().subgroups));
+    let kernel = Kernel::new(Shader::Attention, entry, bindings)
+        .with_defines(defines(cols.is_multiple_of(4), gpu.info().subgroups));
     let params = Params { rows: rows as u32, cols: cols as u32, _pad0: 0, _pad1: 0 };
     gpu.launch(&kernel, &params, tensors, Gpu::grid_1d(rows.div_ceil(ROWS_PER_WORKGROUP) as u32))
 }

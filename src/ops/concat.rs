@@ -29,8 +29,8 @@ pub fn variants() -> Vec<Vec<(&'static str, i64)>> {
 }
 
 fn launch(gpu: &Gpu, entry: &'static str, bindings: &'static [Access], params: Params, t: &[&Tensor]) -> Result<()> {
-    let kernel =
-        Kernel::new(Shader::Concat, entry, bindings).with_defines(vec![("VEC4", (params.plane % 4 == 0) as i64)]);
+    let kernel = Kernel::new(Shader::Concat, entry, bindings)
+        .with_defines(vec![("VEC4", params.plane.is_multiple_of(4) as i64)]);
     gpu.launch(&kernel, &params, t, Gpu::grid_1d(t[0].len().div_ceil(4 * 64) as u32))
 }
 

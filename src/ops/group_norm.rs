@@ -40,11 +40,9 @@ struct Params {
     eps: f32,
 }
 
-/// Items (vec4 or floats) per lane kept in registers between the passes:
-/// 64 lanes x 8 vec4 cover a 2048-element group (64 channels / 32 groups at
-/// 32x32) without re-reading memory.
-const REGISTER_ITEMS: i64 = 8;
 const WORKGROUP: u32 = 64;
+/// Groups per workgroup: one team of 8 lanes each.
+const GROUPS_PER_WORKGROUP: u32 = 8;
 
 const FORWARD_BINDINGS: &[Access] = &[Access::ReadWrite, Access::ReadWrite, Access::Read, Access::Read, Access::Read];
 const BACKWARD_BINDINGS: &[Access] =
@@ -52,7 +50,7 @@ const BACKWARD_BINDINGS: &[Access] =
 const PARAM_GRAD_BINDINGS: &[Access] = &[Access::ReadWrite, Access::ReadWrite, Access::Read];
 
 fn defines(vec4: bool, subgroups: bool, silu: bool) -> Vec<(&'static str, i64)> {
-    vec![("VEC4", vec4 as i64), ("R", REGISTER_ITEMS), ("SUBGROUPS", subgroups as i64), ("SILU", silu as i64)]
+    vec![("VEC4", vec4 as i64), ("SUBGROUPS", subgroups as i64), ("SILU", silu as i64)]
 }
 
 /// Every define set the launchers use, for the cross-backend shader check.
@@ -116,7 +114,7 @@ impl GroupNorm {
     }
 
     fn kernel(&self, gpu: &Gpu, entry: &'static str, bindings: &'static [Access], g: &Geometry) -> Kernel {
-        let vec4 = g.hw % 4 == 0;
+        let vec4 = g.hw.is_multiple_of(4);
         Kernel::new(Shader::GroupNorm, entry, bindings).with_defines(defines(
             vec4,
             gpu.info().subgroups,
@@ -132,7 +130,12 @@ impl GroupNorm {
         let y = gpu.uninit(x.shape())?;
         let stats = gpu.uninit(&[g.batch * self.groups, 2])?;
         let kernel = self.kernel(gpu, "group_norm_forward", FORWARD_BINDINGS, &g);
-        gpu.launch(&kernel, &params, &[&y, &stats, gamma, beta, x], Gpu::grid_1d(params.n_groups_total))?;
+        gpu.launch(
+            &kernel,
+            &params,
+            &[&y, &stats, gamma, beta, x],
+            Gpu::grid_1d(params.n_groups_total.div_ceil(GROUPS_PER_WORKGROUP)),
+        )?;
         Ok((y, stats))
     }
 
@@ -164,7 +167,7 @@ impl GroupNorm {
             &kernel,
             &params,
             &[&dx, &partials, gamma, beta, x, dy, stats],
-            Gpu::grid_1d(params.n_groups_total),
+            Gpu::grid_1d(params.n_groups_total.div_ceil(GROUPS_PER_WORKGROUP)),
         )?;
         let dgamma = gpu.uninit(&[g.channels])?;
         let dbeta = gpu.uninit(&[g.channels])?;

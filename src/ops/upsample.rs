@@ -18,9 +18,15 @@ struct Params {
 
 const BINDINGS: &[Access] = &[Access::ReadWrite, Access::Read];
 
+/// Every define set the launchers use, for the cross-backend shader check.
+pub fn variants() -> Vec<Vec<(&'static str, i64)>> {
+    vec![vec![("VEC4", 0)], vec![("VEC4", 1)]]
+}
+
 fn launch(gpu: &Gpu, entry: &'static str, dst: &Tensor, src: &Tensor, h: usize, w: usize) -> Result<()> {
     let params = Params { h: h as u32, w: w as u32, len: dst.len() as u32, _pad: 0 };
-    let kernel = Kernel::new(Shader::Upsample, entry, BINDINGS);
+    let kernel =
+        Kernel::new(Shader::Upsample, entry, BINDINGS).with_defines(vec![("VEC4", w.is_multiple_of(4) as i64)]);
     gpu.launch(&kernel, &params, &[dst, src], Gpu::grid_1d(dst.len().div_ceil(4 * 64) as u32))
 }
 
@@ -37,7 +43,7 @@ pub fn upsample_nearest2x(gpu: &Gpu, x: &Tensor) -> Result<Tensor> {
 pub fn upsample_nearest2x_backward(gpu: &Gpu, dy: &Tensor) -> Result<Tensor> {
     let s = dy.shape();
     ensure!(
-        s.len() == 4 && s[2] % 2 == 0 && s[3] % 2 == 0,
+        s.len() == 4 && s[2].is_multiple_of(2) && s[3].is_multiple_of(2),
         "upsample_nearest2x backward: dy {s:?} must be (N, C, 2H, 2W)"
     );
     let (h, w) = (s[2] / 2, s[3] / 2);
