@@ -8,8 +8,10 @@
 
 use anyhow::Result;
 use ddpm_wgpu::ceiling;
+use ddpm_wgpu::ops::conv2d::{self, Conv2dGeometry};
 use ddpm_wgpu::ops::ddpm::{self, DdpmTables, NoiseKey};
-use ddpm_wgpu::ops::{elementwise as ew, matmul, optimizer, reduce};
+use ddpm_wgpu::ops::group_norm::GroupNorm;
+use ddpm_wgpu::ops::{attention, elementwise as ew, matmul, optimizer, reduce};
 use ddpm_wgpu::schedule::{Schedule, SchedulerConfig};
 use ddpm_wgpu::train::{TrainOptions, Trainer};
 use ddpm_wgpu::unet::{ParamStore, UNet, UNetConfig};
@@ -171,6 +173,9 @@ fn main() -> Result<()> {
     };
 
     bench_matmul(&mut b)?;
+    bench_conv2d(&mut b)?;
+    bench_group_norm(&mut b)?;
+    bench_attention(&mut b)?;
     bench_elementwise(&mut b)?;
     bench_ddpm(&mut b)?;
     bench_optimizer(&mut b)?;
@@ -350,5 +355,91 @@ fn bench_unet(b: &mut Bench) -> Result<()> {
             })?;
         }
     }
+    Ok(())
+}
+
+fn bench_conv2d(b: &mut Bench) -> Result<()> {
+    let square = |n, c_in, size, c_out, k, stride, pad| Conv2dGeometry {
+        n,
+        c_in,
+        h: size,
+        w: size,
+        c_out,
+        kh: k,
+        kw: k,
+        stride,
+        pad,
+    };
+    // The shapes of ../shared/perf/targets.md, then the UNet's stride-2 and 1x1 convs.
+    let cases = [
+        ("[32,64,16,16]->64", square(32, 64, 16, 64, 3, 1, [1; 4])),
+        ("[32,32,32,32]->32", square(32, 32, 32, 32, 3, 1, [1; 4])),
+        ("stride 2 [32,64,32,32]->64", square(32, 64, 32, 64, 3, 2, [1; 4])),
+        ("stride 2 SAME [32,64,16,16]->64", square(32, 64, 16, 64, 3, 2, [0, 1, 0, 1])),
+        ("1x1 [32,128,16,16]->64", square(32, 128, 16, 64, 1, 1, [0; 4])),
+    ];
+    for (label, g) in cases {
+        let x = b.random(&g.x_shape())?;
+        let w = b.random(&g.w_shape())?;
+        let bias = b.random(&[g.c_out])?;
+        let dy = b.random(&g.y_shape())?;
+        if b.wanted("conv2d_forward") {
+            b.run("conv2d_forward", label, Work::Flops(g.flops()), |gpu| {
+                conv2d::conv2d_forward(gpu, &g, &x, &w, Some(&bias)).map(drop)
+            })?;
+        }
+        if b.wanted("conv2d_grad_input") {
+            b.run("conv2d_grad_input", label, Work::Flops(g.flops()), |gpu| {
+                conv2d::conv2d_grad_input(gpu, &g, &dy, &w).map(drop)
+            })?;
+        }
+        if b.wanted("conv2d_grad_weight") {
+            b.run("conv2d_grad_weight", label, Work::Flops(g.flops()), |gpu| {
+                conv2d::conv2d_grad_weight(gpu, &g, &dy, &x).map(drop)
+            })?;
+        }
+    }
+    Ok(())
+}
+
+fn bench_group_norm(b: &mut Bench) -> Result<()> {
+    if !b.wanted("group_norm") {
+        return Ok(());
+    }
+    let shape = [32, 64, 32, 32];
+    let n: usize = shape.iter().product();
+    let x = b.random(&shape)?;
+    let dy = b.random(&shape)?;
+    let gamma = b.random(&[64])?;
+    let beta = b.random(&[64])?;
+    for (kernel, norm) in [
+        ("group_norm_forward_backward", GroupNorm::new(32, 1e-5)),
+        ("group_norm_silu_forward_backward", GroupNorm { fuse_silu: true, ..GroupNorm::new(32, 1e-5) }),
+    ] {
+        // Bytes that must move, counted once: x, y forward; x, dy, dx backward.
+        b.run(kernel, "[32,64,32,32], 32 groups", Work::Bytes((n * 4 * 5) as f64), |gpu| {
+            let (_, stats) = norm.forward(gpu, &x, &gamma, &beta)?;
+            norm.backward(gpu, &dy, &x, &gamma, &beta, &stats).map(drop)
+        })?;
+    }
+    Ok(())
+}
+
+fn bench_attention(b: &mut Bench) -> Result<()> {
+    if !b.wanted("attention") {
+        return Ok(());
+    }
+    // Batch 32, 16x16 = 256 tokens, 64 channels, 1 head.
+    let (bh, t, d) = (32, 256, 64);
+    let q = b.random(&[bh, t, d])?;
+    let k = b.random(&[bh, t, d])?;
+    let v = b.random(&[bh, t, d])?;
+    let d_out = b.random(&[bh, t, d])?;
+    let scale = 1.0 / (d as f32).sqrt();
+    let flops = attention::flops_forward_backward(bh, t, d);
+    b.run("attention_forward_backward", "batch 32, 256 tokens, 64 ch, 1 head", Work::Flops(flops), |gpu| {
+        let (_, probs) = attention::attention_forward(gpu, &q, &k, &v, scale)?;
+        attention::attention_backward(gpu, &d_out, &q, &k, &v, &probs, scale).map(drop)
+    })?;
     Ok(())
 }

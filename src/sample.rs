@@ -80,8 +80,8 @@ pub struct SampleRequest {
     pub keep_every: Option<usize>,
 }
 
-/// Draw samples; returns them as (count, C, R, R) values in [-1, 1]
-/// (clipped), and the kept intermediate x_t of sample 0.
+/// Draw samples from `unet`; returns them as (count, C, R, R) values in
+/// [-1, 1] (clipped), and the kept intermediate x_t of sample 0.
 pub fn sample(
     gpu: &Gpu,
     unet: &UNet,
@@ -90,9 +90,25 @@ pub fn sample(
     request: &SampleRequest,
     progress: Progress,
 ) -> Result<(Vec<f32>, Vec<Vec<f32>>)> {
+    let channels = unet.config().in_channels;
+    let mut model = |x: &Tensor, t: &Tensor, _index: usize| predict_noise(gpu, unet, weights, x, t);
+    sample_with(gpu, &mut model, channels, scheduler, request, progress)
+}
+
+/// Predicts the noise in x_t at timestep index tensor t (scalar index given too).
+pub type NoisePredictor<'a> = dyn FnMut(&Tensor, &Tensor, usize) -> Result<Tensor> + 'a;
+
+/// The sampling loop for any noise predictor (the UNet, or an exact one in tests).
+pub fn sample_with(
+    gpu: &Gpu,
+    model: &mut NoisePredictor,
+    channels: usize,
+    scheduler: &SchedulerConfig,
+    request: &SampleRequest,
+    progress: Progress,
+) -> Result<(Vec<f32>, Vec<Vec<f32>>)> {
     let SampleRequest { count, resolution, sampler, seed, keep_every } = *request;
-    let c = unet.config();
-    let shape = [count, c.in_channels, resolution, resolution];
+    let shape = [count, channels, resolution, resolution];
     let schedule = Schedule::new(scheduler.clone())?;
     let (indices, stride) = match sampler {
         Sampler::Ddpm => ((0..schedule.len()).rev().collect::<Vec<_>>(), 1),
@@ -103,7 +119,7 @@ pub fn sample(
         Sampler::Ddim { eta, .. } => Some(DdimTables::new(gpu, &schedule, stride, eta)?),
         Sampler::Ddpm => None,
     };
-    // Every step's timestep tensor, uploaded once: row i of (steps, row) holds index i.
+    // Every step's timestep vector, uploaded once: row k of (steps, row) holds index k's.
     let row = count.div_ceil(VIEW_ALIGN_ELEMS) * VIEW_ALIGN_ELEMS;
     let mut all_t = vec![0.0f32; indices.len() * row];
     for (k, &i) in indices.iter().enumerate() {
@@ -113,9 +129,10 @@ pub fn sample(
 
     let mut x = ddpm::randn(gpu, &shape, NoiseKey { seed, step: INITIAL_NOISE_STEP })?;
     let mut kept = Vec::new();
+    let sample_len = channels * resolution * resolution;
     for (k, &i) in indices.iter().enumerate() {
         let t = all_t.view(k * row, &[count])?;
-        let eps = predict_noise(gpu, unet, weights, &x, &t)?;
+        let eps = model(&x, &t, i)?;
         let key = NoiseKey { seed, step: i as u32 };
         x = match &ddim_tables {
             Some(tables) => ddpm::ddim_step(gpu, tables, &x, &eps, &t, key)?,
@@ -123,8 +140,7 @@ pub fn sample(
         };
         gpu.submit();
         if keep_every.is_some_and(|every| k % every == 0 || k + 1 == indices.len()) {
-            let sample0 = gpu.read(&x)?;
-            kept.push(sample0[..c.in_channels * resolution * resolution].to_vec());
+            kept.push(gpu.read(&x)?[..sample_len].to_vec());
         }
         progress(k + 1, indices.len());
     }

@@ -40,3 +40,33 @@ fn samples_do_not_depend_on_batch_size_and_seeds_reproduce() {
         assert!(few.iter().all(|v| (-1.0..=1.0).contains(v)));
     }
 }
+
+/// With the exact noise predictor for data that is a single image x*,
+/// eps(x_t) = (x_t - sqrt(abar_t) x*) / sqrt(1 - abar_t), both samplers must
+/// end at x*: this checks the whole sampling chain (tables, indexing, the
+/// last step) independently of any trained model.
+#[test]
+fn samplers_recover_the_data_point_with_the_exact_noise_predictor() {
+    use ddpm_wgpu::ops::elementwise as ew;
+    use ddpm_wgpu::sample::sample_with;
+    use ddpm_wgpu::schedule::Schedule;
+    let (_turn, gpu) = common::gpu();
+    let mut r = common::rng();
+    let (count, res) = (3, 8);
+    let star: Vec<f32> = common::uniform(&mut r, res * res).iter().map(|v| v * 0.9).collect();
+    let star_batch: Vec<f32> = (0..count).flat_map(|_| star.clone()).collect();
+    let star_t = gpu.upload(&[count, 1, res, res], &star_batch).unwrap();
+    for scheduler in [SchedulerConfig::default(), SchedulerConfig { clip_sample: false, ..SchedulerConfig::default() }]
+    {
+        let schedule = Schedule::new(scheduler.clone()).unwrap();
+        for sampler in [Sampler::Ddpm, Sampler::Ddim { steps: 50, eta: 0.0 }, Sampler::Ddim { steps: 20, eta: 1.0 }] {
+            let mut exact = |x: &ddpm_wgpu::Tensor, _t: &ddpm_wgpu::Tensor, i: usize| {
+                let centred = ew::axpy(&gpu, x, -schedule.sqrt_alphas_cumprod[i] as f32, &star_t)?;
+                ew::scale(&gpu, &centred, 1.0 / schedule.sqrt_one_minus_alphas_cumprod[i] as f32)
+            };
+            let request = SampleRequest { count, resolution: res, sampler, seed: 4, keep_every: None };
+            let (out, _) = sample_with(&gpu, &mut exact, 1, &scheduler, &request, &mut |_, _| {}).unwrap();
+            assert_close(&format!("{sampler:?} clip={}", scheduler.clip_sample), &out, &star_batch, 2e-3, 1e-3);
+        }
+    }
+}
