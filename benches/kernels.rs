@@ -113,7 +113,7 @@ impl Bench<'_> {
 }
 
 fn ceilings(gpu: &Gpu) -> Result<(f64, f64)> {
-    let fma_out = gpu.uninit(&[4 * 64 * 1024])?;
+    let fma_out = gpu.uninit(&[4 * 128 * 1024])?;
     let iterations = 2048;
     let mut flops = 0.0;
     let fma_ms = best_of(gpu, 5, || {

@@ -21,7 +21,7 @@ struct Params {
 @group(1) @binding(0) var<storage, read_write> out: array<vec4<f32>>;
 @group(1) @binding(1) var<storage, read> x: array<vec4<f32>>;
 
-const WG: u32 = 64u;
+const WG: u32 = 256u;
 
 @compute @workgroup_size(WG)
 fn peak_fma(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -30,7 +30,8 @@ fn peak_fma(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
     let m = vec4<f32>(0.999999);
     var a0 = v; var a1 = v + 1.0; var a2 = v + 2.0; var a3 = v + 3.0;
     var a4 = v + 4.0; var a5 = v + 5.0; var a6 = v + 6.0; var a7 = v + 7.0;
-    for (var k = 0u; k < p.iterations; k++) {
+    let iterations = p.iterations;
+    for (var k = 0u; k < iterations; k++) {
         a0 = fma(a0, m, v); a1 = fma(a1, m, v); a2 = fma(a2, m, v); a3 = fma(a3, m, v);
         a4 = fma(a4, m, v); a5 = fma(a5, m, v); a6 = fma(a6, m, v); a7 = fma(a7, m, v);
     }

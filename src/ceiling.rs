@@ -17,7 +17,7 @@ struct Params {
     _pad: u32,
 }
 
-const WORKGROUP: usize = 64;
+const WORKGROUP: usize = 256;
 /// vec4 FMAs per invocation per iteration of `peak_fma`.
 const CHAINS: usize = 8;
 

@@ -52,16 +52,16 @@ struct TrainArgs {
     /// 1 = grey, 3 = RGB (default: 1 for MNIST, 3 for --data).
     #[arg(long)]
     channels: Option<usize>,
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 16)]
     batch_size: usize,
-    #[arg(long, default_value_t = 3000)]
+    #[arg(long, default_value_t = 900)]
     steps: u64,
-    #[arg(long, default_value_t = 1e-3)]
+    #[arg(long, default_value_t = 2e-3)]
     lr: f32,
     /// Steps of linear learning-rate warm-up.
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = 100)]
     warmup: u64,
-    #[arg(long, default_value_t = 0.995)]
+    #[arg(long, default_value_t = 0.99)]
     ema_decay: f32,
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -81,13 +81,13 @@ struct TrainArgs {
     #[arg(long)]
     resume: Option<PathBuf>,
     /// Write a sample grid from the EMA weights every this many steps (0: only at the end).
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, default_value_t = 300)]
     sample_every: u64,
     /// Write a checkpoint every this many steps (and at the end, and on Ctrl-C).
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, default_value_t = 300)]
     checkpoint_every: u64,
     /// Samples in each grid.
-    #[arg(long, default_value_t = 36)]
+    #[arg(long, default_value_t = 25)]
     grid_samples: usize,
     /// DDIM steps used for the grids written during training.
     #[arg(long, default_value_t = 50)]
