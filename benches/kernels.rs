@@ -339,6 +339,7 @@ fn bench_unet(b: &mut Bench) -> Result<()> {
             let label = format!("{name} ({params:.2}M params) batch {batch}");
             b.run("train_step", &label, Work::Flops(flops), |_| trainer.train_step(&data))?;
             trainer.read_logs()?;
+            println!("    memory: {}", trainer.memory());
         }
         if b.wanted("sample_step") {
             let batch = 16;

@@ -342,6 +342,9 @@ fn train(options: &GpuOptions, args: TrainArgs) -> Result<()> {
             bar.set_message(message);
         }
         bar.set_position(step);
+        if step == start_step + 1 {
+            bar.suspend(|| eprintln!("GPU memory after one step: {}", trainer.memory()));
+        }
         if args.sample_every > 0 && step % args.sample_every == 0 && !last {
             grid(&trainer, &format!("step_{step:06}.png"))?;
             ddpm_wgpu::plot::loss_curve(&out.join("loss.png"), &curve)?;

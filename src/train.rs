@@ -123,6 +123,42 @@ pub struct Trainer<'g> {
     pending: Vec<u64>,
 }
 
+/// GPU memory of a training run, in bytes.
+#[derive(Clone, Copy, Debug)]
+pub struct MemoryReport {
+    pub parameters: u64,
+    pub gradients: u64,
+    /// Adam's two moments.
+    pub optimizer_state: u64,
+    pub ema: u64,
+    /// Most bytes held at once by the pool (all of the above, activations and temporaries).
+    pub peak: u64,
+}
+
+impl MemoryReport {
+    /// What the peak held beyond the persistent buffers: activations saved for
+    /// backward, gradients in flight and temporaries.
+    pub fn activations(&self) -> u64 {
+        self.peak.saturating_sub(self.parameters + self.gradients + self.optimizer_state + self.ema)
+    }
+}
+
+impl std::fmt::Display for MemoryReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mib = |b: u64| b as f64 / (1 << 20) as f64;
+        write!(
+            f,
+            "parameters {:.1} MiB, gradients {:.1} MiB, Adam state {:.1} MiB, EMA {:.1} MiB, activations and temporaries {:.1} MiB; peak {:.1} MiB",
+            mib(self.parameters),
+            mib(self.gradients),
+            mib(self.optimizer_state),
+            mib(self.ema),
+            mib(self.activations()),
+            mib(self.peak)
+        )
+    }
+}
+
 /// One step's figures, read back from the GPU.
 #[derive(Clone, Copy, Debug)]
 pub struct StepLog {
@@ -258,6 +294,18 @@ impl<'g> Trainer<'g> {
         gpu.submit();
         self.step += 1;
         Ok(())
+    }
+
+    /// Memory held so far (the peak includes every step run).
+    pub fn memory(&self) -> MemoryReport {
+        let flat = (self.unet.table.flat_len * 4) as u64;
+        MemoryReport {
+            parameters: flat,
+            gradients: flat,
+            optimizer_state: 2 * flat,
+            ema: flat,
+            peak: self.gpu.pool_stats().peak_live_bytes,
+        }
     }
 
     /// True when the loss logs are full and must be read before the next step.

@@ -150,5 +150,16 @@ fn bad_input_gets_a_clear_error() {
         .unwrap();
     fails_with(&["sample", "--checkpoint", ckpt.to_str().unwrap(), "--num", "1"], "truncated or corrupt");
     fails_with(&["train", "--resume", &format!("{d}/nothing")], "no resumable checkpoint");
+    // A learning rate that blows the weights up: training stops at the step the
+    // loss stopped being finite, and the last checkpoint (step 5) survives.
+    let config = config();
+    let blown = format!("{d}/blown");
+    let args = [
+        "train", "--config", &config, "--out", &blown, "--steps", "40", "--batch-size", "4", "--limit", "32",
+        "--lr", "1e30", "--warmup", "0", "--grad-clip", "0", "--checkpoint-every", "5", "--sample-every", "0",
+    ];
+    fails_with(&args, "the loss became");
+    let state = std::fs::read_to_string(format!("{blown}/checkpoint/training/state.json")).unwrap();
+    assert!(state.contains("\"step\": 5"), "{state}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
