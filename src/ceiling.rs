@@ -24,7 +24,7 @@ const CHAINS: usize = 8;
 /// Record the peak-FMA kernel over `out` (one vec4 per invocation); returns
 /// the FLOPs it performs.
 pub fn peak_fma(gpu: &Gpu, out: &Tensor, iterations: u32) -> Result<f64> {
-    ensure!(out.len() % (4 * WORKGROUP) == 0, "peak_fma: output length must be a multiple of {}", 4 * WORKGROUP);
+    ensure!(out.len().is_multiple_of(4 * WORKGROUP), "peak_fma: output length must be a multiple of {}", 4 * WORKGROUP);
     let invocations = out.len() / 4;
     let params = Params { iterations, vec4_len: 0, seed: 0.5, _pad: 0 };
     let kernel = Kernel::new(Shader::Ceiling, "peak_fma", &[Access::ReadWrite]);
@@ -34,7 +34,10 @@ pub fn peak_fma(gpu: &Gpu, out: &Tensor, iterations: u32) -> Result<f64> {
 
 /// Record `out = x` with the copy kernel; returns the bytes moved (read + written).
 pub fn copy(gpu: &Gpu, out: &Tensor, x: &Tensor) -> Result<f64> {
-    ensure!(out.len() == x.len() && x.len() % 16 == 0, "copy: equal lengths that are multiples of 16 required");
+    ensure!(
+        out.len() == x.len() && x.len().is_multiple_of(16),
+        "copy: equal lengths that are multiples of 16 required"
+    );
     let vec4_len = x.len() / 4;
     let params = Params { iterations: 0, vec4_len: vec4_len as u32, seed: 0.0, _pad: 0 };
     let kernel = Kernel::new(Shader::Ceiling, "copy", &[Access::ReadWrite, Access::Read]);

@@ -154,10 +154,10 @@ fn bad_input_gets_a_clear_error() {
     // loss stopped being finite, and the last checkpoint (step 5) survives.
     let config = config();
     let blown = format!("{d}/blown");
-    let args = [
-        "train", "--config", &config, "--out", &blown, "--steps", "40", "--batch-size", "4", "--limit", "32",
-        "--lr", "1e30", "--warmup", "0", "--grad-clip", "0", "--checkpoint-every", "5", "--sample-every", "0",
-    ];
+    let flags =
+        "--steps 40 --batch-size 4 --limit 32 --lr 1e30 --warmup 0 --grad-clip 0 --checkpoint-every 5 --sample-every 0";
+    let args: Vec<&str> =
+        ["train", "--config", &config, "--out", &blown].into_iter().chain(flags.split_whitespace()).collect();
     fails_with(&args, "the loss became");
     let state = std::fs::read_to_string(format!("{blown}/checkpoint/training/state.json")).unwrap();
     assert!(state.contains("\"step\": 5"), "{state}");

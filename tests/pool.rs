@@ -9,7 +9,7 @@ use ddpm_wgpu::ops::{elementwise as ew, matmul, reduce};
 fn steady_state_loop_allocates_nothing_after_first_pass() {
     let (_turn, gpu) = common::gpu();
     let w = gpu.upload(&[32, 48], &vec![0.01; 32 * 48]).unwrap();
-    let bias = gpu.upload(&[48], &vec![0.1; 48]).unwrap();
+    let bias = gpu.upload(&[48], &[0.1; 48]).unwrap();
     let mut allocations = Vec::new();
     let mut losses = Vec::new();
     for step in 0..10 {

@@ -73,7 +73,10 @@ impl Tensor {
     /// the view land in this tensor.
     pub fn view(&self, start: usize, shape: &[usize]) -> Result<Tensor> {
         let len: usize = shape.iter().product();
-        anyhow::ensure!(start % VIEW_ALIGN_ELEMS == 0, "view: start {start} is not a multiple of {VIEW_ALIGN_ELEMS}");
+        anyhow::ensure!(
+            start.is_multiple_of(VIEW_ALIGN_ELEMS),
+            "view: start {start} is not a multiple of {VIEW_ALIGN_ELEMS}"
+        );
         anyhow::ensure!(
             start + len <= self.len(),
             "view: {start}..{} is outside a tensor of {}",

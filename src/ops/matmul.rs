@@ -177,7 +177,7 @@ pub fn gemm(gpu: &Gpu, g: &Gemm, c: &Tensor, a: &Tensor, b: &Tensor, bias: Optio
         _pad: 0,
     };
     // vec4 loads need every row and batch start on a 16-byte boundary.
-    let vec4 = g.k % 4 == 0 && g.n % 4 == 0 && (!g.trans_a || g.m % 4 == 0);
+    let vec4 = g.k.is_multiple_of(4) && g.n.is_multiple_of(4) && (!g.trans_a || g.m.is_multiple_of(4));
     let info = gpu.info();
     let kernel = Kernel::new(Shader::Matmul, "matmul", if bias.is_some() { BINDINGS_BIAS } else { BINDINGS })
         .with_defines(defines(g, info.subgroups, info.subgroup_is_8, vec4, bias.is_some()));

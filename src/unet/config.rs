@@ -173,7 +173,7 @@ impl UNetConfig {
             );
         }
         ensure!(
-            self.time_embed_dim() > 0 && self.block_out_channels[0] % 2 == 0,
+            self.time_embed_dim() > 0 && self.block_out_channels[0].is_multiple_of(2),
             "the sinusoidal embedding needs an even block_out_channels[0]"
         );
         Ok(())

@@ -66,7 +66,10 @@ impl UNet {
         let s = x.shape();
         ensure!(s.len() == 4 && s[1] == c.in_channels, "UNet input {s:?}: expected (N, {}, H, W)", c.in_channels);
         let factor = 1 << (c.block_out_channels.len() - 1);
-        ensure!(s[2] % factor == 0 && s[3] % factor == 0, "UNet input {s:?}: H and W must be multiples of {factor}");
+        ensure!(
+            s[2].is_multiple_of(factor) && s[3].is_multiple_of(factor),
+            "UNet input {s:?}: H and W must be multiples of {factor}"
+        );
         ensure!(timesteps.shape() == [s[0]], "UNet timesteps {:?} for a batch of {}", timesteps.shape(), s[0]);
         ensure!(!c.center_input_sample, "center_input_sample is not supported");
 
