@@ -221,18 +221,8 @@ pub fn p_sample(
     t: &Tensor,
     key: NoiseKey,
 ) -> Result<Tensor> {
-    let (batch, dim) = check_step_inputs("p_sample", tables.steps, xt, t, Some(eps_theta))?;
-    let out = gpu.uninit(xt.shape())?;
-    let p = Params {
-        batch,
-        dim,
-        steps: tables.steps as u32,
-        clip: tables.clip_sample as u32,
-        clip_range: tables.clip_sample_range,
-        ..key.params()
-    };
-    launch_per_quad(gpu, "p_sample", STEP, p, &[&out, eps_theta, xt, t, &tables.table])?;
-    Ok(out)
+    let clip = (tables.clip_sample, tables.clip_sample_range);
+    reverse_step(gpu, "p_sample", &tables.table, tables.steps, clip, [xt, eps_theta, t], key)
 }
 
 /// One DDIM step (diffusers `DDIMScheduler.step`) from index `t` to
@@ -245,17 +235,24 @@ pub fn ddim_step(
     t: &Tensor,
     key: NoiseKey,
 ) -> Result<Tensor> {
-    let (batch, dim) = check_step_inputs("ddim_step", tables.steps, xt, t, Some(eps_theta))?;
+    let clip = (tables.clip_sample, tables.clip_sample_range);
+    reverse_step(gpu, "ddim_step", &tables.table, tables.steps, clip, [xt, eps_theta, t], key)
+}
+
+/// Launch a sampler step `entry` on (x_t, eps_theta, t) with its schedule table.
+fn reverse_step(
+    gpu: &Gpu,
+    entry: &'static str,
+    table: &Tensor,
+    steps: usize,
+    (clip, clip_range): (bool, f32),
+    [xt, eps_theta, t]: [&Tensor; 3],
+    key: NoiseKey,
+) -> Result<Tensor> {
+    let (batch, dim) = check_step_inputs(entry, steps, xt, t, Some(eps_theta))?;
     let out = gpu.uninit(xt.shape())?;
-    let p = Params {
-        batch,
-        dim,
-        steps: tables.steps as u32,
-        clip: tables.clip_sample as u32,
-        clip_range: tables.clip_sample_range,
-        ..key.params()
-    };
-    launch_per_quad(gpu, "ddim_step", STEP, p, &[&out, eps_theta, xt, t, &tables.table])?;
+    let p = Params { batch, dim, steps: steps as u32, clip: clip as u32, clip_range, ..key.params() };
+    launch_per_quad(gpu, entry, STEP, p, &[&out, eps_theta, xt, t, table])?;
     Ok(out)
 }
 
