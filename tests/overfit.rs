@@ -1,7 +1,8 @@
 //! A tiny UNet learns: on 16 fixed 16x16 images with fixed noise and
 //! timesteps, the L_simple loss falls at least 10x within a few hundred
 //! Adam steps. Exercises forward, backward, gradient collection into the
-//! flat buffer, clipping, Adam and the buffer pool together.
+//! flat buffer, clipping, Adam and the buffer pool (no allocation after the
+//! first steps) together.
 
 mod common;
 
@@ -46,6 +47,7 @@ fn tiny_unet_overfits_fixed_batch() {
 
     let adam = Adam { max_grad_norm: 1.0, ..Adam::default() };
     let mut losses = Vec::new();
+    let mut allocations_after_first_step = 0;
     for step in 1..=300u64 {
         let mut tape = Tape::new(&gpu);
         let p = ParamVars::new(&mut tape, &store, true).unwrap();
@@ -63,7 +65,15 @@ fn tiny_unet_overfits_fixed_batch() {
         if step == 1 || step % 50 == 0 {
             losses.push(gpu.read(&loss.value).unwrap()[0]);
         }
+        if step == 2 {
+            allocations_after_first_step = gpu.pool_stats().allocations;
+        }
     }
+    assert_eq!(
+        gpu.pool_stats().allocations,
+        allocations_after_first_step,
+        "steady-state training must allocate nothing"
+    );
     eprintln!("losses every 50 steps: {losses:?}");
     assert!(losses.iter().all(|l| l.is_finite()));
     assert!(losses.last().unwrap() * 10.0 < losses[0], "the loss must fall at least 10x: {losses:?}");
