@@ -224,6 +224,11 @@ fn bench_elementwise(b: &mut Bench) -> Result<()> {
         b.run("reduce_sum", "[32,64,32,32] over (0,2,3)", Work::Bytes((n * 4) as f64), |gpu| {
             reduce::sum(gpu, &x, &[0, 2, 3]).map(drop)
         })?;
+        // Summing per-image weight gradients: many outputs, few terms each.
+        let per_image = b.random(&[32, 36_864])?;
+        b.run("reduce_sum", "[32,36864] over (0)", Work::Bytes((32 * 36_864 * 4) as f64), |gpu| {
+            reduce::sum(gpu, &per_image, &[0]).map(drop)
+        })?;
     }
     Ok(())
 }

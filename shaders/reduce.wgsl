@@ -1,7 +1,8 @@
 // Deterministic sum (and mean, via `scale`) over any set of axes of a
 // tensor of rank <= 4. Launcher and CPU reference: src/ops/reduce.rs.
 //
-// Entry point: reduce_sum(out, x)
+// Entry points: reduce_sum(out, x), one workgroup per output (long sums),
+// and reduce_sum_serial(out, x), one invocation per output (many short sums).
 //   x:   the input, any shape of rank <= 4, contiguous
 //   out: (n_out) the kept axes in order; out[o] = scale * sum over the
 //        reduced axes of x
@@ -70,4 +71,20 @@ fn reduce_sum(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
     if li == 0u && o < p.n_out {
         out[o] = p.scale * partial[0];
     }
+}
+
+// Many outputs with few terms each (e.g. summing per-image gradients):
+// each invocation adds its output's terms in order.
+@compute @workgroup_size(WG)
+fn reduce_sum_serial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let o = (wid.x + wid.y * nwg.x) * WG + li;
+    if o >= p.n_out {
+        return;
+    }
+    let base = offset(o, p.kept_size, p.kept_stride);
+    var sum = 0.0;
+    for (var j = 0u; j < p.n_red; j++) {
+        sum += x[base + offset(j, p.red_size, p.red_stride)];
+    }
+    out[o] = p.scale * sum;
 }

@@ -69,6 +69,11 @@ fn pack(groups: &[(usize, usize)]) -> ([u32; 4], [u32; 4]) {
 }
 
 const BINDINGS: &[Access] = &[Access::ReadWrite, Access::Read];
+const WORKGROUP: usize = 64;
+/// When one invocation per output is used: short sums, enough outputs to
+/// keep every core busy.
+const SERIAL_MAX_TERMS: usize = 256;
+const SERIAL_MIN_OUTPUTS: usize = 1024;
 
 fn reduce(gpu: &Gpu, x: &Tensor, axes: &[usize], mean: bool) -> Result<Tensor> {
     let split = split_axes(x.shape(), axes)?;
@@ -87,8 +92,12 @@ fn reduce(gpu: &Gpu, x: &Tensor, axes: &[usize], mean: bool) -> Result<Tensor> {
         _pad: 0,
     };
     let out = gpu.uninit(&split.out_shape)?;
-    let kernel = Kernel::new(Shader::Reduce, "reduce_sum", BINDINGS);
-    gpu.launch(&kernel, &params, &[&out, x], Gpu::grid_1d(n_out as u32))?;
+    // A workgroup per output wastes its lanes on short sums; an invocation
+    // per output leaves cores idle on few long ones.
+    let serial = n_red <= SERIAL_MAX_TERMS && n_out >= SERIAL_MIN_OUTPUTS;
+    let (entry, groups) = if serial { ("reduce_sum_serial", n_out.div_ceil(WORKGROUP)) } else { ("reduce_sum", n_out) };
+    let kernel = Kernel::new(Shader::Reduce, entry, BINDINGS);
+    gpu.launch(&kernel, &params, &[&out, x], Gpu::grid_1d(groups as u32))?;
     Ok(out)
 }
 
