@@ -421,8 +421,12 @@ fn sample_command(options: &GpuOptions, args: SampleArgs) -> Result<()> {
     let request = SampleRequest { count: args.num, resolution, sampler, seed: args.seed, keep_every };
     let (images, kept) = sample(&gpu, &model.unet, &model.weights, &model.scheduler, &request, &mut |done, _| {
         bar.set_position(done as u64);
-        let secs = started.elapsed().as_secs_f64();
-        bar.set_message(format!("{:.2} steps/s", done as f64 / secs));
+        let rate = done as f64 / started.elapsed().as_secs_f64();
+        if bar.is_hidden() && (done * 10 / total != (done - 1) * 10 / total || done == total) {
+            // Not a terminal: a line every tenth of the way instead of a bar.
+            eprintln!("step {done}/{total} | {rate:.2} steps/s | ETA {:.0} s", (total - done) as f64 / rate);
+        }
+        bar.set_message(format!("{rate:.2} steps/s"));
     })?;
     bar.finish();
     let channels = config.in_channels;
