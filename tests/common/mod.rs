@@ -30,7 +30,10 @@ fn open(path: Path) -> &'static Mutex<Gpu> {
         };
         // A missing adapter fails the test: CI always has lavapipe.
         let gpu = Gpu::new(&options).unwrap_or_else(|e| panic!("no GPU adapter for tests: {e:#}"));
-        eprintln!("[{path:?}] running on {} (subgroups: {})", gpu.info(), gpu.info().subgroups);
+        // Straight to stderr (not the captured eprintln!) so every run shows the adapter.
+        use std::io::Write;
+        let _ =
+            writeln!(std::io::stderr(), "[{path:?}] running on {} (subgroups: {})", gpu.info(), gpu.info().subgroups);
         Mutex::new(gpu)
     })
 }
