@@ -166,7 +166,9 @@ fn devices(options: &GpuOptions) -> Result<()> {
         // Gpu::new explains how to get an adapter.
         Gpu::new(options)?;
     }
-    let chosen = Gpu::new(options).map(|g| g.info().clone()).ok();
+    // Listed even when the requested adapter is missing; that error comes after the list.
+    let opened = Gpu::new(options).map(|g| g.info().clone());
+    let chosen = opened.as_ref().ok();
     for adapter in &adapters {
         let info = adapter.get_info();
         let limits = adapter.limits();
@@ -192,9 +194,8 @@ fn devices(options: &GpuOptions) -> Result<()> {
             limits.max_storage_buffers_per_shader_stage
         );
     }
-    if chosen.is_some() {
-        println!("* = the adapter the engine uses with these settings");
-    }
+    opened?;
+    println!("* = the adapter the engine uses with these settings");
     Ok(())
 }
 

@@ -142,6 +142,8 @@ fn bad_input_gets_a_clear_error() {
     std::fs::write(dir.join("file"), b"x").unwrap();
     fails_with(&["train", "--out", &format!("{d}/file/sub")], "output folder");
     fails_with(&["sample", "--checkpoint", &format!("{d}/nothing")], "does not exist");
+    fails_with(&["--adapter", "no-such-adapter-anywhere", "devices"], "no adapter whose name contains");
+    fails_with(&["--backend", "vulcan", "devices"], "unknown backend 'vulcan'");
     // A truncated weights file.
     let ckpt = dir.join("ckpt");
     std::fs::create_dir_all(&ckpt).unwrap();

@@ -170,7 +170,7 @@ impl Gpu {
             Some(name) => adapters
                 .into_iter()
                 .find(|a| a.get_info().name.to_lowercase().contains(name))
-                .ok_or_else(|| anyhow!("no adapter whose name contains '{name}'; {NO_ADAPTER_HELP}"))?,
+                .ok_or_else(|| anyhow!("no adapter whose name contains '{name}' (`ddpm devices` lists them)"))?,
             None => adapters.into_iter().next().ok_or_else(|| anyhow!(NO_ADAPTER_HELP))?,
         };
         Self::from_adapter(adapter, options)
