@@ -52,21 +52,21 @@ struct TrainArgs {
     /// 1 = grey, 3 = RGB (default: 1 for MNIST, 3 for --data).
     #[arg(long)]
     channels: Option<usize>,
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = TrainOptions::default().batch_size)]
     batch_size: usize,
-    #[arg(long, default_value_t = 900)]
+    #[arg(long, default_value_t = TrainOptions::default().steps)]
     steps: u64,
-    #[arg(long, default_value_t = 2e-3)]
+    #[arg(long, default_value_t = TrainOptions::default().lr)]
     lr: f32,
     /// Steps of linear learning-rate warm-up.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = TrainOptions::default().warmup)]
     warmup: u64,
-    #[arg(long, default_value_t = 0.99)]
+    #[arg(long, default_value_t = TrainOptions::default().ema_decay)]
     ema_decay: f32,
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Clip the global gradient norm (0: off).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = TrainOptions::default().grad_clip)]
     grad_clip: f32,
     /// Random horizontal flips (not for digits).
     #[arg(long)]

@@ -50,6 +50,9 @@ impl UNet {
         if config.dropout != 0.0 {
             bail!("dropout {} is not supported yet (use 0)", config.dropout);
         }
+        if config.center_input_sample {
+            bail!("center_input_sample is not supported");
+        }
         let layout = UNetLayout::new(config);
         let table = ParamTable::new(&layout.params());
         Ok(UNet { layout, table })
@@ -71,7 +74,6 @@ impl UNet {
             "UNet input {s:?}: H and W must be multiples of {factor}"
         );
         ensure!(timesteps.shape() == [s[0]], "UNet timesteps {:?} for a batch of {}", timesteps.shape(), s[0]);
-        ensure!(!c.center_input_sample, "center_input_sample is not supported");
 
         let embedding = TimestepEmbedding {
             flip_sin_to_cos: c.flip_sin_to_cos,
