@@ -10,8 +10,13 @@
 // up to four (size, stride) pairs, innermost last; unused pairs are (1, 0).
 //
 // One workgroup per output: each of the 64 lanes sums a fixed strided subset
-// sequentially (in an order that depends only on the shape), then a fixed-order tree in workgroup memory adds the lanes.
-// No atomics, so the same input always gives bit-identical output.
+// sequentially (in an order that depends only on the shape), then a
+// fixed-order tree in workgroup memory adds the lanes. No atomics, so the
+// same input always gives bit-identical output.
+//
+// Template define VEC4: the innermost reduced axis is contiguous, a multiple
+// of 4 long and 16-byte aligned, so lanes read it four terms per load
+// (reduce_sum only).
 
 struct Params {
     kept_size: vec4<u32>,
@@ -26,7 +31,11 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(1) @binding(0) var<storage, read_write> out: array<f32>;
+//@if VEC4
+@group(1) @binding(1) var<storage, read> x: array<vec4<f32>>;
+//@else
 @group(1) @binding(1) var<storage, read> x: array<f32>;
+//@end
 
 const WG: u32 = 64u;
 var<workgroup> partial: array<f32, WG>;
@@ -53,6 +62,16 @@ fn reduce_sum(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
     let inner_stride = p.red_stride[3];
     let outer_size = vec4<u32>(p.red_size.xyz, 1u);
     let outer_stride = vec4<u32>(p.red_stride.xyz, 0u);
+//@if VEC4
+    var sum4 = vec4<f32>(0.0);
+    for (var j = 0u; j < p.n_red / inner; j++) {
+        let start = (base + offset(j, outer_size, outer_stride)) / 4u;
+        for (var i = li; i < inner / 4u; i += WG) {
+            sum4 += x[start + i];
+        }
+    }
+    let sum = (sum4.x + sum4.y) + (sum4.z + sum4.w);
+//@else
     var sum = 0.0;
     for (var j = 0u; j < p.n_red / inner; j++) {
         let start = base + offset(j, outer_size, outer_stride);
@@ -60,6 +79,7 @@ fn reduce_sum(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
             sum += x[start + i * inner_stride];
         }
     }
+//@end
     partial[li] = sum;
     workgroupBarrier();
     for (var s = WG / 2u; s > 0u; s /= 2u) {
@@ -73,6 +93,7 @@ fn reduce_sum(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
     }
 }
 
+//@if !VEC4
 // Many outputs with few terms each (e.g. summing per-image gradients):
 // each invocation adds its output's terms in order.
 @compute @workgroup_size(WG)
@@ -88,3 +109,4 @@ fn reduce_sum_serial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgro
     }
     out[o] = p.scale * sum;
 }
+//@end

@@ -91,6 +91,7 @@ impl Shader {
             Shader::Conv2d => crate::ops::conv2d::variants(),
             Shader::GroupNorm => crate::ops::group_norm::variants(),
             Shader::Matmul => crate::ops::matmul::variants(),
+            Shader::Reduce => crate::ops::reduce::variants(),
             Shader::Upsample => crate::ops::upsample::variants(),
             _ => vec![vec![]],
         }

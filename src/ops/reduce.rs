@@ -96,9 +96,20 @@ fn reduce(gpu: &Gpu, x: &Tensor, axes: &[usize], mean: bool) -> Result<Tensor> {
     // per output leaves cores idle on few long ones.
     let serial = n_red <= SERIAL_MAX_TERMS && n_out >= SERIAL_MIN_OUTPUTS;
     let (entry, groups) = if serial { ("reduce_sum_serial", n_out.div_ceil(WORKGROUP)) } else { ("reduce_sum", n_out) };
-    let kernel = Kernel::new(Shader::Reduce, entry, BINDINGS);
+    // vec4 loads along a contiguous innermost reduced axis when every start is 16-byte aligned.
+    let aligned = |groups: &[(usize, usize)]| groups.iter().all(|&(_, stride)| stride % 4 == 0);
+    let vec4 = !serial
+        && split.reduced.last().is_some_and(|&(size, stride)| stride == 1 && size % 4 == 0)
+        && aligned(&split.kept)
+        && aligned(&split.reduced[..split.reduced.len() - 1]);
+    let kernel = Kernel::new(Shader::Reduce, entry, BINDINGS).with_defines(vec![("VEC4", vec4 as i64)]);
     gpu.launch(&kernel, &params, &[&out, x], Gpu::grid_1d(groups as u32))?;
     Ok(out)
+}
+
+/// Every define set `reduce` can choose, for the cross-backend shader check.
+pub fn variants() -> Vec<Vec<(&'static str, i64)>> {
+    vec![vec![("VEC4", 0)], vec![("VEC4", 1)]]
 }
 
 /// Sum over `axes`; the result drops them (shape `[1]` for a full sum).
