@@ -179,54 +179,6 @@ impl GroupNorm {
     }
 }
 
-/// Group norm of `x` (N, C, ...) with `groups` groups; returns `y` and the stats for backward.
-pub fn group_norm_forward(
-    gpu: &Gpu,
-    x: &Tensor,
-    gamma: &Tensor,
-    beta: &Tensor,
-    groups: usize,
-    eps: f32,
-) -> Result<(Tensor, Tensor)> {
-    GroupNorm::new(groups, eps).forward(gpu, x, gamma, beta)
-}
-
-pub fn group_norm_backward(
-    gpu: &Gpu,
-    dy: &Tensor,
-    x: &Tensor,
-    gamma: &Tensor,
-    beta: &Tensor,
-    stats: &Tensor,
-    groups: usize,
-) -> Result<GroupNormGrads> {
-    GroupNorm::new(groups, 0.0).backward(gpu, dy, x, gamma, beta, stats)
-}
-
-/// `silu(group_norm(x))` in one pass; returns `y` and the stats for backward.
-pub fn group_norm_silu_forward(
-    gpu: &Gpu,
-    x: &Tensor,
-    gamma: &Tensor,
-    beta: &Tensor,
-    groups: usize,
-    eps: f32,
-) -> Result<(Tensor, Tensor)> {
-    GroupNorm { fuse_silu: true, ..GroupNorm::new(groups, eps) }.forward(gpu, x, gamma, beta)
-}
-
-pub fn group_norm_silu_backward(
-    gpu: &Gpu,
-    dy: &Tensor,
-    x: &Tensor,
-    gamma: &Tensor,
-    beta: &Tensor,
-    stats: &Tensor,
-    groups: usize,
-) -> Result<GroupNormGrads> {
-    GroupNorm { fuse_silu: true, ..GroupNorm::new(groups, 0.0) }.backward(gpu, dy, x, gamma, beta, stats)
-}
-
 /// CPU twin, all in f64 so the tests can check its backward against finite
 /// differences. `x` is (batch, channels, hw) flattened.
 pub mod cpu {
