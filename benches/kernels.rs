@@ -344,6 +344,10 @@ fn bench_unet(b: &mut Bench) -> Result<()> {
             let label = format!("{name} ({params:.2}M params) batch {batch}");
             b.run("train_step", &label, Work::Flops(flops), |_| trainer.train_step(&data))?;
             trainer.read_logs()?;
+            let before = b.gpu.launch_count();
+            trainer.train_step(&data)?;
+            trainer.read_logs()?;
+            println!("    kernel launches per step: {}", b.gpu.launch_count() - before);
             println!("    memory: {}", trainer.memory());
         }
         if b.wanted("sample_step") {

@@ -147,11 +147,6 @@ impl Gpu {
         Ok(p)
     }
 
-    /// Build (and so compile) a kernel ahead of its first launch.
-    pub fn prepare(&self, kernel: &Kernel) -> Result<()> {
-        self.pipeline(kernel).map(|_| ())
-    }
-
     fn build_pipeline(&self, kernel: &Kernel) -> Result<Pipeline> {
         let source = kernel.shader.expand(&kernel.defines)?;
         let label = format!("{}::{}", kernel.shader.file_name(), kernel.entry);

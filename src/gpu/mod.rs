@@ -14,7 +14,6 @@ mod timing;
 
 pub use kernel::{Access, Kernel, Shader, ALL_SHADERS};
 pub use pool::PoolStats;
-pub use template::expand as expand_template;
 pub use tensor::{Tensor, VIEW_ALIGN_ELEMS};
 pub use timing::Timing;
 
