@@ -71,13 +71,12 @@ pub struct DataSpec {
 
 impl DataSpec {
     pub fn load(&self) -> Result<Dataset> {
-        let data = match &self.folder {
-            Some(dir) => Dataset::from_folder(dir, self.resolution, self.channels)?,
-            None => Dataset::mnist(self.resolution, None)?,
-        };
-        Ok(match self.limit {
-            Some(n) => data.truncated(n),
-            None => data,
+        Ok(match &self.folder {
+            Some(dir) => {
+                let data = Dataset::from_folder(dir, self.resolution, self.channels)?;
+                self.limit.map_or(data, |n| data.truncated(n))
+            }
+            None => Dataset::mnist(self.resolution, self.limit)?,
         })
     }
 }

@@ -374,10 +374,7 @@ impl Gpu {
         if src.len() != dst.len() {
             bail!("copy: shapes {:?} and {:?} differ in size", src.shape(), dst.shape());
         }
-        self.with_encoder(|enc| {
-            enc.copy_buffer_to_buffer(src.buffer(), src.byte_offset(), dst.buffer(), dst.byte_offset(), src.byte_len())
-        });
-        Ok(())
+        self.copy_region(src, 0, dst, 0, src.len())
     }
 
     /// Copy `len` elements of `src` from element `src_offset` into `dst` at
