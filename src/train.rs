@@ -74,7 +74,10 @@ impl DataSpec {
         Ok(match &self.folder {
             Some(dir) => {
                 let data = Dataset::from_folder(dir, self.resolution, self.channels)?;
-                self.limit.map_or(data, |n| data.truncated(n))
+                match self.limit {
+                    Some(n) => data.truncated(n),
+                    None => data,
+                }
             }
             None => Dataset::mnist(self.resolution, self.limit)?,
         })
