@@ -13,6 +13,18 @@ use rand::Rng;
 const MNIST_ATLAS: &[u8] = include_bytes!("../assets/mnist/digits.png");
 const MNIST_TILE: usize = 28;
 
+/// Digits of each class 0..9 in the atlas: the sizes of `src/digits/0.json`
+/// ... `9.json` in the source package (see assets/mnist/README.md).
+pub const MNIST_CLASS_COUNTS: [usize; 10] = [1001, 1127, 991, 1032, 980, 863, 1014, 1070, 944, 978];
+
+/// The class of every atlas tile, in atlas order: tiles are ordered by
+/// (index within class, class), so the classes cycle 0..9 while each has
+/// digits left.
+pub fn mnist_labels() -> Vec<usize> {
+    let longest = MNIST_CLASS_COUNTS.iter().copied().max().unwrap_or(0);
+    (0..longest).flat_map(|i| (0..10).filter(move |&c| i < MNIST_CLASS_COUNTS[c])).collect()
+}
+
 pub struct Dataset {
     pub channels: usize,
     pub resolution: usize,
@@ -47,6 +59,11 @@ impl Dataset {
 
     pub fn sample_len(&self) -> usize {
         self.channels * self.resolution * self.resolution
+    }
+
+    /// Every sample, (len, C, R, R).
+    pub fn pixels(&self) -> &[f32] {
+        &self.pixels
     }
 
     pub fn sample(&self, i: usize) -> &[f32] {

@@ -3,6 +3,7 @@
 
 pub mod ceiling;
 pub mod data;
+pub mod eval;
 pub mod gpu;
 pub mod ops;
 pub mod plot;

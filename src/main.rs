@@ -7,7 +7,9 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-use ddpm_wgpu::data::save_grid;
+use ddpm_wgpu::data::{save_grid, Dataset};
+use ddpm_wgpu::eval::classifier::DigitClassifier;
+use ddpm_wgpu::eval::{evaluate, Images};
 use ddpm_wgpu::gpu::{enumerate_adapters, Gpu, GpuOptions};
 use ddpm_wgpu::sample::{sample, Model, SampleRequest, Sampler};
 use ddpm_wgpu::schedule::{BetaSchedule, SchedulerConfig};
@@ -36,6 +38,11 @@ enum Command {
     Train(TrainArgs),
     /// Draw samples from a checkpoint (ours or a diffusers UNet2DModel folder).
     Sample(SampleArgs),
+    /// Score samples (from a checkpoint, or a folder of PNGs) against the training digits:
+    /// Fréchet distance of digit-classifier features with its real-vs-real floor, the
+    /// fraction of confidently classified samples, the class histogram and its KL from
+    /// uniform; with --nll, the paper's bits/dim.
+    Eval(EvalArgs),
 }
 
 #[derive(clap::Args)]
@@ -145,6 +152,37 @@ struct SampleArgs {
     resolution: Option<usize>,
 }
 
+#[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["checkpoint", "samples"])))]
+struct EvalArgs {
+    /// Sample from this checkpoint (runs/NAME/checkpoint or a diffusers model folder).
+    #[arg(long)]
+    checkpoint: Option<PathBuf>,
+    /// Score the PNGs in this folder instead (grey, 28x28 or 32x32).
+    #[arg(long)]
+    samples: Option<PathBuf>,
+    /// Samples to draw from --checkpoint (the real reference needs twice as many images).
+    #[arg(long, default_value_t = 512)]
+    num: usize,
+    /// Sampler for --checkpoint (default: DDIM, as the training grids).
+    #[arg(long, value_enum, default_value_t = SamplerKind::Ddim)]
+    sampler: SamplerKind,
+    /// DDIM steps.
+    #[arg(long, default_value_t = 50)]
+    steps: usize,
+    /// DDIM eta (1: the training grids' setting).
+    #[arg(long, default_value_t = 1.0)]
+    eta: f64,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Real images to compare with (default: the shipped MNIST digits).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Also write the metrics to this JSON file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
 fn main() {
     let cli = Cli::parse();
     let options =
@@ -153,6 +191,7 @@ fn main() {
         Command::Devices => devices(&options),
         Command::Train(args) => train(&options, args),
         Command::Sample(args) => sample_command(&options, args),
+        Command::Eval(args) => eval_command(&options, args),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
@@ -448,4 +487,92 @@ fn sample_command(options: &GpuOptions, args: SampleArgs) -> Result<()> {
         eprintln!("wrote the reverse process of sample 0 to {}", strip.display());
     }
     Ok(())
+}
+
+fn eval_command(options: &GpuOptions, args: EvalArgs) -> Result<()> {
+    if let Some(parent) = args.json.as_ref().and_then(|j| j.parent()).filter(|p| !p.as_os_str().is_empty()) {
+        ensure_writable(parent)?;
+    }
+    let gpu = Gpu::new(options)?;
+    eprintln!("adapter: {}", gpu.info());
+    let (samples, source) = match (&args.checkpoint, &args.samples) {
+        (Some(dir), _) => {
+            if args.num < 2 {
+                bail!("--num must be at least 2");
+            }
+            let model = Model::load(&gpu, dir)?;
+            let config = model.unet.config();
+            let resolution = config.sample_size.context("the checkpoint's config has no sample_size")?;
+            let sampler = match args.sampler {
+                SamplerKind::Ddpm => Sampler::Ddpm,
+                SamplerKind::Ddim => Sampler::Ddim { steps: args.steps, eta: args.eta },
+            };
+            let request = SampleRequest { count: args.num, resolution, sampler, seed: args.seed, keep_every: None };
+            let started = Instant::now();
+            let (pixels, _) =
+                sample(&gpu, &model.unet, &model.weights, &model.scheduler, &request, &mut |done, total| {
+                    if done * 10 / total != (done - 1) * 10 / total || done == total {
+                        eprintln!("sampling: step {done}/{total} ({:.0} s)", started.elapsed().as_secs_f64());
+                    }
+                })?;
+            let images = Images { channels: config.in_channels, resolution, pixels };
+            (images, format!("{} samples from {} ({sampler:?}, seed {})", args.num, dir.display(), args.seed))
+        }
+        (None, Some(dir)) => {
+            let images = load_sample_folder(dir)?;
+            let what = format!("{} images from {}", images.len(), dir.display());
+            (images, what)
+        }
+        (None, None) => unreachable!("clap requires --checkpoint or --samples"),
+    };
+    if samples.pixels.iter().any(|v| !v.is_finite()) {
+        bail!("the samples hold NaN or infinite values (a diverged checkpoint?)");
+    }
+    let real = match &args.data {
+        Some(dir) => Dataset::from_folder(dir, samples.resolution, samples.channels)?,
+        None => Dataset::mnist(samples.resolution.max(28), None)?,
+    };
+    let classifier = DigitClassifier::shipped(&gpu)?;
+    let report = evaluate(&gpu, &classifier, &samples, &Images::from_dataset(&real), args.seed)?;
+    println!("{source}, against {}", real.source);
+    println!(
+        "  Fréchet distance    {:>9.3}   (real vs real at this N: {:.3}; ratio {:.1}x)",
+        report.frechet,
+        report.frechet_floor,
+        report.frechet / report.frechet_floor
+    );
+    println!(
+        "  confident (p>={})  {:>9.3}   (real digits: {:.3})",
+        ddpm_wgpu::eval::CONFIDENT,
+        report.confident_fraction,
+        report.real_confident_fraction
+    );
+    println!(
+        "  class KL            {:>9.3}   (0: balanced; {:.3}: one class)",
+        report.class_kl,
+        (report.class_histogram.len() as f64).ln()
+    );
+    let histogram: Vec<String> = report.class_histogram.iter().enumerate().map(|(c, n)| format!("{c}:{n}")).collect();
+    println!("  classes             {}", histogram.join(" "));
+    if let Some(path) = &args.json {
+        ddpm_wgpu::unet::params::write_atomically(path, serde_json::to_string_pretty(&report)?.as_bytes())?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+/// The PNGs of a sample folder as grey images, at the size of the first.
+fn load_sample_folder(dir: &Path) -> Result<Images> {
+    let first = std::fs::read_dir(dir)
+        .with_context(|| format!("reading sample folder {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e.eq_ignore_ascii_case("png")))
+        .min()
+        .with_context(|| format!("no PNG files in {}", dir.display()))?;
+    let (w, h) = image::image_dimensions(&first).with_context(|| format!("reading {}", first.display()))?;
+    if w != h || !(w == 28 || w == 32) {
+        bail!("{} is {w}x{h}: samples must be 28x28 or 32x32", first.display());
+    }
+    let data = Dataset::from_folder(dir, w as usize, 1)?;
+    Ok(Images::from_dataset(&data))
 }

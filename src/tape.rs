@@ -14,6 +14,7 @@ use crate::gpu::{Gpu, Tensor};
 use crate::ops::attention::{attention_backward, attention_forward};
 use crate::ops::concat::{concat, split};
 use crate::ops::conv2d::{conv2d_forward, conv2d_grad_bias, conv2d_grad_input, conv2d_grad_weight, Conv2dGeometry};
+use crate::ops::cross_entropy::{softmax_cross_entropy, softmax_cross_entropy_backward};
 use crate::ops::elementwise as ew;
 use crate::ops::group_norm::GroupNorm;
 use crate::ops::linear::{linear_backward, linear_forward};
@@ -127,6 +128,13 @@ enum Op {
         target: Input,
         pred_value: Tensor,
         target_value: Tensor,
+    },
+    /// mean cross-entropy of softmax(logits) (N, K) against class labels (N);
+    /// saves the probabilities.
+    SoftmaxCrossEntropy {
+        logits: Input,
+        probs: Tensor,
+        labels: Tensor,
     },
 }
 
@@ -293,6 +301,14 @@ impl<'g> Tape<'g> {
         }))
     }
 
+    /// Mean softmax cross-entropy of `logits` (N, K) against `labels`, the (N)
+    /// class-index tensor of [`crate::ops::cross_entropy::class_labels`].
+    pub fn softmax_cross_entropy(&mut self, logits: &Var, labels: &Tensor) -> Result<Var> {
+        let (loss, probs) = softmax_cross_entropy(self.gpu, &logits.value, labels)?;
+        let labels = labels.clone();
+        Ok(self.output(loss, &[logits.into()], || Op::SoftmaxCrossEntropy { logits: logits.into(), probs, labels }))
+    }
+
     /// Gradients of the (1)-element `loss` with respect to every value that
     /// needs one.
     pub fn backward(self, loss: &Var) -> Result<Grads> {
@@ -367,6 +383,9 @@ impl<'g> Tape<'g> {
                         give(target, ew::scale(gpu, &dpred, -1.0)?)?;
                     }
                     give(pred, dpred)?;
+                }
+                Op::SoftmaxCrossEntropy { logits, probs, labels } => {
+                    give(logits, softmax_cross_entropy_backward(gpu, &probs, &labels, &dy)?)?;
                 }
             }
         }

@@ -165,3 +165,73 @@ fn bad_input_gets_a_clear_error() {
     assert!(state.contains("\"step\": 5"), "{state}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Metrics JSON written by `ddpm eval --json`.
+fn eval_json(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+#[test]
+fn eval_scores_a_folder_of_real_digits_near_the_floor() {
+    let dir = temp("eval-folder");
+    std::fs::create_dir_all(&dir).unwrap();
+    // 100 real digits (the classifier's held-out tiles, 10 of each), padded to 32x32 as `train` does.
+    let data = ddpm_wgpu::data::Dataset::mnist(32, Some(100)).unwrap();
+    for i in 0..data.len() {
+        ddpm_wgpu::data::save_grid(&dir.join(format!("{i:03}.png")), data.sample(i), 1, 32, 1).unwrap();
+    }
+    let json = dir.join("metrics.json");
+    let out = ddpm(&["eval", "--samples", dir.to_str().unwrap(), "--json", json.to_str().unwrap()]);
+    assert!(out.status.success());
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("Fréchet distance") && table.contains("100 images"), "{table}");
+    let m = eval_json(&json);
+    let (frechet, floor) = (m["frechet"].as_f64().unwrap(), m["frechet_floor"].as_f64().unwrap());
+    assert!(frechet < 3.0 * floor, "real digits: frechet {frechet}, floor {floor}");
+    assert!(m["confident_fraction"].as_f64().unwrap() > 0.9, "{m}");
+    assert!(m["class_kl"].as_f64().unwrap() < 0.05, "{m}");
+    let histogram: Vec<u64> = m["class_histogram"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+    assert_eq!(histogram.iter().sum::<u64>(), 100);
+}
+
+#[test]
+fn eval_samples_a_checkpoint() {
+    let config = config();
+    let run = temp("eval-run");
+    let run_s = run.to_str().unwrap();
+    assert!(ddpm(&train_args(run_s, &config, "2")).status.success());
+    let json = run.join("eval.json");
+    let checkpoint = run.join("checkpoint");
+    let out = ddpm(&[
+        "eval",
+        "--checkpoint",
+        checkpoint.to_str().unwrap(),
+        "--num",
+        "8",
+        "--steps",
+        "2",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+    let m = eval_json(&json);
+    // Two training steps make noise, not digits: far above the floor.
+    let (frechet, floor) = (m["frechet"].as_f64().unwrap(), m["frechet_floor"].as_f64().unwrap());
+    assert!(frechet.is_finite() && frechet > 2.0 * floor, "untrained model: frechet {frechet}, floor {floor}");
+    assert_eq!(m["samples"].as_u64(), Some(8));
+}
+
+#[test]
+fn eval_rejects_bad_input() {
+    let empty = temp("eval-empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let out = ddpm(&["eval", "--samples", empty.to_str().unwrap()]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("no PNG files"));
+    let big = temp("eval-big");
+    std::fs::create_dir_all(&big).unwrap();
+    image::GrayImage::new(64, 64).save(big.join("a.png")).unwrap();
+    let out = ddpm(&["eval", "--samples", big.to_str().unwrap()]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("must be 28x28 or 32x32"));
+    let out = ddpm(&["eval"]);
+    assert!(!out.status.success());
+}

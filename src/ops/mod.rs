@@ -5,6 +5,7 @@
 pub mod attention;
 pub mod concat;
 pub mod conv2d;
+pub mod cross_entropy;
 pub mod ddpm;
 pub mod elementwise;
 pub mod embedding;
