@@ -261,7 +261,13 @@ impl<'g> Trainer<'g> {
         gpu.write(&self.x0, &batch)?;
         let t_indices: Vec<usize> = (0..o.batch_size).map(|_| rng.random_range(0..self.tables.steps)).collect();
         let t = ddpm::timesteps(gpu, &t_indices)?;
-        let (xt, eps) = ddpm::q_sample(gpu, &self.tables, &self.x0, &t, NoiseKey { seed: o.seed, step: s as u32 })?;
+        let (xt, eps) = ddpm::q_sample(
+            gpu,
+            &self.tables,
+            &self.x0,
+            &t,
+            NoiseKey { seed: o.seed, step: s as u32, first_sample: 0 },
+        )?;
 
         let mut tape = Tape::new(gpu);
         let p = ParamVars::new(&mut tape, &self.weights, true)?;

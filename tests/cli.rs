@@ -118,6 +118,47 @@ fn train_resume_and_sample() {
     std::fs::remove_dir_all(&split).unwrap();
 }
 
+/// `--num` above `--batch-size` samples in chunks: the same grid as one
+/// batch, with progress over every chunk's steps.
+#[test]
+fn sample_in_chunks_gives_the_one_batch_grid() {
+    let dir = temp("chunks");
+    std::fs::create_dir_all(&dir).unwrap();
+    let checkpoint = format!("{}/tests/fixtures/tiny_unet", env!("CARGO_MANIFEST_DIR"));
+    let run = |batch: &str| {
+        let out = dir.join(format!("grid_{batch}.png"));
+        let args = [
+            "sample",
+            "--checkpoint",
+            &checkpoint,
+            "--num",
+            "5",
+            "--batch-size",
+            batch,
+            "--sampler",
+            "ddim",
+            "--steps",
+            "3",
+            "--eta",
+            "1",
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        let result = ddpm(&args);
+        assert!(result.status.success(), "ddpm {args:?}");
+        (image::open(&out).unwrap().to_rgb8(), String::from_utf8_lossy(&result.stderr).to_string())
+    };
+    let (chunked, log) = run("2");
+    // Chunks of 2, 2, 1: three chunks of 3 steps.
+    assert!(log.contains("step 9/9"), "{log}");
+    let (whole, _) = run("5");
+    // 5 samples in a 3x2 grid of 8-pixel tiles with 2-pixel borders.
+    assert_eq!((chunked.width(), chunked.height()), (3 * 10 + 2, 2 * 10 + 2));
+    assert!(chunked == whole, "chunks of 2 and one batch of 5 gave different grids");
+    assert!(chunked.pixels().any(|p| p.0[0] > 0 && p.0[0] < 255), "the samples must not be blank");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// A failed command: non-zero exit, one `error:` line naming the cause, no panic.
 fn fails_with(args: &[&str], expected: &str) {
     let out = ddpm(args);
@@ -142,6 +183,10 @@ fn bad_input_gets_a_clear_error() {
     std::fs::write(dir.join("file"), b"x").unwrap();
     fails_with(&["train", "--out", &format!("{d}/file/sub")], "output folder");
     fails_with(&["sample", "--checkpoint", &format!("{d}/nothing")], "does not exist");
+    fails_with(
+        &["sample", "--checkpoint", &format!("{d}/nothing"), "--batch-size", "0"],
+        "--batch-size must be at least 1",
+    );
     fails_with(&["--adapter", "no-such-adapter-anywhere", "devices"], "no adapter whose name contains");
     fails_with(&["--backend", "vulcan", "devices"], "unknown backend 'vulcan'");
     // A truncated weights file.
