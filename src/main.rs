@@ -337,7 +337,7 @@ fn train(options: &GpuOptions, args: TrainArgs) -> Result<()> {
                 }
             };
             let rate = (step - start_step) as f64 / started.elapsed().as_secs_f64();
-            append_metrics(&out, &logs, rate * batch)?;
+            append_metrics(&out, &logs, rate * batch, &Default::default())?;
             for l in &logs {
                 smoothed = Some(smoothed.map_or(l.loss, |s| 0.9 * s + 0.1 * l.loss));
                 curve.push((l.step, l.loss));

@@ -60,6 +60,31 @@ fn losses(dir: &Path) -> Vec<(u64, String)> {
         .collect()
 }
 
+/// metrics.csv's rows, checked: 19 columns under the header; the loss per
+/// timestep decile empty (no sample there) or a positive number, at least
+/// one per step, and the step's loss (their count-weighted mean) between
+/// the smallest and largest of them; no evaluation cells yet. Returns the
+/// rows without the images/s column (which depends on the machine's speed).
+fn checked_metrics(dir: &Path) -> Vec<Vec<String>> {
+    let text = std::fs::read_to_string(dir.join("metrics.csv")).unwrap();
+    let mut lines = text.lines();
+    assert_eq!(lines.next().unwrap(), ddpm_wgpu::train::METRICS_HEADER);
+    lines
+        .map(|line| {
+            let mut cells: Vec<String> = line.split(',').map(str::to_string).collect();
+            assert_eq!(cells.len(), 19, "{line}");
+            let loss: f64 = cells[1].parse().unwrap();
+            let deciles: Vec<f64> = cells[5..15].iter().filter(|c| !c.is_empty()).map(|c| c.parse().unwrap()).collect();
+            assert!(!deciles.is_empty() && deciles.iter().all(|v| v.is_finite() && *v > 0.0), "{line}");
+            let (lo, hi) = deciles.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+            assert!(lo * (1.0 - 1e-5) <= loss && loss <= hi * (1.0 + 1e-5), "{line}: loss outside its deciles");
+            assert!(cells[15..].iter().all(|c| c.is_empty()), "{line}");
+            cells.remove(4);
+            cells
+        })
+        .collect()
+}
+
 #[test]
 fn train_resume_and_sample() {
     let config = config();
@@ -89,6 +114,8 @@ fn train_resume_and_sample() {
     // Same seed, same adapter: the resumed run's losses are the uninterrupted run's.
     assert_eq!(losses(&whole), losses(&split), "resumed run diverged from the uninterrupted one");
     assert_eq!(losses(&whole).len(), 5);
+    // Per-decile losses too: everything but the speed.
+    assert_eq!(checked_metrics(&whole), checked_metrics(&split), "resumed run's metrics differ");
     assert!(split.join("loss.png").is_file() && split.join("samples/step_000005.png").is_file());
 
     let grid = split.join("grid.png");
