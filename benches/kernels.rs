@@ -241,7 +241,7 @@ fn bench_ddpm(b: &mut Bench) -> Result<()> {
     let t = ddpm::timesteps(b.gpu, &(0..shape[0]).map(|i| i * 997 % 1000).collect::<Vec<_>>())?;
     let x = b.random(&shape)?;
     let eps = b.random(&shape)?;
-    let key = NoiseKey { seed: 7, step: 3 };
+    let key = NoiseKey { seed: 7, step: 3, first_sample: 0 };
     // Bytes that must move: x0 in, x_t and eps out; x_t and eps_theta in, x_{t-1} out.
     if b.wanted("noise_step") {
         b.run("noise_step", label, Work::Bytes((n * 12) as f64), |gpu| {
@@ -361,7 +361,7 @@ fn bench_unet(b: &mut Bench) -> Result<()> {
             let label = format!("{name} batch {batch}");
             b.run("sample_step", &label, Work::Flops(flops), |gpu| {
                 let eps = ddpm_wgpu::sample::predict_noise(gpu, &unet, &weights, &x, &t)?;
-                ddpm::p_sample(gpu, &tables, &x, &eps, &t, NoiseKey { seed: 1, step: 500 }).map(drop)
+                ddpm::p_sample(gpu, &tables, &x, &eps, &t, NoiseKey { seed: 1, step: 500, first_sample: 0 }).map(drop)
             })?;
         }
     }

@@ -26,10 +26,10 @@
 // ddim_step (diffusers DDIMScheduler.step, eps not re-derived after clipping):
 //   out = coef_x0 x0 + coef_eps eps + sigma z, x0 clipped as above.
 //
-// Noise: z for element e of sample n is component e % 4 of
-// BoxMuller(Philox4x32-10(counter = (e / 4, n, step, 0), key = seed)), so a
-// sample's noise does not depend on the batch it is in or on the launch
-// geometry. Each invocation handles four consecutive elements of one sample:
+// Noise: z for element e of row n is component e % 4 of
+// BoxMuller(Philox4x32-10(counter = (e / 4, first_sample + n, step, 0),
+// key = seed)), so a sample's noise depends on its global index only, not
+// on the batch or chunk it is in or on the launch geometry. Each invocation handles four consecutive elements of one sample:
 // one Philox call, two Box-Muller pairs, vec4 loads when D % 4 == 0.
 
 struct Params {
@@ -42,6 +42,11 @@ struct Params {
     seed_hi: u32,
     noise_step: u32,
     counter: vec4<u32>,
+    // Global index of row 0: row n draws sample first_sample + n's noise.
+    first_sample: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -129,9 +134,9 @@ fn box_muller(a: u32, b: u32) -> vec2<f32> {
     return radius * vec2<f32>(cos(angle), sin(angle));
 }
 
-// N(0,1) noise for elements 4q..4q+3 of sample n.
+// N(0,1) noise for elements 4q..4q+3 of row n (global sample first_sample + n).
 fn normal4(n: u32, q: u32) -> vec4<f32> {
-    let bits = philox4x32_10(vec4<u32>(q, n, p.noise_step, 0u), vec2<u32>(p.seed_lo, p.seed_hi));
+    let bits = philox4x32_10(vec4<u32>(q, p.first_sample + n, p.noise_step, 0u), vec2<u32>(p.seed_lo, p.seed_hi));
     return vec4<f32>(box_muller(bits.x, bits.y), box_muller(bits.z, bits.w));
 }
 

@@ -1,20 +1,28 @@
-// Mean squared error and its gradient. Launcher and CPU reference:
-// src/ops/loss.rs.
+// Mean squared error, its gradient, and the per-sample error. Launcher and
+// CPU reference: src/ops/loss.rs.
 //
 // Entry points (bindings in order; outputs first):
 //   mse_loss(out, a, b)                    out: (1) = sum((a - b)^2) / n
 //   mse_loss_backward(out, a, b, d_loss)   out: (n) = 2 (a - b) / n * d_loss[0]
-//   a, b: (n) f32, read as vec4; elements past n (buffer padding) are masked.
+//   mse_loss_per_sample(out, a, b)         out: (rows) with out[r] = sum_e((a[r, e] - b[r, e])^2) / n
+//   a, b: (n) f32 for the first two, (rows, n) for mse_loss_per_sample; read as
+//   vec4; elements past the end (buffer padding) are masked.
 //
 // mse_loss is one 256-lane workgroup: each lane sums a fixed strided set of
 // vec4 in order, then a fixed tree in workgroup memory adds the lanes, so
-// the loss is bit-reproducible. mse_loss_backward: one vec4 per invocation.
+// the loss is bit-reproducible. mse_loss_per_sample is the same with one
+// workgroup per row (rows start on vec4 boundaries only when n % 4 == 0;
+// otherwise lanes read scalars), so a row's value does not depend on the
+// other rows. mse_loss_backward: one vec4 per invocation.
 
 struct Params {
+    // Elements averaged: all of a for mse_loss(_backward), one row's for
+    // mse_loss_per_sample.
     n: u32,
     inv_n: f32,
+    // Rows of mse_loss_per_sample (1 otherwise).
+    rows: u32,
     _pad0: u32,
-    _pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -26,6 +34,17 @@ struct Params {
 const WG: u32 = 256u;
 var<workgroup> partial: array<f32, WG>;
 
+// Sum of the lanes' partial[] by a fixed tree; the result is in partial[0].
+fn reduce_partials(li: u32) {
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s /= 2u) {
+        if li < s {
+            partial[li] += partial[li + s];
+        }
+        workgroupBarrier();
+    }
+}
+
 @compute @workgroup_size(256)
 fn mse_loss(@builtin(local_invocation_index) li: u32) {
     let items = (p.n + 3u) / 4u;
@@ -36,15 +55,41 @@ fn mse_loss(@builtin(local_invocation_index) li: u32) {
         acc = fma(d, d, acc);
     }
     partial[li] = (acc.x + acc.y) + (acc.z + acc.w);
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s /= 2u) {
-        if li < s {
-            partial[li] += partial[li + s];
-        }
-        workgroupBarrier();
-    }
+    reduce_partials(li);
     if li == 0u {
         out[0] = vec4<f32>(partial[0] * p.inv_n, 0.0, 0.0, 0.0);
+    }
+}
+
+@compute @workgroup_size(256)
+fn mse_loss_per_sample(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    // Uniform per workgroup, so every lane reaches the barriers or none does.
+    let row = wid.x + wid.y * nwg.x;
+    if row >= p.rows {
+        return;
+    }
+    var total = 0.0;
+    if p.n % 4u == 0u {
+        let items = p.n / 4u;
+        let base = row * items;
+        var acc = vec4<f32>(0.0);
+        for (var i = li; i < items; i += WG) {
+            let d = a[base + i] - b[base + i];
+            acc = fma(d, d, acc);
+        }
+        total = (acc.x + acc.y) + (acc.z + acc.w);
+    } else {
+        let base = row * p.n;
+        for (var e = li; e < p.n; e += WG) {
+            let i = base + e;
+            let d = a[i / 4u][i % 4u] - b[i / 4u][i % 4u];
+            total = fma(d, d, total);
+        }
+    }
+    partial[li] = total;
+    reduce_partials(li);
+    if li == 0u {
+        out[row / 4u][row % 4u] = partial[0] * p.inv_n;
     }
 }
 

@@ -11,7 +11,7 @@ use ddpm_wgpu::data::{save_grid, Dataset};
 use ddpm_wgpu::eval::classifier::DigitClassifier;
 use ddpm_wgpu::eval::{evaluate, Images};
 use ddpm_wgpu::gpu::{enumerate_adapters, Gpu, GpuOptions};
-use ddpm_wgpu::sample::{sample, Model, SampleRequest, Sampler};
+use ddpm_wgpu::sample::{default_sample_batch, sample, Model, SampleRequest, Sampler};
 use ddpm_wgpu::schedule::{BetaSchedule, SchedulerConfig};
 use ddpm_wgpu::train::{append_metrics, existing_checkpoint, read_state, DataSpec, TrainOptions, Trainer};
 use ddpm_wgpu::unet::UNetConfig;
@@ -150,6 +150,10 @@ struct SampleArgs {
     /// Image size (default: the config's sample_size).
     #[arg(long)]
     resolution: Option<usize>,
+    /// Samples per UNet batch; any --num is drawn in chunks of this many, with the same result
+    /// (default: the most this adapter's limits allow, at most 256).
+    #[arg(long)]
+    batch_size: Option<usize>,
 }
 
 #[derive(clap::Args)]
@@ -352,6 +356,7 @@ fn train(options: &GpuOptions, args: TrainArgs) -> Result<()> {
             sampler,
             seed: trainer.options.seed,
             keep_every: None,
+            batch_size: default_sample_batch(&gpu, trainer.unet.config(), resolution),
         };
         let (images, _) = sample(&gpu, &trainer.unet, &weights, &trainer.scheduler, &request, &mut |_, _| {})?;
         let cols = (args.grid_samples as f64).sqrt().ceil() as usize;
@@ -371,7 +376,7 @@ fn train(options: &GpuOptions, args: TrainArgs) -> Result<()> {
                 }
             };
             let rate = (step - start_step) as f64 / started.elapsed().as_secs_f64();
-            append_metrics(&out, &logs, rate * batch)?;
+            append_metrics(&out, &logs, rate * batch, &Default::default())?;
             for l in &logs {
                 smoothed = Some(smoothed.map_or(l.loss, |s| 0.9 * s + 0.1 * l.loss));
                 curve.push((l.step, l.loss));
@@ -438,6 +443,9 @@ fn sample_command(options: &GpuOptions, args: SampleArgs) -> Result<()> {
     if args.num == 0 {
         bail!("--num must be at least 1");
     }
+    if args.batch_size == Some(0) {
+        bail!("--batch-size must be at least 1");
+    }
     if let Some(parent) = args.out.parent().filter(|p| !p.as_os_str().is_empty()) {
         ensure_writable(parent)?;
     }
@@ -451,14 +459,17 @@ fn sample_command(options: &GpuOptions, args: SampleArgs) -> Result<()> {
         SamplerKind::Ddpm => Sampler::Ddpm,
         SamplerKind::Ddim => Sampler::Ddim { steps: args.steps, eta: args.eta },
     };
-    let total = match sampler {
+    let steps = match sampler {
         Sampler::Ddpm => model.scheduler.num_train_timesteps,
         Sampler::Ddim { steps, .. } => steps,
     };
+    let batch_size = args.batch_size.unwrap_or_else(|| default_sample_batch(&gpu, config, resolution));
+    // Progress counts the steps of every chunk.
+    let total = steps * args.num.div_ceil(batch_size);
     let bar = progress_bar(total as u64);
     let started = Instant::now();
-    let keep_every = args.strip.as_ref().map(|_| (total / 10).max(1));
-    let request = SampleRequest { count: args.num, resolution, sampler, seed: args.seed, keep_every };
+    let keep_every = args.strip.as_ref().map(|_| (steps / 10).max(1));
+    let request = SampleRequest { count: args.num, resolution, sampler, seed: args.seed, keep_every, batch_size };
     let (images, kept) = sample(&gpu, &model.unet, &model.weights, &model.scheduler, &request, &mut |done, _| {
         bar.set_position(done as u64);
         let rate = done as f64 / started.elapsed().as_secs_f64();

@@ -3,16 +3,20 @@
 //! keeps nothing (no parameter needs a gradient).
 //!
 //! Noise is keyed by (seed, step, sample index, element), so sample i is the
-//! same whatever the number of samples asked for.
+//! same whatever the number of samples asked for, and samples are drawn in
+//! chunks (one UNet batch each, sized to the adapter by
+//! [`default_sample_batch`]) that give exactly what one big batch would.
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 
 use crate::gpu::{Gpu, Tensor, VIEW_ALIGN_ELEMS};
+use crate::ops::attention::MAX_PROBS_BYTES;
 use crate::ops::ddpm::{self, DdimTables, DdpmTables, NoiseKey};
 use crate::schedule::{ddim_timesteps, Schedule, SchedulerConfig};
 use crate::tape::Tape;
+use crate::unet::layout::{AttnBlock, UNetLayout};
 use crate::unet::{ParamStore, ParamVars, UNet, UNetConfig};
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -78,6 +82,11 @@ pub struct SampleRequest {
     pub seed: u64,
     /// Keep sample 0's x_t every this many steps (a strip of the reverse process).
     pub keep_every: Option<usize>,
+    /// Samples per chunk: the samples are drawn `batch_size` at a time (the
+    /// last chunk may be smaller). Noise is keyed by the global sample index,
+    /// so the result does not depend on it; [`default_sample_batch`] picks
+    /// the largest the adapter holds.
+    pub batch_size: usize,
 }
 
 /// Draw samples from `unet`; returns them as (count, C, R, R) values in
@@ -98,7 +107,9 @@ pub fn sample(
 /// Predicts the noise in x_t at timestep index tensor t (scalar index given too).
 pub type NoisePredictor<'a> = dyn FnMut(&Tensor, &Tensor, usize) -> Result<Tensor> + 'a;
 
-/// The sampling loop for any noise predictor (the UNet, or an exact one in tests).
+/// The sampling loop for any noise predictor (the UNet, or an exact one in
+/// tests), run over chunks of `request.batch_size` samples. Progress counts
+/// the steps of every chunk: (done, steps x chunks).
 pub fn sample_with(
     gpu: &Gpu,
     model: &mut NoisePredictor,
@@ -107,8 +118,11 @@ pub fn sample_with(
     request: &SampleRequest,
     progress: Progress,
 ) -> Result<(Vec<f32>, Vec<Vec<f32>>)> {
-    let SampleRequest { count, resolution, sampler, seed, keep_every } = *request;
-    let shape = [count, channels, resolution, resolution];
+    let SampleRequest { count, resolution, sampler, seed, keep_every, batch_size } = *request;
+    ensure!(count >= 1, "sample: asked for no samples");
+    ensure!(batch_size >= 1, "sample: batch_size must be at least 1");
+    ensure!(count <= u32::MAX as usize, "sample: {count} samples exceed the noise generator's u32 sample index");
+    let chunk = batch_size.min(count);
     let schedule = Schedule::new(scheduler.clone())?;
     let (indices, stride) = match sampler {
         Sampler::Ddpm => ((0..schedule.len()).rev().collect::<Vec<_>>(), 1),
@@ -119,34 +133,138 @@ pub fn sample_with(
         Sampler::Ddim { eta, .. } => Some(DdimTables::new(gpu, &schedule, stride, eta)?),
         Sampler::Ddpm => None,
     };
-    // Every step's timestep vector, uploaded once: row k of (steps, row) holds index k's.
-    let row = count.div_ceil(VIEW_ALIGN_ELEMS) * VIEW_ALIGN_ELEMS;
+    // Every step's timestep vector for one chunk, uploaded once for all
+    // chunks: row k of (steps, row) holds index k's (a smaller last chunk
+    // reads the start of each row).
+    let row = chunk.div_ceil(VIEW_ALIGN_ELEMS) * VIEW_ALIGN_ELEMS;
     let mut all_t = vec![0.0f32; indices.len() * row];
     for (k, &i) in indices.iter().enumerate() {
-        all_t[k * row..k * row + count].fill(i as f32);
+        all_t[k * row..k * row + chunk].fill(i as f32);
     }
     let all_t = gpu.upload(&[all_t.len()], &all_t)?;
 
-    let mut x = ddpm::randn(gpu, &shape, NoiseKey { seed, step: INITIAL_NOISE_STEP })?;
-    let mut kept = Vec::new();
     let sample_len = channels * resolution * resolution;
-    for (k, &i) in indices.iter().enumerate() {
-        let t = all_t.view(k * row, &[count])?;
-        let eps = model(&x, &t, i)?;
-        let key = NoiseKey { seed, step: i as u32 };
-        x = match &ddim_tables {
-            Some(tables) => ddpm::ddim_step(gpu, tables, &x, &eps, &t, key)?,
-            None => ddpm::p_sample(gpu, &ddpm_tables, &x, &eps, &t, key)?,
-        };
-        gpu.submit();
-        if keep_every.is_some_and(|every| k % every == 0 || k + 1 == indices.len()) {
-            kept.push(gpu.read(&x)?[..sample_len].to_vec());
+    let total = count.div_ceil(chunk) * indices.len();
+    let mut out = Vec::with_capacity(count * sample_len);
+    let mut kept = Vec::new();
+    for (c, first) in (0..count).step_by(chunk).enumerate() {
+        let n = chunk.min(count - first);
+        // Row r of this chunk is global sample first + r: the noise of one big batch.
+        let key = |step: u32| NoiseKey { seed, step, first_sample: first as u32 };
+        let mut x = ddpm::randn(gpu, &[n, channels, resolution, resolution], key(INITIAL_NOISE_STEP))?;
+        for (k, &i) in indices.iter().enumerate() {
+            let t = all_t.view(k * row, &[n])?;
+            let eps = model(&x, &t, i)?;
+            x = match &ddim_tables {
+                Some(tables) => ddpm::ddim_step(gpu, tables, &x, &eps, &t, key(i as u32))?,
+                None => ddpm::p_sample(gpu, &ddpm_tables, &x, &eps, &t, key(i as u32))?,
+            };
+            gpu.submit();
+            // Sample 0 is row 0 of the first chunk.
+            if first == 0 && keep_every.is_some_and(|every| k % every == 0 || k + 1 == indices.len()) {
+                kept.push(gpu.read(&x)?[..sample_len].to_vec());
+            }
+            progress(c * indices.len() + k + 1, total);
         }
-        progress(k + 1, indices.len());
+        out.extend(gpu.read(&x)?.into_iter().map(|v| v.clamp(-1.0, 1.0)));
     }
-    let mut out = gpu.read(&x)?;
-    out.iter_mut().for_each(|v| *v = v.clamp(-1.0, 1.0));
     Ok((out, kept))
+}
+
+/// Per-sample sizes, in floats, of what one UNet forward pass (sampling:
+/// nothing kept for backward) allocates, estimated from the layout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ForwardFootprint {
+    /// The largest tensor one kernel binds: channels x pixels of the widest
+    /// activation. In diffusers' UNet that is usually an up-path skip concat
+    /// (its resnets' `c_in` = the level's channels + the skip's) at full
+    /// resolution; attention's token rows and q/k/v are channels x tokens,
+    /// the same size as its input.
+    pub largest_activation: usize,
+    /// The largest attention probability matrix, heads x T x T with T = H x W
+    /// at that level (0 without attention).
+    pub largest_attention: usize,
+    /// A rough peak of what is held at once: every skip the down path keeps
+    /// for the up path, [`WORKING_ACTIVATIONS`] working tensors the size of
+    /// the largest activation (a resblock holds its input, the normalised
+    /// and convolved values, the shortcut and the sum; attention its input,
+    /// the normalised tokens, q, k, v and output) and one probability matrix.
+    pub peak: usize,
+}
+
+/// Working tensors counted at the largest activation's size in
+/// [`ForwardFootprint::peak`].
+pub const WORKING_ACTIVATIONS: usize = 8;
+
+/// Most samples [`default_sample_batch`] puts in one chunk: beyond this the
+/// GPU is busy anyway and memory is better left to others.
+pub const MAX_SAMPLE_BATCH: usize = 256;
+
+/// The bound on [`ForwardFootprint::peak`] of a chunk (wgpu does not tell
+/// how much memory an adapter has): 1 GiB, which any GPU this runs on holds
+/// beside a model's weights.
+pub const SAMPLE_MEMORY_BUDGET: u64 = 1 << 30;
+
+/// What a forward pass of `config` at `resolution` x `resolution` allocates
+/// per sample; see [`ForwardFootprint`].
+pub fn forward_footprint(config: &UNetConfig, resolution: usize) -> ForwardFootprint {
+    let layout = UNetLayout::new(config);
+    let levels = config.block_out_channels.len();
+    let pixels: Vec<usize> = (0..levels).map(|i| (resolution >> i).pow(2)).collect();
+    let mut largest = config.in_channels.max(config.out_channels) * pixels[0];
+    let mut attention = 0;
+    let mut skips = 0;
+    let mut see = |channels: usize, pixels: usize| largest = largest.max(channels * pixels);
+    let mut attend = |a: &AttnBlock, tokens: usize| attention = attention.max(a.heads * tokens * tokens);
+    let c0 = config.block_out_channels[0];
+    see(c0, pixels[0]);
+    skips += c0 * pixels[0];
+    for (i, level) in layout.down.iter().enumerate() {
+        for r in &level.resnets {
+            see(r.c_in.max(r.c_out), pixels[i]);
+            skips += r.c_out * pixels[i];
+        }
+        level.attentions.iter().for_each(|a| attend(a, pixels[i]));
+        if level.downsample.is_some() {
+            skips += level.channels * pixels[i + 1];
+        }
+    }
+    let last = levels - 1;
+    if let Some(a) = layout.mid.as_ref().and_then(|m| m.attention.as_ref()) {
+        attend(a, pixels[last]);
+    }
+    for (i, level) in layout.up.iter().enumerate() {
+        let li = last - i;
+        for r in &level.resnets {
+            see(r.c_in.max(r.c_out), pixels[li]);
+        }
+        level.attentions.iter().for_each(|a| attend(a, pixels[li]));
+        if level.upsample.is_some() {
+            see(level.channels, pixels[li - 1]);
+        }
+    }
+    ForwardFootprint {
+        largest_activation: largest,
+        largest_attention: attention,
+        peak: skips + WORKING_ACTIVATIONS * largest + attention,
+    }
+}
+
+/// The largest chunk of samples (at most [`MAX_SAMPLE_BATCH`]) whose UNet
+/// forward fits this adapter: its largest activation within one storage
+/// binding (and buffer), its attention probabilities within what the
+/// attention op allows, and its estimated peak within
+/// [`SAMPLE_MEMORY_BUDGET`]. At least 1. See [`forward_footprint`].
+pub fn default_sample_batch(gpu: &Gpu, config: &UNetConfig, resolution: usize) -> usize {
+    let f = forward_footprint(config, resolution);
+    let info = gpu.info();
+    let binding = info.max_storage_binding.min(info.max_buffer_size);
+    let fits =
+        |bytes: u64, floats: usize| if floats == 0 { usize::MAX } else { (bytes / (4 * floats as u64)) as usize };
+    fits(binding, f.largest_activation)
+        .min(fits(binding.min(MAX_PROBS_BYTES), f.largest_attention))
+        .min(fits(SAMPLE_MEMORY_BUDGET, f.peak))
+        .clamp(1, MAX_SAMPLE_BATCH)
 }
 
 /// One UNet forward pass, keeping no activations for backward.

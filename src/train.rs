@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::data::Dataset;
 use crate::gpu::{Gpu, Tensor, VIEW_ALIGN_ELEMS};
 use crate::ops::ddpm::{self, DdpmTables, NoiseKey};
+use crate::ops::loss;
 use crate::ops::optimizer::{self, Adam};
 use crate::schedule::{Schedule, SchedulerConfig};
 use crate::tape::Tape;
@@ -107,6 +108,14 @@ pub fn read_state(dir: &Path) -> Result<TrainState> {
 /// Losses and gradient norms of the steps since the last readback.
 const LOG_SLOTS: usize = 10;
 
+/// Buckets of the timestep range in which [`StepLog::decile_loss`] averages.
+pub const DECILES: usize = 10;
+
+/// The decile of timestep index `t` in `0..steps`: `floor(10 t / steps)`.
+pub fn decile_of(t: usize, steps: usize) -> usize {
+    (t * DECILES / steps).min(DECILES - 1)
+}
+
 pub struct Trainer<'g> {
     gpu: &'g Gpu,
     pub unet: UNet,
@@ -123,8 +132,11 @@ pub struct Trainer<'g> {
     x0: Tensor,
     loss_log: Tensor,
     norm_log: Tensor,
-    /// Steps whose loss is in the logs but not yet read.
-    pending: Vec<u64>,
+    /// (LOG_SLOTS, row) per-sample losses, row = batch rounded up to a view boundary.
+    sample_log: Tensor,
+    /// Steps whose loss is in the logs but not yet read, with each sample's
+    /// timestep index.
+    pending: Vec<(u64, Vec<usize>)>,
 }
 
 /// GPU memory of a training run, in bytes.
@@ -170,6 +182,11 @@ pub struct StepLog {
     pub loss: f32,
     pub grad_norm: f32,
     pub lr: f32,
+    /// Mean loss of the step's samples whose timestep index t lies in
+    /// decile d of `0..T` ([`decile_of`]); NaN where the step had none.
+    pub decile_loss: [f32; DECILES],
+    /// How many of the step's samples fell in each decile.
+    pub decile_count: [u32; DECILES],
 }
 
 impl<'g> Trainer<'g> {
@@ -227,6 +244,7 @@ impl<'g> Trainer<'g> {
             x0: gpu.uninit(&[options.batch_size, channels, h, w])?,
             loss_log: gpu.zeros(&[LOG_SLOTS * VIEW_ALIGN_ELEMS])?,
             norm_log: gpu.zeros(&[LOG_SLOTS * VIEW_ALIGN_ELEMS])?,
+            sample_log: gpu.zeros(&[LOG_SLOTS * sample_log_row(options.batch_size)])?,
             pending: Vec::new(),
             unet,
             scheduler,
@@ -261,7 +279,13 @@ impl<'g> Trainer<'g> {
         gpu.write(&self.x0, &batch)?;
         let t_indices: Vec<usize> = (0..o.batch_size).map(|_| rng.random_range(0..self.tables.steps)).collect();
         let t = ddpm::timesteps(gpu, &t_indices)?;
-        let (xt, eps) = ddpm::q_sample(gpu, &self.tables, &self.x0, &t, NoiseKey { seed: o.seed, step: s as u32 })?;
+        let (xt, eps) = ddpm::q_sample(
+            gpu,
+            &self.tables,
+            &self.x0,
+            &t,
+            NoiseKey { seed: o.seed, step: s as u32, first_sample: 0 },
+        )?;
 
         let mut tape = Tape::new(gpu);
         let p = ParamVars::new(&mut tape, &self.weights, true)?;
@@ -269,6 +293,10 @@ impl<'g> Trainer<'g> {
         let target = tape.input(eps);
         let pred = self.unet.forward(&mut tape, &p, &x, &t)?;
         let loss = tape.mse_loss(&pred, &target)?;
+        // Each sample's loss, straight into its log slot (no gradient).
+        let row = sample_log_row(o.batch_size);
+        let slot = self.sample_log.view(self.pending.len() * row, &[o.batch_size])?;
+        loss::mse_loss_per_sample_into(gpu, &pred.value, &target.value, &slot)?;
         let grads = tape.backward(&loss)?;
         for (name, var) in p.iter() {
             let slot = view_of(&self.unet.table, &self.grads, name)?;
@@ -294,7 +322,7 @@ impl<'g> Trainer<'g> {
         let slot = self.pending.len() * VIEW_ALIGN_ELEMS;
         gpu.copy(&loss.value, &self.loss_log.view(slot, &[1])?)?;
         gpu.copy(&norm_sq, &self.norm_log.view(slot, &[1])?)?;
-        self.pending.push(s);
+        self.pending.push((s, t_indices));
         gpu.submit();
         self.step += 1;
         Ok(())
@@ -325,13 +353,24 @@ impl<'g> Trainer<'g> {
         }
         let losses = self.gpu.read(&self.loss_log)?;
         let norms = self.gpu.read(&self.norm_log)?;
+        let per_sample = self.gpu.read(&self.sample_log)?;
+        let row = sample_log_row(self.options.batch_size);
         let mut out = Vec::new();
-        for (i, &s) in std::mem::take(&mut self.pending).iter().enumerate() {
+        for (i, (s, t)) in std::mem::take(&mut self.pending).into_iter().enumerate() {
             let loss = losses[i * VIEW_ALIGN_ELEMS];
             if !loss.is_finite() {
                 bail!("the loss became {loss} at step {}: training stopped (lower --lr or check the data)", s + 1);
             }
-            out.push(StepLog { step: s + 1, loss, grad_norm: norms[i * VIEW_ALIGN_ELEMS].sqrt(), lr: self.lr_at(s) });
+            let (decile_loss, decile_count) =
+                decile_means(&per_sample[i * row..i * row + t.len()], &t, self.tables.steps);
+            out.push(StepLog {
+                step: s + 1,
+                loss,
+                grad_norm: norms[i * VIEW_ALIGN_ELEMS].sqrt(),
+                lr: self.lr_at(s),
+                decile_loss,
+                decile_count,
+            });
         }
         Ok(out)
     }
@@ -422,6 +461,26 @@ impl<'g> Trainer<'g> {
     }
 }
 
+/// Floats per step in the per-sample loss log: the batch, rounded up so
+/// every step's slot is a view.
+fn sample_log_row(batch: usize) -> usize {
+    batch.div_ceil(VIEW_ALIGN_ELEMS) * VIEW_ALIGN_ELEMS
+}
+
+/// Mean of `losses[j]` over the samples j whose timestep `t[j]` (in
+/// `0..steps`) falls in each decile (NaN for none), and the counts.
+pub fn decile_means(losses: &[f32], t: &[usize], steps: usize) -> ([f32; DECILES], [u32; DECILES]) {
+    let mut sum = [0.0f64; DECILES];
+    let mut count = [0u32; DECILES];
+    for (&l, &ti) in losses.iter().zip(t) {
+        let d = decile_of(ti, steps);
+        sum[d] += l as f64;
+        count[d] += 1;
+    }
+    let mean = std::array::from_fn(|d| if count[d] == 0 { f32::NAN } else { (sum[d] / count[d] as f64) as f32 });
+    (mean, count)
+}
+
 /// `dir`, or the previous checkpoint kept beside it if a save was cut short.
 pub fn existing_checkpoint(dir: &Path) -> Result<PathBuf> {
     for candidate in [dir.to_path_buf(), sibling(dir, "old")] {
@@ -459,21 +518,50 @@ pub fn batch_indices(seed: u64, s: u64, batch: usize, len: usize) -> Vec<usize> 
     out
 }
 
-/// Append step logs to `metrics.csv` in `out` (with a header when new).
-pub fn append_metrics(out: &Path, logs: &[StepLog], images_per_second: f64) -> Result<()> {
-    use std::io::Write;
+/// The columns of `metrics.csv`.
+pub const METRICS_HEADER: &str = "step,loss,lr,grad_norm,images_per_second,\
+loss_t0,loss_t1,loss_t2,loss_t3,loss_t4,loss_t5,loss_t6,loss_t7,loss_t8,loss_t9,\
+frechet,frechet_floor,confident_fraction,class_kl";
+
+/// Append step logs to `metrics.csv` in `out` (with [`METRICS_HEADER`] when
+/// new): the step's figures, its loss per timestep decile (empty where the
+/// step had no sample there) and the evaluation `eval` holds for that step
+/// as (frechet, frechet_floor, confident_fraction, class_kl) (empty cells
+/// for steps it does not hold). A file from an older run with fewer
+/// columns is appended to as it is: its new rows follow the new header.
+pub fn append_metrics(
+    out: &Path,
+    logs: &[StepLog],
+    images_per_second: f64,
+    eval: &std::collections::BTreeMap<u64, [f64; 4]>,
+) -> Result<()> {
+    use std::fmt::Write as _;
+    use std::io::Write as _;
     let path = out.join("metrics.csv");
     let new = !path.exists();
+    let mut text = String::new();
+    if new {
+        writeln!(text, "{METRICS_HEADER}")?;
+    }
+    for l in logs {
+        write!(text, "{},{},{},{},{:.2}", l.step, l.loss, l.lr, l.grad_norm, images_per_second)?;
+        for v in l.decile_loss {
+            text.push(',');
+            if !v.is_nan() {
+                write!(text, "{v}")?;
+            }
+        }
+        match eval.get(&l.step) {
+            Some(e) => e.iter().try_for_each(|v| write!(text, ",{v}"))?,
+            None => text.push_str(",,,,"),
+        }
+        text.push('\n');
+    }
     let mut f = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(&path)
         .with_context(|| format!("opening {}", path.display()))?;
-    if new {
-        writeln!(f, "step,loss,lr,grad_norm,images_per_second")?;
-    }
-    for l in logs {
-        writeln!(f, "{},{},{},{},{:.2}", l.step, l.loss, l.lr, l.grad_norm, images_per_second)?;
-    }
+    f.write_all(text.as_bytes()).with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }

@@ -60,6 +60,31 @@ fn losses(dir: &Path) -> Vec<(u64, String)> {
         .collect()
 }
 
+/// metrics.csv's rows, checked: 19 columns under the header; the loss per
+/// timestep decile empty (no sample there) or a positive number, at least
+/// one per step, and the step's loss (their count-weighted mean) between
+/// the smallest and largest of them; no evaluation cells yet. Returns the
+/// rows without the images/s column (which depends on the machine's speed).
+fn checked_metrics(dir: &Path) -> Vec<Vec<String>> {
+    let text = std::fs::read_to_string(dir.join("metrics.csv")).unwrap();
+    let mut lines = text.lines();
+    assert_eq!(lines.next().unwrap(), ddpm_wgpu::train::METRICS_HEADER);
+    lines
+        .map(|line| {
+            let mut cells: Vec<String> = line.split(',').map(str::to_string).collect();
+            assert_eq!(cells.len(), 19, "{line}");
+            let loss: f64 = cells[1].parse().unwrap();
+            let deciles: Vec<f64> = cells[5..15].iter().filter(|c| !c.is_empty()).map(|c| c.parse().unwrap()).collect();
+            assert!(!deciles.is_empty() && deciles.iter().all(|v| v.is_finite() && *v > 0.0), "{line}");
+            let (lo, hi) = deciles.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+            assert!(lo * (1.0 - 1e-5) <= loss && loss <= hi * (1.0 + 1e-5), "{line}: loss outside its deciles");
+            assert!(cells[15..].iter().all(|c| c.is_empty()), "{line}");
+            cells.remove(4);
+            cells
+        })
+        .collect()
+}
+
 #[test]
 fn train_resume_and_sample() {
     let config = config();
@@ -89,6 +114,8 @@ fn train_resume_and_sample() {
     // Same seed, same adapter: the resumed run's losses are the uninterrupted run's.
     assert_eq!(losses(&whole), losses(&split), "resumed run diverged from the uninterrupted one");
     assert_eq!(losses(&whole).len(), 5);
+    // Per-decile losses too: everything but the speed.
+    assert_eq!(checked_metrics(&whole), checked_metrics(&split), "resumed run's metrics differ");
     assert!(split.join("loss.png").is_file() && split.join("samples/step_000005.png").is_file());
 
     let grid = split.join("grid.png");
@@ -118,6 +145,47 @@ fn train_resume_and_sample() {
     std::fs::remove_dir_all(&split).unwrap();
 }
 
+/// `--num` above `--batch-size` samples in chunks: the same grid as one
+/// batch, with progress over every chunk's steps.
+#[test]
+fn sample_in_chunks_gives_the_one_batch_grid() {
+    let dir = temp("chunks");
+    std::fs::create_dir_all(&dir).unwrap();
+    let checkpoint = format!("{}/tests/fixtures/tiny_unet", env!("CARGO_MANIFEST_DIR"));
+    let run = |batch: &str| {
+        let out = dir.join(format!("grid_{batch}.png"));
+        let args = [
+            "sample",
+            "--checkpoint",
+            &checkpoint,
+            "--num",
+            "5",
+            "--batch-size",
+            batch,
+            "--sampler",
+            "ddim",
+            "--steps",
+            "3",
+            "--eta",
+            "1",
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        let result = ddpm(&args);
+        assert!(result.status.success(), "ddpm {args:?}");
+        (image::open(&out).unwrap().to_rgb8(), String::from_utf8_lossy(&result.stderr).to_string())
+    };
+    let (chunked, log) = run("2");
+    // Chunks of 2, 2, 1: three chunks of 3 steps.
+    assert!(log.contains("step 9/9"), "{log}");
+    let (whole, _) = run("5");
+    // 5 samples in a 3x2 grid of 8-pixel tiles with 2-pixel borders.
+    assert_eq!((chunked.width(), chunked.height()), (3 * 10 + 2, 2 * 10 + 2));
+    assert!(chunked == whole, "chunks of 2 and one batch of 5 gave different grids");
+    assert!(chunked.pixels().any(|p| p.0[0] > 0 && p.0[0] < 255), "the samples must not be blank");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// A failed command: non-zero exit, one `error:` line naming the cause, no panic.
 fn fails_with(args: &[&str], expected: &str) {
     let out = ddpm(args);
@@ -142,6 +210,10 @@ fn bad_input_gets_a_clear_error() {
     std::fs::write(dir.join("file"), b"x").unwrap();
     fails_with(&["train", "--out", &format!("{d}/file/sub")], "output folder");
     fails_with(&["sample", "--checkpoint", &format!("{d}/nothing")], "does not exist");
+    fails_with(
+        &["sample", "--checkpoint", &format!("{d}/nothing"), "--batch-size", "0"],
+        "--batch-size must be at least 1",
+    );
     fails_with(&["--adapter", "no-such-adapter-anywhere", "devices"], "no adapter whose name contains");
     fails_with(&["--backend", "vulcan", "devices"], "unknown backend 'vulcan'");
     // A truncated weights file.

@@ -32,7 +32,8 @@ fn linear(variance_type: VarianceType, clip_sample: bool) -> Schedule {
 }
 
 fn key(r: &mut StdRng) -> NoiseKey {
-    NoiseKey { seed: r.random(), step: r.random() }
+    // Any first sample, up to the top of u32 (where the row index wraps).
+    NoiseKey { seed: r.random(), step: r.random(), first_sample: r.random() }
 }
 
 fn to_f32(v: &[f64]) -> Vec<f32> {
@@ -170,6 +171,31 @@ fn gpu_noise_is_reproducible_and_keyed_by_seed_step_and_sample() {
     }
     // Different samples get different noise.
     assert_eq!(differs(&big[..per_sample], &big[per_sample..2 * per_sample]), per_sample);
+}
+
+/// A chunk keyed with first_sample k draws rows k.. of the whole batch's
+/// noise: on the CPU twin exactly, on the GPU bit for bit, at odd and
+/// aligned sample sizes.
+#[test]
+fn noise_with_a_first_sample_offset_is_the_rows_of_one_batch() {
+    let mut r = rng();
+    let (_turn, gpu) = common::gpu();
+    for dim in [35, 16] {
+        let whole_key = NoiseKey { first_sample: 0, ..key(&mut r) };
+        let (batch, first, rows) = (9, 4, 3);
+        let whole = cpu::randn(whole_key, batch, dim);
+        let chunk_key = NoiseKey { first_sample: first as u32, ..whole_key };
+        let chunk = cpu::randn(chunk_key, rows, dim);
+        assert_eq!(chunk[..], whole[first * dim..(first + rows) * dim], "CPU twin, D={dim}");
+        let gpu_whole = bits(&gpu, &ddpm::randn(&gpu, &[batch, dim], whole_key).unwrap());
+        let gpu_chunk = bits(&gpu, &ddpm::randn(&gpu, &[rows, dim], chunk_key).unwrap());
+        assert_eq!(gpu_chunk[..], gpu_whole[first * dim..(first + rows) * dim], "GPU, D={dim}");
+        let got: Vec<f32> = gpu_chunk.iter().map(|&b| f32::from_bits(b)).collect();
+        assert_close(&format!("offset randn D={dim} vs twin"), &got, &to_f32(&chunk), NOISE_ATOL, NOISE_RTOL);
+        // Another offset is other noise.
+        let shifted = bits(&gpu, &ddpm::randn(&gpu, &[rows, dim], NoiseKey { first_sample: 5, ..whole_key }).unwrap());
+        assert!(shifted.iter().zip(&gpu_chunk).all(|(a, b)| a != b), "offsets 4 and 5 share values");
+    }
 }
 
 #[test]
@@ -325,9 +351,15 @@ fn launchers_reject_mismatched_shapes() {
     let x = gpu.zeros(&[4, 8]).unwrap();
     let t3 = ddpm::timesteps(&gpu, &[0, 1, 2]).unwrap();
     let t4 = ddpm::timesteps(&gpu, &[0, 1, 2, 3]).unwrap();
-    let err = ddpm::q_sample(&gpu, &tables, &x, &t3, NoiseKey { seed: 0, step: 0 }).err().unwrap().to_string();
+    let err = ddpm::q_sample(&gpu, &tables, &x, &t3, NoiseKey { seed: 0, step: 0, first_sample: 0 })
+        .err()
+        .unwrap()
+        .to_string();
     assert!(err.contains("q_sample") && err.contains("[3]"), "{err}");
     let eps = gpu.zeros(&[4, 9]).unwrap();
-    let err = ddpm::p_sample(&gpu, &tables, &x, &eps, &t4, NoiseKey { seed: 0, step: 0 }).err().unwrap().to_string();
+    let err = ddpm::p_sample(&gpu, &tables, &x, &eps, &t4, NoiseKey { seed: 0, step: 0, first_sample: 0 })
+        .err()
+        .unwrap()
+        .to_string();
     assert!(err.contains("p_sample") && err.contains("[4, 9]"), "{err}");
 }

@@ -43,7 +43,7 @@ fn tiny_unet_overfits_fixed_batch() {
     let x0 = gpu.upload(&[16, 1, 16, 16], &x0).unwrap();
     let tables = DdpmTables::new(&gpu, &Schedule::new(SchedulerConfig::default()).unwrap()).unwrap();
     let t = ddpm::timesteps(&gpu, &(0..16).map(|i| 20 + i * 61).collect::<Vec<_>>()).unwrap();
-    let (xt, eps) = ddpm::q_sample(&gpu, &tables, &x0, &t, NoiseKey { seed: 3, step: 0 }).unwrap();
+    let (xt, eps) = ddpm::q_sample(&gpu, &tables, &x0, &t, NoiseKey { seed: 3, step: 0, first_sample: 0 }).unwrap();
 
     let adam = Adam { max_grad_norm: 1.0, ..Adam::default() };
     let mut losses = Vec::new();

@@ -1,32 +1,44 @@
-//! Sampling: sample i does not depend on how many samples were asked for,
-//! seeds reproduce, and the last DDPM step adds no noise.
+//! Sampling: sample i does not depend on how many samples were asked for
+//! or on the chunks they are drawn in, seeds reproduce, the exact noise
+//! predictor recovers its data point, and the chunk size the adapter's
+//! limits allow is derived from the UNet's activations.
 
 mod common;
 
 use common::assert_close;
-use ddpm_wgpu::sample::{sample, SampleRequest, Sampler};
+use ddpm_wgpu::ops::attention::MAX_PROBS_BYTES;
+use ddpm_wgpu::sample::{
+    default_sample_batch, forward_footprint, sample, ForwardFootprint, SampleRequest, Sampler, MAX_SAMPLE_BATCH,
+    SAMPLE_MEMORY_BUDGET, WORKING_ACTIVATIONS,
+};
 use ddpm_wgpu::schedule::SchedulerConfig;
 use ddpm_wgpu::unet::{ParamStore, UNet, UNetConfig};
+use ddpm_wgpu::Gpu;
 
-#[test]
-fn samples_do_not_depend_on_batch_size_and_seeds_reproduce() {
-    let (_turn, gpu) = common::gpu();
-    let config = UNetConfig::load(std::path::Path::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/tiny_unet_28.json"
-    )))
-    .unwrap();
-    let unet = UNet::new(&config).unwrap();
-    // Random non-zero weights so the model's output matters.
+fn tiny_config() -> UNetConfig {
+    UNetConfig::load(std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny_unet_28.json")))
+        .unwrap()
+}
+
+/// The 28x28 test UNet with random non-zero weights, so the model's output matters.
+fn tiny_model(gpu: &Gpu) -> (UNet, ParamStore) {
+    let unet = UNet::new(&tiny_config()).unwrap();
     let mut flat = unet.table.init(5);
     for (i, v) in flat.iter_mut().enumerate() {
         *v += 0.02 * ((i * 7919 % 200) as f32 / 100.0 - 1.0);
     }
-    let weights = ParamStore::upload(&gpu, unet.table.clone(), &flat).unwrap();
+    let weights = ParamStore::upload(gpu, unet.table.clone(), &flat).unwrap();
+    (unet, weights)
+}
+
+#[test]
+fn samples_do_not_depend_on_batch_size_and_seeds_reproduce() {
+    let (_turn, gpu) = common::gpu();
+    let (unet, weights) = tiny_model(&gpu);
     let scheduler = SchedulerConfig { num_train_timesteps: 8, ..SchedulerConfig::default() };
     for sampler in [Sampler::Ddpm, Sampler::Ddim { steps: 4, eta: 1.0 }] {
         let run = |count: usize, seed: u64| {
-            let request = SampleRequest { count, resolution: 28, sampler, seed, keep_every: None };
+            let request = SampleRequest { count, resolution: 28, sampler, seed, keep_every: None, batch_size: count };
             sample(&gpu, &unet, &weights, &scheduler, &request, &mut |_, _| {}).unwrap().0
         };
         let few = run(2, 11);
@@ -64,9 +76,76 @@ fn samplers_recover_the_data_point_with_the_exact_noise_predictor() {
                 let centred = ew::axpy(&gpu, x, -schedule.sqrt_alphas_cumprod[i] as f32, &star_t)?;
                 ew::scale(&gpu, &centred, 1.0 / schedule.sqrt_one_minus_alphas_cumprod[i] as f32)
             };
-            let request = SampleRequest { count, resolution: res, sampler, seed: 4, keep_every: None };
+            let request =
+                SampleRequest { count, resolution: res, sampler, seed: 4, keep_every: None, batch_size: count };
             let (out, _) = sample_with(&gpu, &mut exact, 1, &scheduler, &request, &mut |_, _| {}).unwrap();
             assert_close(&format!("{sampler:?} clip={}", scheduler.clip_sample), &out, &star_batch, 2e-3, 1e-3);
         }
     }
+}
+
+/// 7 samples drawn 3 at a time (chunks of 3, 3, 1) are the 7 of one batch,
+/// bit for bit: each chunk's noise is keyed by global sample indices. The
+/// progress counts every chunk's steps and the kept strip is sample 0's.
+#[test]
+fn chunked_sampling_equals_one_batch_bit_for_bit() {
+    let (_turn, gpu) = common::gpu();
+    let (unet, weights) = tiny_model(&gpu);
+    let scheduler = SchedulerConfig { num_train_timesteps: 8, ..SchedulerConfig::default() };
+    for (sampler, steps) in [(Sampler::Ddpm, 8), (Sampler::Ddim { steps: 4, eta: 1.0 }, 4)] {
+        let run = |batch_size: usize| {
+            let request =
+                SampleRequest { count: 7, resolution: 28, sampler, seed: 21, keep_every: Some(3), batch_size };
+            let mut calls = Vec::new();
+            let (images, kept) =
+                sample(&gpu, &unet, &weights, &scheduler, &request, &mut |done, total| calls.push((done, total)))
+                    .unwrap();
+            (images, kept, calls)
+        };
+        let (whole, whole_kept, whole_calls) = run(7);
+        let (chunked, chunked_kept, chunked_calls) = run(3);
+        assert_eq!(whole.len(), 7 * 28 * 28);
+        let differing = whole.iter().zip(&chunked).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+        assert_eq!(differing, 0, "{sampler:?}: {differing} values differ between chunks of 3 and one batch of 7");
+        assert_eq!(chunked, whole, "{sampler:?}: lengths differ");
+        assert_eq!(chunked_kept, whole_kept, "{sampler:?}: the kept x_t of sample 0 differ");
+        assert_eq!(whole_kept.len(), (0..steps).filter(|k| k % 3 == 0 || k + 1 == steps).count());
+        assert_eq!(whole_calls, (1..=steps).map(|d| (d, steps)).collect::<Vec<_>>());
+        assert_eq!(chunked_calls, (1..=3 * steps).map(|d| (d, 3 * steps)).collect::<Vec<_>>());
+    }
+}
+
+/// The activation estimate for the default config walks its layout: the
+/// widest tensor is the last up level's first concat at full resolution
+/// (64 and 32 channels at 32x32), the largest attention the 16x16 level's
+/// one head (256 x 256 probabilities). The chunk picked fits every bound and
+/// is the largest that does (or the cap).
+#[test]
+fn default_sample_batch_follows_the_widest_activation() {
+    let default = UNetConfig::from_json(include_str!("../assets/configs/default_unet.json")).unwrap();
+    let f = forward_footprint(&default, 32);
+    assert_eq!(f.largest_activation, 96 * 32 * 32);
+    assert_eq!(f.largest_attention, 256 * 256);
+    assert!(f.peak > WORKING_ACTIVATIONS * f.largest_activation + f.largest_attention, "{f:?}");
+    // The 192 MiB concat of one batch of 512 is what fails without chunks.
+    assert_eq!(512 * 4 * f.largest_activation, 192 << 20);
+    // The CIFAR-10 model: 256 + 128 channels into its last up level's first resnet.
+    let cifar = UNetConfig::from_json(include_str!("../assets/configs/ddpm_cifar10_unet.json")).unwrap();
+    assert_eq!(forward_footprint(&cifar, 32).largest_activation, 384 * 32 * 32);
+
+    let (_turn, gpu) = common::gpu();
+    let binding = gpu.info().max_storage_binding.min(gpu.info().max_buffer_size);
+    let fits = |b: usize, f: &ForwardFootprint| {
+        (b * 4 * f.largest_activation) as u64 <= binding
+            && (b * 4 * f.largest_attention) as u64 <= binding.min(MAX_PROBS_BYTES)
+            && (b * 4 * f.peak) as u64 <= SAMPLE_MEMORY_BUDGET
+    };
+    for (config, res) in [(&default, 32), (&cifar, 32), (&tiny_config(), 28)] {
+        let b = default_sample_batch(&gpu, config, res);
+        let f = forward_footprint(config, res);
+        eprintln!("{res}x{res}, channels {:?}: {f:?}, chunk {b}", config.block_out_channels);
+        assert!((1..=MAX_SAMPLE_BATCH).contains(&b) && fits(b, &f), "chunk {b} for {f:?}, binding {binding}");
+        assert!(b == MAX_SAMPLE_BATCH || !fits(b + 1, &f), "chunk {b} for {f:?}: {} fits too", b + 1);
+    }
+    assert_eq!(default_sample_batch(&gpu, &tiny_config(), 28), MAX_SAMPLE_BATCH);
 }

@@ -1,5 +1,5 @@
-//! linear, timestep_embedding, upsample_nearest2x, concat/split and
-//! mse_loss: CPU backward against finite differences, then every GPU
+//! linear, timestep_embedding, upsample_nearest2x, concat/split, mse_loss
+//! and mse_loss_per_sample: CPU backward against finite differences, then every GPU
 //! forward and backward against the CPU twin at odd and aligned shapes.
 
 mod common;
@@ -190,4 +190,47 @@ fn mse_loss_forward_and_backward() {
             assert_close(&format!("{what}: da"), &gpu.read(&g).unwrap(), &to_f32(&da), 1e-9, 1e-5);
         });
     }
+}
+
+/// Per-row means at odd and aligned row lengths (the scalar and vec4
+/// paths), row counts that are not multiples of 4 (component writes) and
+/// rows longer than a workgroup's 256 lanes; outputs start poisoned (NaN),
+/// a write into a view leaves its neighbours alone, and a row's value does
+/// not depend on the other rows.
+#[test]
+fn mse_loss_per_sample_matches_cpu() {
+    let mut r = rng();
+    for (rows, dim) in [(1, 1), (3, 5), (5, 8), (7, 1023), (2, 3 * 32 * 32), (16, 784), (33, 3)] {
+        let (a, b) = (uniform(&mut r, rows * dim), uniform(&mut r, rows * dim));
+        let want = loss::cpu::mse_loss_per_sample(&to_f64(&a), &to_f64(&b), rows);
+        each_path(|gpu, path| {
+            let what = format!("mse_loss_per_sample ({rows}, {dim}) on {path:?}");
+            let shape = [rows, 1, dim];
+            let (ta, tb) = (gpu.upload(&shape, &a).unwrap(), gpu.upload(&shape, &b).unwrap());
+            let out = loss::mse_loss_per_sample(gpu, &ta, &tb).unwrap();
+            assert_eq!(out.shape(), &[rows]);
+            let got = gpu.read(&out).unwrap();
+            assert_close(&what, &got, &to_f32(&want), 0.0, 1e-5);
+            let again = gpu.read(&loss::mse_loss_per_sample(gpu, &ta, &tb).unwrap()).unwrap();
+            assert_eq!(again, got, "{what}: not reproducible");
+            // Into the second slot of a poisoned log: the first slot stays NaN.
+            let log = gpu.uninit(&[2 * 64]).unwrap();
+            loss::mse_loss_per_sample_into(gpu, &ta, &tb, &log.view(64, &[rows]).unwrap()).unwrap();
+            let log = gpu.read(&log).unwrap();
+            assert_eq!(log[64..64 + rows], got[..], "{what}: into a view");
+            assert!(log[..64].iter().chain(&log[64 + rows..]).all(|v| v.is_nan()), "{what}: wrote outside its view");
+            // One row alone gives the same bits as in the batch.
+            let first = loss::mse_loss_per_sample(
+                gpu,
+                &gpu.upload(&[1, dim], &a[..dim]).unwrap(),
+                &gpu.upload(&[1, dim], &b[..dim]).unwrap(),
+            )
+            .unwrap();
+            assert_eq!(gpu.read(&first).unwrap()[0].to_bits(), got[0].to_bits(), "{what}: row 0 alone");
+        });
+    }
+    let (_turn, gpu) = common::gpu();
+    let x = gpu.zeros(&[2, 3]).unwrap();
+    let err = loss::mse_loss_per_sample_into(&gpu, &x, &x, &gpu.zeros(&[3]).unwrap()).err().unwrap().to_string();
+    assert!(err.contains("mse_loss_per_sample") && err.contains("[3]"), "{err}");
 }

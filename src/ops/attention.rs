@@ -15,6 +15,10 @@ use bytemuck::{Pod, Zeroable};
 use crate::gpu::{Access, Gpu, Kernel, Shader, Tensor};
 use crate::ops::matmul::{gemm, Gemm};
 
+/// The most bytes the (B*heads, T, T) probabilities may take: one storage
+/// binding on adapters with WebGPU's default limit.
+pub const MAX_PROBS_BYTES: u64 = 128 << 20;
+
 /// Mirrors `Params` in `shaders/attention.wgsl`.
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -83,7 +87,11 @@ fn geometry(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<(usize, usize, usize)>
     let (t, d) = (s[s.len() - 2], s[s.len() - 1]);
     let bh: usize = s[..s.len() - 2].iter().product();
     ensure!(bh > 0 && t > 0 && d > 0, "attention: empty shape {s:?}");
-    ensure!((bh * t * t * 4) as u64 <= 128 << 20, "attention: {bh} x {t} x {t} probabilities exceed a 128 MiB binding");
+    ensure!(
+        (bh * t * t * 4) as u64 <= MAX_PROBS_BYTES,
+        "attention: {bh} x {t} x {t} probabilities exceed a {} MiB binding",
+        MAX_PROBS_BYTES >> 20
+    );
     Ok((bh, t, d))
 }
 

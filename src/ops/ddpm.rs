@@ -8,7 +8,9 @@
 //!
 //! Noise is keyed by `(seed, step, sample, element)` through Philox4x32-10
 //! and Box-Muller (see the shader header), so sample `n` gets the same noise
-//! in any batch, and [`cpu::randn`] reproduces it on the host.
+//! in any batch, and [`cpu::randn`] reproduces it on the host. The sample
+//! index is global: row `r` of a launch is sample `key.first_sample + r`, so
+//! a chunk of a larger batch draws the same noise as that batch's rows.
 
 use anyhow::{ensure, Result};
 use bytemuck::{Pod, Zeroable};
@@ -29,7 +31,12 @@ struct Params {
     seed_hi: u32,
     noise_step: u32,
     counter: [u32; 4],
+    first_sample: u32,
+    _pad: [u32; 3],
 }
+
+// WGSL rounds the struct up to its vec4 alignment: 64 bytes.
+const _: () = assert!(std::mem::size_of::<Params>() == 64);
 
 const WORKGROUP: u32 = 64;
 const OUT: &[Access] = &[Access::ReadWrite];
@@ -38,10 +45,16 @@ const STEP: &[Access] = &[Access::ReadWrite, Access::ReadWrite, Access::Read, Ac
 /// Which stream of Gaussian noise to draw: the same key always gives the
 /// same numbers. Use a new `step` for every draw of one run (training step,
 /// sampling step).
+///
+/// `first_sample` is the global index of row 0 of the tensor drawn into:
+/// row `n` gets sample `first_sample + n`'s noise, so a batch split into
+/// chunks (each keyed with its first sample's index) gets exactly the
+/// noise of the whole batch drawn at once.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct NoiseKey {
     pub seed: u64,
     pub step: u32,
+    pub first_sample: u32,
 }
 
 impl NoiseKey {
@@ -51,7 +64,7 @@ impl NoiseKey {
 
     fn params(self) -> Params {
         let [seed_lo, seed_hi] = self.philox_key();
-        Params { seed_lo, seed_hi, noise_step: self.step, ..Params::default() }
+        Params { seed_lo, seed_hi, noise_step: self.step, first_sample: self.first_sample, ..Params::default() }
     }
 }
 
@@ -291,9 +304,11 @@ pub mod cpu {
         [radius * (angle as f64).cos(), radius * (angle as f64).sin()]
     }
 
-    /// Noise for elements `4q..4q+3` of sample `n`.
+    /// Noise for elements `4q..4q+3` of row `n` (global sample
+    /// `key.first_sample + n`, wrapping as the shader's u32 does).
     pub fn normal4(key: NoiseKey, n: u32, q: u32) -> [f64; 4] {
-        let bits = philox4x32_10([q, n, key.step, 0], key.philox_key());
+        let sample = key.first_sample.wrapping_add(n);
+        let bits = philox4x32_10([q, sample, key.step, 0], key.philox_key());
         let [z0, z1] = box_muller(bits[0], bits[1]);
         let [z2, z3] = box_muller(bits[2], bits[3]);
         [z0, z1, z2, z3]

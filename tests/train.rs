@@ -1,0 +1,110 @@
+//! The trainer's logs: each step's loss per timestep decile comes from the
+//! per-sample losses, with a count-weighted mean equal to the step's loss;
+//! steady-state steps (readbacks included) allocate no GPU buffer; and
+//! `metrics.csv` gets one 19-column row per step.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use ddpm_wgpu::data::Dataset;
+use ddpm_wgpu::schedule::SchedulerConfig;
+use ddpm_wgpu::train::{append_metrics, decile_of, StepLog, TrainOptions, Trainer, DECILES, METRICS_HEADER};
+use ddpm_wgpu::unet::UNetConfig;
+
+#[test]
+fn deciles_split_timesteps_evenly() {
+    assert_eq!([0, 99, 100, 999].map(|t| decile_of(t, 1000)), [0, 0, 1, 9]);
+    assert_eq!([0, 1, 2, 19].map(|t| decile_of(t, 20)), [0, 0, 1, 9]);
+    // T = 15: buckets of 1 or 2 timesteps, all ten used.
+    let used: std::collections::BTreeSet<usize> = (0..15).map(|t| decile_of(t, 15)).collect();
+    assert_eq!(used.len(), DECILES);
+}
+
+#[test]
+fn step_logs_split_the_loss_by_timestep_decile() {
+    let (_turn, gpu) = common::gpu();
+    let config = UNetConfig::load(std::path::Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/tiny_unet_28.json"
+    )))
+    .unwrap();
+    let data = Dataset::mnist(28, Some(16)).unwrap();
+    let batch = 6;
+    let options = TrainOptions { batch_size: batch, steps: 100, warmup: 2, ..TrainOptions::default() };
+    // 20 timesteps: deciles two wide, so a batch of 6 lands in several.
+    let scheduler = SchedulerConfig { num_train_timesteps: 20, ..SchedulerConfig::default() };
+    let mut trainer = Trainer::new(&gpu, &config, scheduler, options, [1, 28, 28]).unwrap();
+    let mut logs = Vec::new();
+    let mut allocations = 0;
+    for round in 0..3 {
+        for _ in 0..2 {
+            trainer.train_step(&data).unwrap();
+        }
+        logs.extend(trainer.read_logs().unwrap());
+        if round == 0 {
+            allocations = gpu.pool_stats().allocations;
+        }
+    }
+    assert_eq!(gpu.pool_stats().allocations, allocations, "steady-state training steps allocated GPU buffers");
+    assert_eq!(logs.iter().map(|l| l.step).collect::<Vec<_>>(), (1..=6).collect::<Vec<_>>());
+    let mut split = 0;
+    for l in &logs {
+        assert_eq!(l.decile_count.iter().sum::<u32>(), batch as u32, "{l:?}");
+        let mut weighted = 0.0;
+        for d in 0..DECILES {
+            let (mean, count) = (l.decile_loss[d], l.decile_count[d]);
+            if count == 0 {
+                assert!(mean.is_nan(), "step {}: decile {d} has no sample but loss {mean}", l.step);
+            } else {
+                assert!(mean.is_finite() && mean > 0.0, "step {}: decile {d} loss {mean}", l.step);
+                weighted += count as f64 * mean as f64;
+            }
+        }
+        let mean = weighted / batch as f64;
+        let rel = (mean - l.loss as f64).abs() / l.loss as f64;
+        assert!(
+            rel < 1e-5,
+            "step {}: deciles average {mean}, the step's loss is {} (relative {rel:e})",
+            l.step,
+            l.loss
+        );
+        split += usize::from(l.decile_count.iter().filter(|&&c| c > 0).count() > 1);
+    }
+    assert!(split > 0, "no step had samples in two deciles: {logs:?}");
+}
+
+fn log(step: u64, decile_loss: [f32; DECILES]) -> StepLog {
+    let decile_count = decile_loss.map(|v| u32::from(!v.is_nan()));
+    StepLog { step, loss: 0.5, grad_norm: 2.0, lr: 1e-3, decile_loss, decile_count }
+}
+
+#[test]
+fn metrics_rows_have_the_decile_and_eval_columns() {
+    let dir = std::env::temp_dir().join(format!("ddpm-metrics-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut deciles = [f32::NAN; DECILES];
+    deciles[0] = 0.25;
+    deciles[9] = 0.125;
+    let eval = BTreeMap::from([(2, [12.5, 3.0, 0.75, 0.0625])]);
+    append_metrics(&dir, &[log(1, deciles), log(2, [0.5; DECILES])], 10.0, &eval).unwrap();
+    append_metrics(&dir, &[log(3, deciles)], 10.0, &BTreeMap::new()).unwrap();
+    let text = std::fs::read_to_string(dir.join("metrics.csv")).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], METRICS_HEADER);
+    assert_eq!(METRICS_HEADER.split(',').count(), 19);
+    assert_eq!(lines[1], "1,0.5,0.001,2,10.00,0.25,,,,,,,,,0.125,,,,");
+    assert_eq!(lines[2], "2,0.5,0.001,2,10.00,0.5,0.5,0.5,0.5,0.5,0.5,0.5,0.5,0.5,0.5,12.5,3,0.75,0.0625");
+    assert_eq!(lines[3], "3,0.5,0.001,2,10.00,0.25,,,,,,,,,0.125,,,,");
+    assert_eq!(lines.len(), 4);
+
+    // A file from an older run (5 columns) is appended to, not rewritten.
+    let old = "step,loss,lr,grad_norm,images_per_second\n1,0.9,0.001,1,5.00\n";
+    std::fs::write(dir.join("metrics.csv"), old).unwrap();
+    append_metrics(&dir, &[log(2, deciles)], 10.0, &BTreeMap::new()).unwrap();
+    let text = std::fs::read_to_string(dir.join("metrics.csv")).unwrap();
+    assert!(text.starts_with(old), "{text}");
+    assert_eq!(text.lines().last().unwrap().split(',').count(), 19);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
