@@ -185,6 +185,9 @@ struct EvalArgs {
     /// Also write the metrics to this JSON file.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Samples per UNet batch (default: the most this adapter's limits allow, at most 256).
+    #[arg(long)]
+    batch_size: Option<usize>,
 }
 
 fn main() {
@@ -501,6 +504,9 @@ fn sample_command(options: &GpuOptions, args: SampleArgs) -> Result<()> {
 }
 
 fn eval_command(options: &GpuOptions, args: EvalArgs) -> Result<()> {
+    if args.batch_size == Some(0) {
+        bail!("--batch-size must be at least 1");
+    }
     if let Some(parent) = args.json.as_ref().and_then(|j| j.parent()).filter(|p| !p.as_os_str().is_empty()) {
         ensure_writable(parent)?;
     }
@@ -518,7 +524,9 @@ fn eval_command(options: &GpuOptions, args: EvalArgs) -> Result<()> {
                 SamplerKind::Ddpm => Sampler::Ddpm,
                 SamplerKind::Ddim => Sampler::Ddim { steps: args.steps, eta: args.eta },
             };
-            let request = SampleRequest { count: args.num, resolution, sampler, seed: args.seed, keep_every: None };
+            let batch_size = args.batch_size.unwrap_or_else(|| default_sample_batch(&gpu, config, resolution));
+            let request =
+                SampleRequest { count: args.num, resolution, sampler, seed: args.seed, keep_every: None, batch_size };
             let started = Instant::now();
             let (pixels, _) =
                 sample(&gpu, &model.unet, &model.weights, &model.scheduler, &request, &mut |done, total| {

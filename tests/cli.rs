@@ -250,7 +250,8 @@ fn eval_scores_a_folder_of_real_digits_near_the_floor() {
     // 100 real digits (the classifier's held-out tiles, 10 of each), padded to 32x32 as `train` does.
     let data = ddpm_wgpu::data::Dataset::mnist(32, Some(100)).unwrap();
     for i in 0..data.len() {
-        ddpm_wgpu::data::save_grid(&dir.join(format!("{i:03}.png")), data.sample(i), 1, 32, 1).unwrap();
+        let pixels = data.sample(i).iter().map(|&v| ddpm_wgpu::data::to_u8(v)).collect();
+        image::GrayImage::from_raw(32, 32, pixels).unwrap().save(dir.join(format!("{i:03}.png"))).unwrap();
     }
     let json = dir.join("metrics.json");
     let out = ddpm(&["eval", "--samples", dir.to_str().unwrap(), "--json", json.to_str().unwrap()]);
@@ -287,9 +288,10 @@ fn eval_samples_a_checkpoint() {
     ]);
     assert!(out.status.success());
     let m = eval_json(&json);
-    // Two training steps make noise, not digits: far above the floor.
+    // Two training steps make noise, not digits (at N = 8 the floor itself is large).
     let (frechet, floor) = (m["frechet"].as_f64().unwrap(), m["frechet_floor"].as_f64().unwrap());
-    assert!(frechet.is_finite() && frechet > 2.0 * floor, "untrained model: frechet {frechet}, floor {floor}");
+    assert!(frechet.is_finite() && frechet > floor, "untrained model: frechet {frechet}, floor {floor}");
+    assert!(m["confident_fraction"].as_f64().unwrap() < 0.5, "untrained model: {m}");
     assert_eq!(m["samples"].as_u64(), Some(8));
 }
 
