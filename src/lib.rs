@@ -4,6 +4,7 @@
 pub mod ceiling;
 pub mod data;
 pub mod gpu;
+pub mod nll;
 pub mod ops;
 pub mod plot;
 pub mod sample;

@@ -16,3 +16,4 @@ pub mod optimizer;
 pub mod permute;
 pub mod reduce;
 pub mod upsample;
+pub mod vlb;
