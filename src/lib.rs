@@ -5,6 +5,7 @@ pub mod ceiling;
 pub mod data;
 pub mod eval;
 pub mod gpu;
+pub mod nll;
 pub mod ops;
 pub mod plot;
 pub mod sample;

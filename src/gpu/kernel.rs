@@ -29,6 +29,7 @@ pub enum Shader {
     Permute,
     Reduce,
     Upsample,
+    Vlb,
 }
 
 /// Every shader, so tests can check that each file in `shaders/` is here.
@@ -48,6 +49,7 @@ pub const ALL_SHADERS: &[Shader] = &[
     Shader::Permute,
     Shader::Reduce,
     Shader::Upsample,
+    Shader::Vlb,
 ];
 
 impl Shader {
@@ -74,6 +76,7 @@ impl Shader {
             Shader::Permute => file!("permute.wgsl"),
             Shader::Reduce => file!("reduce.wgsl"),
             Shader::Upsample => file!("upsample.wgsl"),
+            Shader::Vlb => file!("vlb.wgsl"),
         }
     }
 

@@ -17,3 +17,4 @@ pub mod optimizer;
 pub mod permute;
 pub mod reduce;
 pub mod upsample;
+pub mod vlb;
