@@ -11,7 +11,7 @@ use ddpm_wgpu::data::{save_grid, Dataset};
 use ddpm_wgpu::eval::classifier::DigitClassifier;
 use ddpm_wgpu::eval::{evaluate, Images};
 use ddpm_wgpu::gpu::{enumerate_adapters, Gpu, GpuOptions};
-use ddpm_wgpu::sample::{default_sample_batch, sample, Model, SampleRequest, Sampler};
+use ddpm_wgpu::sample::{default_sample_batch, predict_noise, sample, Model, SampleRequest, Sampler};
 use ddpm_wgpu::schedule::{BetaSchedule, SchedulerConfig};
 use ddpm_wgpu::train::{append_metrics, existing_checkpoint, read_state, DataSpec, TrainOptions, Trainer};
 use ddpm_wgpu::unet::UNetConfig;
@@ -188,6 +188,17 @@ struct EvalArgs {
     /// Samples per UNet batch (default: the most this adapter's limits allow, at most 256).
     #[arg(long)]
     batch_size: Option<usize>,
+    /// Also compute the paper's NLL bound in bits/dim on real images (needs --checkpoint). The
+    /// exact bound costs T UNet forwards (T = num_train_timesteps, 1000 by default) per batch of
+    /// images; --nll-timesteps K costs K+1 and gives a strided estimate that runs low.
+    #[arg(long)]
+    nll: bool,
+    /// Real images the NLL is computed on (the first N of the data).
+    #[arg(long, default_value_t = 64)]
+    nll_num: usize,
+    /// Evaluate the KL terms at K evenly spaced timesteps only: a strided estimate, labelled so.
+    #[arg(long)]
+    nll_timesteps: Option<usize>,
 }
 
 fn main() {
@@ -512,12 +523,18 @@ fn eval_command(options: &GpuOptions, args: EvalArgs) -> Result<()> {
     }
     let gpu = Gpu::new(options)?;
     eprintln!("adapter: {}", gpu.info());
-    let (samples, source) = match (&args.checkpoint, &args.samples) {
-        (Some(dir), _) => {
+    if args.nll && args.checkpoint.is_none() {
+        bail!("--nll needs --checkpoint (the bound is a property of a model, not of samples)");
+    }
+    if args.nll_num == 0 {
+        bail!("--nll-num must be at least 1");
+    }
+    let model = args.checkpoint.as_ref().map(|dir| Model::load(&gpu, dir)).transpose()?;
+    let (samples, source) = match (&args.checkpoint, &model) {
+        (Some(dir), Some(model)) => {
             if args.num < 2 {
                 bail!("--num must be at least 2");
             }
-            let model = Model::load(&gpu, dir)?;
             let config = model.unet.config();
             let resolution = config.sample_size.context("the checkpoint's config has no sample_size")?;
             let sampler = match args.sampler {
@@ -537,12 +554,12 @@ fn eval_command(options: &GpuOptions, args: EvalArgs) -> Result<()> {
             let images = Images { channels: config.in_channels, resolution, pixels };
             (images, format!("{} samples from {} ({sampler:?}, seed {})", args.num, dir.display(), args.seed))
         }
-        (None, Some(dir)) => {
+        _ => {
+            let dir = args.samples.as_ref().context("give --checkpoint or --samples")?;
             let images = load_sample_folder(dir)?;
             let what = format!("{} images from {}", images.len(), dir.display());
             (images, what)
         }
-        (None, None) => unreachable!("clap requires --checkpoint or --samples"),
     };
     if samples.pixels.iter().any(|v| !v.is_finite()) {
         bail!("the samples hold NaN or infinite values (a diverged checkpoint?)");
@@ -552,7 +569,12 @@ fn eval_command(options: &GpuOptions, args: EvalArgs) -> Result<()> {
         None => Dataset::mnist(samples.resolution.max(28), None)?,
     };
     let classifier = DigitClassifier::shipped(&gpu)?;
-    let report = evaluate(&gpu, &classifier, &samples, &Images::from_dataset(&real), args.seed)?;
+    let mut report = evaluate(&gpu, &classifier, &samples, &Images::from_dataset(&real), args.seed)?;
+    let nll = match (&model, args.nll) {
+        (Some(model), true) => Some(nll_of(&gpu, model, &real, &args)?),
+        _ => None,
+    };
+    report.bits_per_dim = nll.as_ref().map(|n| n.bits_per_dim);
     println!("{source}, against {}", real.source);
     println!(
         "  Fréchet distance    {:>9.3}   (real vs real at this N: {:.3}; ratio {:.1}x)",
@@ -573,11 +595,64 @@ fn eval_command(options: &GpuOptions, args: EvalArgs) -> Result<()> {
     );
     let histogram: Vec<String> = report.class_histogram.iter().enumerate().map(|(c, n)| format!("{c}:{n}")).collect();
     println!("  classes             {}", histogram.join(" "));
+    if let Some(n) = &nll {
+        let how = if n.strided {
+            format!("strided estimate over {} timesteps, runs low", n.evaluated_timesteps)
+        } else {
+            format!("exact bound over all {} timesteps", n.evaluated_timesteps)
+        };
+        println!(
+            "  NLL bits/dim        {:>9.3}   ({how}; {} real images: prior {:.4}, L_0 {:.3}, KL terms {:.3})",
+            n.bits_per_dim,
+            n.per_sample.len(),
+            n.prior,
+            n.decoder,
+            n.kl
+        );
+    }
     if let Some(path) = &args.json {
         ddpm_wgpu::unet::params::write_atomically(path, serde_json::to_string_pretty(&report)?.as_bytes())?;
         eprintln!("wrote {}", path.display());
     }
     Ok(())
+}
+
+/// The NLL bound of `model` on the first --nll-num images of `real`, in
+/// chunks of the sampling batch.
+fn nll_of(gpu: &Gpu, model: &Model, real: &Dataset, args: &EvalArgs) -> Result<ddpm_wgpu::nll::NllReport> {
+    use ddpm_wgpu::nll::{bits_per_dim, evaluated_timesteps, NllReport, NllRequest};
+    let config = model.unet.config();
+    let resolution = config.sample_size.context("the checkpoint's config has no sample_size")?;
+    if real.resolution != resolution || real.channels != config.in_channels {
+        bail!(
+            "--nll needs real images of the model's shape {}x{resolution}x{resolution}, the data is {}x{}x{}",
+            config.in_channels,
+            real.channels,
+            real.resolution,
+            real.resolution
+        );
+    }
+    let count = args.nll_num.min(real.len());
+    let batch = args.batch_size.unwrap_or_else(|| default_sample_batch(gpu, config, resolution));
+    let per_chunk = evaluated_timesteps(model.scheduler.num_train_timesteps, args.nll_timesteps)?.len();
+    let chunks = count.div_ceil(batch);
+    let started = Instant::now();
+    let mut parts = Vec::new();
+    for (c, first) in (0..count).step_by(batch).enumerate() {
+        let n = batch.min(count - first);
+        let len = real.sample_len();
+        let x0 = gpu.upload(&[n, real.channels, resolution, resolution], &real.pixels()[first * len..(first + n) * len])?;
+        let request = NllRequest { seed: args.seed, first_sample: first as u32, timesteps: args.nll_timesteps };
+        let mut predictor =
+            |x: &ddpm_wgpu::Tensor, t: &ddpm_wgpu::Tensor, _: usize| predict_noise(gpu, &model.unet, &model.weights, x, t);
+        parts.push(bits_per_dim(gpu, &mut predictor, &model.scheduler, &x0, &request, &mut |done, total| {
+            let (done, total) = (c * per_chunk + done, chunks * per_chunk);
+            if done * 20 / total != (done - 1) * 20 / total || done == total {
+                eprintln!("NLL: timestep {done}/{total} ({:.0} s)", started.elapsed().as_secs_f64());
+            }
+        })?);
+    }
+    NllReport::combine(&parts)
 }
 
 /// The PNGs of a sample folder as grey images, at the size of the first.

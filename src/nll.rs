@@ -30,10 +30,11 @@ const CHECK_EVERY: usize = 16;
 /// How to evaluate the bound.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct NllRequest {
-    /// Key of the noise that forms each `x_t`. Samples are keyed by their
-    /// index in `x0`, so a caller that evaluates a dataset in chunks should
-    /// give each chunk its own seed (e.g. `seed + chunk`).
+    /// Key of the noise that forms each `x_t`.
     pub seed: u64,
+    /// Global index of `x0`'s first image: noise is keyed by global sample
+    /// index, so a dataset evaluated in chunks gets the noise of one batch.
+    pub first_sample: u32,
     /// None: every timestep (the exact bound). Some(k): k evenly spaced
     /// timesteps of 1..T-1 plus t = 0, the KL sum scaled by (T-1)/k — a
     /// strided estimate (exact when k = T-1).
@@ -163,7 +164,7 @@ pub fn bits_per_dim(
     let mut values: Vec<f32> = Vec::with_capacity(indices.len() * row);
     for (k, &i) in indices.iter().enumerate() {
         let t = all_t.view(k * row, &[batch])?;
-        let (xt, _) = ddpm::q_sample(gpu, &ddpm_tables, x0, &t, NoiseKey { seed: request.seed, step: i as u32 })?;
+        let (xt, _) = ddpm::q_sample(gpu, &ddpm_tables, x0, &t, NoiseKey { seed: request.seed, step: i as u32, first_sample: request.first_sample })?;
         let eps = model(&xt, &t, i).with_context(|| format!("nll: the model at timestep index {i}"))?;
         ensure!(
             eps.shape() == x0.shape(),

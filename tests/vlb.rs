@@ -291,7 +291,7 @@ fn exact_predictor_bound_matches_its_closed_form() {
                 ew::scale(&gpu, &centred, 1.0 / s.sqrt_one_minus_alphas_cumprod[i] as f32)
             };
             let mut shown = Vec::new();
-            let request = NllRequest { seed: 9, timesteps };
+            let request = NllRequest { seed: 9, first_sample: 0, timesteps };
             let report =
                 nll::bits_per_dim(&gpu, &mut exact, &scheduler, &star_t, &request, &mut |k, n| shown.push((k, n)))
                     .unwrap();
@@ -323,7 +323,7 @@ fn bits_per_dim_reports_bad_input_and_non_finite_terms() {
     let (_turn, gpu) = common::gpu();
     let scheduler = SchedulerConfig { num_train_timesteps: 40, ..SchedulerConfig::default() };
     let zeros_like = |gpu: &Gpu, x: &Tensor| gpu.zeros(x.shape());
-    let request = NllRequest { seed: 1, timesteps: None };
+    let request = NllRequest { seed: 1, first_sample: 0, timesteps: None };
     let run = |x0: &Tensor, model: &mut ddpm_wgpu::sample::NoisePredictor| {
         nll::bits_per_dim(&gpu, model, &scheduler, x0, &request, &mut |_, _| {}).unwrap_err().to_string()
     };
@@ -388,7 +388,7 @@ fn a_trained_model_scores_better_than_an_untrained_one() {
     let mut trainer = Trainer::new(&gpu, &config, scheduler.clone(), options, [1, 16, 16]).unwrap();
     let images: Vec<f32> = (0..4).flat_map(|i| data.sample(i).to_vec()).collect();
     let x0 = gpu.upload(&[4, 1, 16, 16], &images).unwrap();
-    let request = NllRequest { seed: 5, timesteps: Some(10) };
+    let request = NllRequest { seed: 5, first_sample: 0, timesteps: Some(10) };
     let score = |trainer: &Trainer| {
         // EMA decay 0: the EMA weights are the trained weights.
         let weights = trainer.ema_store().unwrap();
