@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-use ddpm_wgpu::data::save_grid;
+use ddpm_wgpu::data::{grid_scale, save_grid};
 use ddpm_wgpu::gpu::{enumerate_adapters, Gpu, GpuOptions};
 use ddpm_wgpu::sample::{sample, Model, SampleRequest, Sampler};
 use ddpm_wgpu::schedule::{BetaSchedule, SchedulerConfig};
@@ -295,7 +295,7 @@ fn train(options: &GpuOptions, args: TrainArgs) -> Result<()> {
     }
     let samples_dir = out.join("samples");
     std::fs::create_dir_all(&samples_dir)?;
-    let mut curve: Vec<(u64, f32)> = read_curve(&out.join("metrics.csv"));
+    let mut curve: Vec<(u64, f32)> = ddpm_wgpu::plot::read_curves(&out.join("metrics.csv")).loss;
     curve.retain(|p| p.0 <= trainer.step);
     let bar = progress_bar(trainer.options.steps);
     bar.set_position(trainer.step);
@@ -316,7 +316,7 @@ fn train(options: &GpuOptions, args: TrainArgs) -> Result<()> {
         };
         let (images, _) = sample(&gpu, &trainer.unet, &weights, &trainer.scheduler, &request, &mut |_, _| {})?;
         let cols = (args.grid_samples as f64).sqrt().ceil() as usize;
-        save_grid(&samples_dir.join(name), &images, channels, resolution, cols)
+        save_grid(&samples_dir.join(name), &images, channels, resolution, cols, grid_scale(resolution))
     };
 
     while trainer.step < trainer.options.steps && !interrupted.load(Ordering::SeqCst) {
@@ -352,7 +352,7 @@ fn train(options: &GpuOptions, args: TrainArgs) -> Result<()> {
         }
         if args.sample_every > 0 && step % args.sample_every == 0 && !last {
             grid(&trainer, &format!("step_{step:06}.png"))?;
-            ddpm_wgpu::plot::loss_curve(&out.join("loss.png"), &curve)?;
+            plot_loss(&out, &curve)?;
         }
         if args.checkpoint_every > 0 && step % args.checkpoint_every == 0 && !last {
             save(&trainer)?;
@@ -360,7 +360,7 @@ fn train(options: &GpuOptions, args: TrainArgs) -> Result<()> {
     }
     trainer.read_logs()?;
     save(&trainer)?;
-    ddpm_wgpu::plot::loss_curve(&out.join("loss.png"), &curve)?;
+    plot_loss(&out, &curve)?;
     if interrupted.load(Ordering::SeqCst) {
         bar.abandon_with_message("interrupted");
         eprintln!(
@@ -383,16 +383,10 @@ fn train(options: &GpuOptions, args: TrainArgs) -> Result<()> {
     Ok(())
 }
 
-/// (step, loss) pairs from an existing metrics.csv, to continue the curve on resume.
-fn read_curve(path: &Path) -> Vec<(u64, f32)> {
-    let Ok(text) = std::fs::read_to_string(path) else { return Vec::new() };
-    text.lines()
-        .skip(1)
-        .filter_map(|l| {
-            let mut f = l.split(',');
-            Some((f.next()?.parse().ok()?, f.next()?.parse().ok()?))
-        })
-        .collect()
+/// Draw `loss.png` from the losses so far.
+fn plot_loss(out: &Path, curve: &[(u64, f32)]) -> Result<()> {
+    let curves = ddpm_wgpu::plot::TrainingCurves { loss: curve.to_vec(), ..Default::default() };
+    ddpm_wgpu::plot::training_plot(&out.join("loss.png"), &curves)
 }
 
 fn sample_command(options: &GpuOptions, args: SampleArgs) -> Result<()> {
@@ -432,19 +426,19 @@ fn sample_command(options: &GpuOptions, args: SampleArgs) -> Result<()> {
     bar.finish();
     let channels = config.in_channels;
     let cols = (args.num as f64).sqrt().ceil() as usize;
-    save_grid(&args.out, &images, channels, resolution, cols)?;
+    save_grid(&args.out, &images, channels, resolution, cols, grid_scale(resolution))?;
     eprintln!("wrote {} ({} samples in {:.1} s)", args.out.display(), args.num, started.elapsed().as_secs_f64());
     if let Some(dir) = &args.individual {
         ensure_writable(dir)?;
         let len = channels * resolution * resolution;
         for (i, img) in images.chunks_exact(len).enumerate() {
-            save_grid(&dir.join(format!("sample_{i:04}.png")), img, channels, resolution, 1)?;
+            save_grid(&dir.join(format!("sample_{i:04}.png")), img, channels, resolution, 1, 1)?;
         }
         eprintln!("wrote {} images to {}", args.num, dir.display());
     }
     if let Some(strip) = &args.strip {
         let flat: Vec<f32> = kept.iter().flatten().map(|v| v.clamp(-1.0, 1.0)).collect();
-        save_grid(strip, &flat, channels, resolution, kept.len())?;
+        save_grid(strip, &flat, channels, resolution, kept.len(), grid_scale(resolution))?;
         eprintln!("wrote the reverse process of sample 0 to {}", strip.display());
     }
     Ok(())

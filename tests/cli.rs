@@ -110,10 +110,15 @@ fn train_resume_and_sample() {
     ]);
     assert!(out.status.success());
     let img = image::open(&grid).unwrap().to_rgb8();
-    // 3 samples in a 2x2 grid of 28-pixel tiles with 2-pixel borders.
-    assert_eq!((img.width(), img.height()), (2 * 30 + 2, 2 * 30 + 2));
+    // 3 samples in a 2x2 grid of 28-pixel tiles with 2-pixel borders, all upscaled x4.
+    assert_eq!((img.width(), img.height()), (4 * (2 * 30 + 2), 4 * (2 * 30 + 2)));
     assert!(img.pixels().any(|p| p.0[0] > 0 && p.0[0] < 255), "the samples must not be blank");
-    assert!(image::open(&strip).is_ok());
+    // The reverse process of sample 0: one row of tiles, upscaled x4 too.
+    let strip = image::open(&strip).unwrap().to_rgb8();
+    assert_eq!(strip.height(), 4 * 32, "one row of upscaled tiles");
+    assert_eq!(strip.width() % (4 * 30), 4 * 2, "whole upscaled tiles");
+    let loss = image::open(split.join("loss.png")).unwrap().to_rgb8();
+    assert_eq!((loss.width(), loss.height()), (900, 640), "loss.png: loss and decile panels");
     std::fs::remove_dir_all(&whole).unwrap();
     std::fs::remove_dir_all(&split).unwrap();
 }
