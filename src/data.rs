@@ -197,23 +197,60 @@ fn push_pixels(out: &mut Vec<f32>, img: &DynamicImage, channels: usize) {
     }
 }
 
-/// Save images (batch, C, R, R) in [-1, 1] as a grid PNG with `cols` columns
-/// and a 2-pixel border, written atomically.
-pub fn save_grid(path: &Path, images: &[f32], channels: usize, resolution: usize, cols: usize) -> Result<()> {
-    let r = resolution;
+/// The nearest-neighbour upscale that makes a sample grid legible: tiles of
+/// about 128 pixels (32 or 28 -> x4, 64 -> x2, 128 and more -> x1).
+pub fn grid_scale(resolution: usize) -> usize {
+    (128 / resolution.max(1)).max(1)
+}
+
+/// Save one image (C, R, R) in [-1, 1] as an R x R PNG, grey when C = 1,
+/// written atomically: what `ddpm sample --individual` writes and
+/// `ddpm eval --samples` reads.
+pub fn save_image(path: &Path, image: &[f32], channels: usize, resolution: usize) -> Result<()> {
+    let r = resolution as u32;
+    let plane = resolution * resolution;
+    let img: DynamicImage = if channels == 1 {
+        image::GrayImage::from_raw(r, r, image[..plane].iter().map(|&v| to_u8(v)).collect())
+            .context("image size")?
+            .into()
+    } else {
+        let rgb = (0..plane).flat_map(|i| (0..3).map(move |c| to_u8(image[c.min(channels - 1) * plane + i])));
+        image::RgbImage::from_raw(r, r, rgb.collect()).context("image size")?.into()
+    };
+    let mut bytes = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)?;
+    crate::unet::params::write_atomically(path, &bytes)
+}
+
+/// Save images (batch, C, R, R) in [-1, 1] as a grid PNG with `cols` columns,
+/// every pixel drawn as a `scale` x `scale` block (nearest neighbour) and a
+/// black border of 2 x `scale` pixels around and between the tiles, written
+/// atomically. The PNG is (cols * (R + 2) + 2) * scale pixels wide.
+pub fn save_grid(
+    path: &Path,
+    images: &[f32],
+    channels: usize,
+    resolution: usize,
+    cols: usize,
+    scale: usize,
+) -> Result<()> {
+    let (r, s) = (resolution, scale.max(1));
     let n = images.len() / (channels * r * r);
     let cols = cols.clamp(1, n.max(1));
     let rows = n.div_ceil(cols);
     let pad = 2;
-    let (w, h) = (cols * (r + pad) + pad, rows * (r + pad) + pad);
+    let (w, h) = ((cols * (r + pad) + pad) * s, (rows * (r + pad) + pad) * s);
     let mut grid = image::RgbImage::new(w as u32, h as u32);
     for i in 0..n {
-        let (gx, gy) = (pad + i % cols * (r + pad), pad + i / cols * (r + pad));
+        let (gx, gy) = ((pad + i % cols * (r + pad)) * s, (pad + i / cols * (r + pad)) * s);
         let img = &images[i * channels * r * r..(i + 1) * channels * r * r];
         for y in 0..r {
             for x in 0..r {
                 let px = |c: usize| to_u8(img[(c.min(channels - 1) * r + y) * r + x]);
-                grid.put_pixel((gx + x) as u32, (gy + y) as u32, image::Rgb([px(0), px(1), px(2)]));
+                let rgb = image::Rgb([px(0), px(1), px(2)]);
+                for (dy, dx) in (0..s).flat_map(|dy| (0..s).map(move |dx| (dy, dx))) {
+                    grid.put_pixel((gx + x * s + dx) as u32, (gy + y * s + dy) as u32, rgb);
+                }
             }
         }
     }

@@ -1,5 +1,6 @@
 //! `ddpm`: the command-line tool.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -7,10 +8,11 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-use ddpm_wgpu::data::{save_grid, Dataset};
+use ddpm_wgpu::data::{grid_scale, save_grid, save_image, Dataset};
 use ddpm_wgpu::eval::classifier::DigitClassifier;
-use ddpm_wgpu::eval::{evaluate, Images};
+use ddpm_wgpu::eval::{evaluate, EvalReport, Images};
 use ddpm_wgpu::gpu::{enumerate_adapters, Gpu, GpuOptions};
+use ddpm_wgpu::plot::{read_curves, training_plot, EvalPoint};
 use ddpm_wgpu::sample::{default_sample_batch, predict_noise, sample, Model, SampleRequest, Sampler};
 use ddpm_wgpu::schedule::{BetaSchedule, SchedulerConfig};
 use ddpm_wgpu::train::{append_metrics, existing_checkpoint, read_state, DataSpec, TrainOptions, Trainer};
@@ -106,6 +108,14 @@ struct TrainArgs {
     /// Use only the first N training images.
     #[arg(long)]
     limit: Option<usize>,
+    /// Every this many steps (and at the end), score --eval-samples samples drawn as the grids
+    /// are with `ddpm eval`'s metrics (grey 28x28 or 32x32 digits only) into metrics.csv and
+    /// loss.png (0: off; each evaluation costs a sampling run).
+    #[arg(long, default_value_t = 0)]
+    eval_every: u64,
+    /// Samples per evaluation during training (the training data needs twice as many images).
+    #[arg(long, default_value_t = 100)]
+    eval_samples: usize,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -352,36 +362,64 @@ fn train(options: &GpuOptions, args: TrainArgs) -> Result<()> {
     }
     let samples_dir = out.join("samples");
     std::fs::create_dir_all(&samples_dir)?;
-    let mut curve: Vec<(u64, f32)> = read_curve(&out.join("metrics.csv"));
-    curve.retain(|p| p.0 <= trainer.step);
+    let mut curves = read_curves(&out.join("metrics.csv"));
+    curves.loss.retain(|p| p.0 <= trainer.step);
+    curves.decile_loss.retain(|p| p.0 <= trainer.step);
+    curves.eval.retain(|p| p.step <= trainer.step);
+    // What --eval-every scores samples with: the digit classifier, against the training images.
+    let evaluator = if args.eval_every > 0 {
+        if channels != 1 || !(resolution == 28 || resolution == 32) {
+            bail!("--eval-every scores grey 28x28 or 32x32 digits; this run is {channels}x{resolution}x{resolution}");
+        }
+        if args.eval_samples < 2 || data.len() < 2 * args.eval_samples {
+            bail!(
+                "--eval-samples {} needs at least 2 and at most half the {} training images",
+                args.eval_samples,
+                data.len()
+            );
+        }
+        Some((DigitClassifier::shipped(&gpu)?, Images::from_dataset(&data)))
+    } else {
+        None
+    };
     let bar = progress_bar(trainer.options.steps);
     bar.set_position(trainer.step);
     let (start_step, started) = (trainer.step, Instant::now());
     let mut smoothed: Option<f32> = None;
     let batch = trainer.options.batch_size as f64;
     let save = |trainer: &Trainer| -> Result<()> { trainer.save_checkpoint(&checkpoint_dir, &spec) };
-    let grid = |trainer: &Trainer, name: &str| -> Result<()> {
+    // Samples from the EMA weights, drawn as the grids are.
+    let draw = |trainer: &Trainer, count: usize| -> Result<Vec<f32>> {
         let weights = trainer.ema_store()?;
         let steps = args.grid_ddim_steps.min(trainer.scheduler.num_train_timesteps);
         let sampler = Sampler::Ddim { steps, eta: args.grid_eta };
         let request = SampleRequest {
-            count: args.grid_samples,
+            count,
             resolution,
             sampler,
             seed: trainer.options.seed,
             keep_every: None,
             batch_size: default_sample_batch(&gpu, trainer.unet.config(), resolution),
         };
-        let (images, _) = sample(&gpu, &trainer.unet, &weights, &trainer.scheduler, &request, &mut |_, _| {})?;
+        Ok(sample(&gpu, &trainer.unet, &weights, &trainer.scheduler, &request, &mut |_, _| {})?.0)
+    };
+    let grid = |trainer: &Trainer, name: &str| -> Result<()> {
+        let images = draw(trainer, args.grid_samples)?;
         let cols = (args.grid_samples as f64).sqrt().ceil() as usize;
-        save_grid(&samples_dir.join(name), &images, channels, resolution, cols)
+        save_grid(&samples_dir.join(name), &images, channels, resolution, cols, grid_scale(resolution))
+    };
+    let evaluate_now = |trainer: &Trainer| -> Result<Option<EvalReport>> {
+        let Some((classifier, real)) = &evaluator else { return Ok(None) };
+        let samples = Images { channels, resolution, pixels: draw(trainer, args.eval_samples)? };
+        Ok(Some(evaluate(&gpu, classifier, &samples, real, trainer.options.seed)?))
     };
 
     while trainer.step < trainer.options.steps && !interrupted.load(Ordering::SeqCst) {
         trainer.train_step(&data)?;
         let step = trainer.step;
         let last = step == trainer.options.steps;
-        if trainer.logs_full() || last {
+        let eval_due = args.eval_every > 0 && (step % args.eval_every == 0 || last);
+        if trainer.logs_full() || last || eval_due {
             let logs = match trainer.read_logs() {
                 Ok(logs) => logs,
                 Err(e) => {
@@ -390,10 +428,25 @@ fn train(options: &GpuOptions, args: TrainArgs) -> Result<()> {
                 }
             };
             let rate = (step - start_step) as f64 / started.elapsed().as_secs_f64();
-            append_metrics(&out, &logs, rate * batch, &Default::default())?;
+            let mut eval = BTreeMap::new();
+            if eval_due {
+                if let Some(e) = evaluate_now(&trainer)? {
+                    let message = format!(
+                        "step {step}: Fréchet {:.2} (floor {:.2}), confident {:.3}, class KL {:.3}",
+                        e.frechet, e.frechet_floor, e.confident_fraction, e.class_kl
+                    );
+                    bar.suspend(|| eprintln!("{message}"));
+                    eval.insert(step, [e.frechet, e.frechet_floor, e.confident_fraction, e.class_kl]);
+                    let (frechet, frechet_floor, confident_fraction) =
+                        (e.frechet, e.frechet_floor, e.confident_fraction);
+                    curves.eval.push(EvalPoint { step, frechet, frechet_floor, confident_fraction });
+                }
+            }
+            append_metrics(&out, &logs, rate * batch, &eval)?;
             for l in &logs {
                 smoothed = Some(smoothed.map_or(l.loss, |s| 0.9 * s + 0.1 * l.loss));
-                curve.push((l.step, l.loss));
+                curves.loss.push((l.step, l.loss));
+                curves.decile_loss.push((l.step, l.decile_loss));
             }
             let message =
                 format!("loss {:.4} | {:.2} it/s | {:.1} img/s", smoothed.unwrap_or(f32::NAN), rate, rate * batch);
@@ -410,7 +463,7 @@ fn train(options: &GpuOptions, args: TrainArgs) -> Result<()> {
         }
         if args.sample_every > 0 && step % args.sample_every == 0 && !last {
             grid(&trainer, &format!("step_{step:06}.png"))?;
-            ddpm_wgpu::plot::loss_curve(&out.join("loss.png"), &curve)?;
+            training_plot(&out.join("loss.png"), &curves)?;
         }
         if args.checkpoint_every > 0 && step % args.checkpoint_every == 0 && !last {
             save(&trainer)?;
@@ -418,7 +471,7 @@ fn train(options: &GpuOptions, args: TrainArgs) -> Result<()> {
     }
     trainer.read_logs()?;
     save(&trainer)?;
-    ddpm_wgpu::plot::loss_curve(&out.join("loss.png"), &curve)?;
+    training_plot(&out.join("loss.png"), &curves)?;
     if interrupted.load(Ordering::SeqCst) {
         bar.abandon_with_message("interrupted");
         eprintln!(
@@ -441,18 +494,7 @@ fn train(options: &GpuOptions, args: TrainArgs) -> Result<()> {
     Ok(())
 }
 
-/// (step, loss) pairs from an existing metrics.csv, to continue the curve on resume.
-fn read_curve(path: &Path) -> Vec<(u64, f32)> {
-    let Ok(text) = std::fs::read_to_string(path) else { return Vec::new() };
-    text.lines()
-        .skip(1)
-        .filter_map(|l| {
-            let mut f = l.split(',');
-            Some((f.next()?.parse().ok()?, f.next()?.parse().ok()?))
-        })
-        .collect()
-}
-
+/// Draw `loss.png` from the losses so far.
 fn sample_command(options: &GpuOptions, args: SampleArgs) -> Result<()> {
     if args.num == 0 {
         bail!("--num must be at least 1");
@@ -496,19 +538,19 @@ fn sample_command(options: &GpuOptions, args: SampleArgs) -> Result<()> {
     bar.finish();
     let channels = config.in_channels;
     let cols = (args.num as f64).sqrt().ceil() as usize;
-    save_grid(&args.out, &images, channels, resolution, cols)?;
+    save_grid(&args.out, &images, channels, resolution, cols, grid_scale(resolution))?;
     eprintln!("wrote {} ({} samples in {:.1} s)", args.out.display(), args.num, started.elapsed().as_secs_f64());
     if let Some(dir) = &args.individual {
         ensure_writable(dir)?;
         let len = channels * resolution * resolution;
         for (i, img) in images.chunks_exact(len).enumerate() {
-            save_grid(&dir.join(format!("sample_{i:04}.png")), img, channels, resolution, 1)?;
+            save_image(&dir.join(format!("sample_{i:04}.png")), img, channels, resolution)?;
         }
         eprintln!("wrote {} images to {}", args.num, dir.display());
     }
     if let Some(strip) = &args.strip {
         let flat: Vec<f32> = kept.iter().flatten().map(|v| v.clamp(-1.0, 1.0)).collect();
-        save_grid(strip, &flat, channels, resolution, kept.len())?;
+        save_grid(strip, &flat, channels, resolution, kept.len(), grid_scale(resolution))?;
         eprintln!("wrote the reverse process of sample 0 to {}", strip.display());
     }
     Ok(())
@@ -641,11 +683,13 @@ fn nll_of(gpu: &Gpu, model: &Model, real: &Dataset, args: &EvalArgs) -> Result<d
     for (c, first) in (0..count).step_by(batch).enumerate() {
         let n = batch.min(count - first);
         let len = real.sample_len();
-        let x0 = gpu.upload(&[n, real.channels, resolution, resolution], &real.pixels()[first * len..(first + n) * len])?;
+        let x0 =
+            gpu.upload(&[n, real.channels, resolution, resolution], &real.pixels()[first * len..(first + n) * len])?;
         let request = NllRequest { seed: args.seed, first_sample: first as u32, timesteps: args.nll_timesteps };
-        let mut predictor =
-            |x: &ddpm_wgpu::Tensor, t: &ddpm_wgpu::Tensor, _: usize| predict_noise(gpu, &model.unet, &model.weights, x, t);
-        parts.push(bits_per_dim(gpu, &mut predictor, &model.scheduler, &x0, &request, &mut |done, total| {
+        let mut predictor = |x: &ddpm_wgpu::Tensor, t: &ddpm_wgpu::Tensor, _: usize| {
+            predict_noise(gpu, &model.unet, &model.weights, x, t)
+        };
+        parts.push(bits_per_dim(gpu, &mut predictor, &model.scheduler, &x0, &request, &mut |done, _| {
             let (done, total) = (c * per_chunk + done, chunks * per_chunk);
             if done * 20 / total != (done - 1) * 20 / total || done == total {
                 eprintln!("NLL: timestep {done}/{total} ({:.0} s)", started.elapsed().as_secs_f64());

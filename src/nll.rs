@@ -164,7 +164,13 @@ pub fn bits_per_dim(
     let mut values: Vec<f32> = Vec::with_capacity(indices.len() * row);
     for (k, &i) in indices.iter().enumerate() {
         let t = all_t.view(k * row, &[batch])?;
-        let (xt, _) = ddpm::q_sample(gpu, &ddpm_tables, x0, &t, NoiseKey { seed: request.seed, step: i as u32, first_sample: request.first_sample })?;
+        let (xt, _) = ddpm::q_sample(
+            gpu,
+            &ddpm_tables,
+            x0,
+            &t,
+            NoiseKey { seed: request.seed, step: i as u32, first_sample: request.first_sample },
+        )?;
         let eps = model(&xt, &t, i).with_context(|| format!("nll: the model at timestep index {i}"))?;
         ensure!(
             eps.shape() == x0.shape(),

@@ -137,10 +137,15 @@ fn train_resume_and_sample() {
     ]);
     assert!(out.status.success());
     let img = image::open(&grid).unwrap().to_rgb8();
-    // 3 samples in a 2x2 grid of 28-pixel tiles with 2-pixel borders.
-    assert_eq!((img.width(), img.height()), (2 * 30 + 2, 2 * 30 + 2));
+    // 3 samples in a 2x2 grid of 28-pixel tiles with 2-pixel borders, all upscaled x4.
+    assert_eq!((img.width(), img.height()), (4 * (2 * 30 + 2), 4 * (2 * 30 + 2)));
     assert!(img.pixels().any(|p| p.0[0] > 0 && p.0[0] < 255), "the samples must not be blank");
-    assert!(image::open(&strip).is_ok());
+    // The reverse process of sample 0: one row of tiles, upscaled x4 too.
+    let strip = image::open(&strip).unwrap().to_rgb8();
+    assert_eq!(strip.height(), 4 * 32, "one row of upscaled tiles");
+    assert_eq!(strip.width() % (4 * 30), 4 * 2, "whole upscaled tiles");
+    let loss = image::open(split.join("loss.png")).unwrap().to_rgb8();
+    assert_eq!((loss.width(), loss.height()), (900, 640), "loss.png: loss and decile panels");
     std::fs::remove_dir_all(&whole).unwrap();
     std::fs::remove_dir_all(&split).unwrap();
 }
@@ -179,8 +184,9 @@ fn sample_in_chunks_gives_the_one_batch_grid() {
     // Chunks of 2, 2, 1: three chunks of 3 steps.
     assert!(log.contains("step 9/9"), "{log}");
     let (whole, _) = run("5");
-    // 5 samples in a 3x2 grid of 8-pixel tiles with 2-pixel borders.
-    assert_eq!((chunked.width(), chunked.height()), (3 * 10 + 2, 2 * 10 + 2));
+    // 5 samples in a 3x2 grid of 8-pixel tiles with 2-pixel borders, drawn at grid_scale(8) = 16x.
+    let s = ddpm_wgpu::data::grid_scale(8) as u32;
+    assert_eq!((chunked.width(), chunked.height()), ((3 * 10 + 2) * s, (2 * 10 + 2) * s));
     assert!(chunked == whole, "chunks of 2 and one batch of 5 gave different grids");
     assert!(chunked.pixels().any(|p| p.0[0] > 0 && p.0[0] < 255), "the samples must not be blank");
     std::fs::remove_dir_all(&dir).unwrap();
@@ -250,8 +256,7 @@ fn eval_scores_a_folder_of_real_digits_near_the_floor() {
     // 100 real digits (the classifier's held-out tiles, 10 of each), padded to 32x32 as `train` does.
     let data = ddpm_wgpu::data::Dataset::mnist(32, Some(100)).unwrap();
     for i in 0..data.len() {
-        let pixels = data.sample(i).iter().map(|&v| ddpm_wgpu::data::to_u8(v)).collect();
-        image::GrayImage::from_raw(32, 32, pixels).unwrap().save(dir.join(format!("{i:03}.png"))).unwrap();
+        ddpm_wgpu::data::save_image(&dir.join(format!("{i:03}.png")), data.sample(i), 1, 32).unwrap();
     }
     let json = dir.join("metrics.json");
     let out = ddpm(&["eval", "--samples", dir.to_str().unwrap(), "--json", json.to_str().unwrap()]);
@@ -293,6 +298,20 @@ fn eval_samples_a_checkpoint() {
     assert!(frechet.is_finite() && frechet > floor, "untrained model: frechet {frechet}, floor {floor}");
     assert!(m["confident_fraction"].as_f64().unwrap() < 0.5, "untrained model: {m}");
     assert_eq!(m["samples"].as_u64(), Some(8));
+
+    // `sample --individual` writes what `eval --samples` reads.
+    let folder = run.join("individual");
+    let args = ["--num", "4", "--sampler", "ddim", "--steps", "2", "--out", "grid.png"];
+    let out = ddpm(
+        &[
+            &["sample", "--checkpoint", checkpoint.to_str().unwrap(), "--individual", folder.to_str().unwrap()][..],
+            &args,
+        ]
+        .concat(),
+    );
+    assert!(out.status.success());
+    let out = ddpm(&["eval", "--samples", folder.to_str().unwrap()]);
+    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("4 images"));
 }
 
 #[test]
@@ -308,4 +327,66 @@ fn eval_rejects_bad_input() {
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("must be 28x28 or 32x32"));
     let out = ddpm(&["eval"]);
     assert!(!out.status.success());
+}
+
+#[test]
+fn eval_every_logs_sample_quality_and_eval_nll_reports_bits_per_dim() {
+    let config = config();
+    let run = temp("eval-every");
+    let run_s = run.to_str().unwrap();
+    let mut args = train_args(run_s, &config, "4");
+    args.extend(["--eval-every", "2", "--eval-samples", "4"]);
+    let out = ddpm(&args);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("step 2: Fréchet"));
+    let text = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
+    let header: Vec<&str> = text.lines().next().unwrap().split(',').collect();
+    let col = |name: &str| header.iter().position(|h| *h == name).unwrap();
+    for line in text.lines().skip(1) {
+        let cells: Vec<&str> = line.split(',').collect();
+        let evaluated = cells[0] == "2" || cells[0] == "4";
+        for name in ["frechet", "frechet_floor", "confident_fraction", "class_kl"] {
+            let cell = cells[col(name)];
+            if evaluated {
+                let v: f64 = cell.parse().unwrap_or_else(|_| panic!("step {}: {name} = '{cell}'", cells[0]));
+                assert!(v.is_finite() && v >= 0.0, "step {}: {name} = {v}", cells[0]);
+            } else {
+                assert!(cell.is_empty(), "step {}: {name} = '{cell}'", cells[0]);
+            }
+        }
+    }
+    assert!(run.join("loss.png").is_file());
+
+    let json = run.join("nll.json");
+    let checkpoint = run.join("checkpoint");
+    let out = ddpm(&[
+        "eval",
+        "--checkpoint",
+        checkpoint.to_str().unwrap(),
+        "--num",
+        "4",
+        "--steps",
+        "2",
+        "--nll",
+        "--nll-num",
+        "3",
+        "--nll-timesteps",
+        "3",
+        "--batch-size",
+        "2",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("strided estimate over 4 timesteps"));
+    let bpd = eval_json(&json)["bits_per_dim"].as_f64().unwrap();
+    // An untrained model is far from the ~1-2 bits/dim of a trained one, and the bound is positive.
+    assert!(bpd.is_finite() && bpd > 1.0, "bits/dim {bpd}");
+
+    let out = ddpm(&["eval", "--samples", run.join("samples").to_str().unwrap(), "--nll"]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("--nll needs --checkpoint"));
+    let mut args = train_args(run_s, &config, "4");
+    args.extend(["--eval-every", "2", "--eval-samples", "20"]);
+    let out = ddpm(&args);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("--eval-samples 20"));
 }

@@ -3,8 +3,8 @@
 
 use std::path::PathBuf;
 
-use ddpm_wgpu::data::{save_grid, Dataset};
-use rand::{rngs::StdRng, SeedableRng};
+use ddpm_wgpu::data::{grid_scale, save_grid, to_u8, Dataset};
+use rand::{rngs::StdRng, Rng, SeedableRng};
 
 fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("ddpm-data-{name}-{}", std::process::id()));
@@ -84,11 +84,50 @@ fn grids_are_written_and_read_back() {
     let images = d.batch(&[0, 1, 2, 3, 4, 5], false, &mut rng);
     let dir = temp_dir("grid");
     let path = dir.join("grid.png");
-    save_grid(&path, &images, 1, 32, 3).unwrap();
+    save_grid(&path, &images, 1, 32, 3, 1).unwrap();
     let back = image::open(&path).unwrap().to_rgb8();
     assert_eq!((back.width(), back.height()), (3 * 34 + 2, 2 * 34 + 2));
     // Pixel (2 + x, 2 + y) of the grid is pixel (x, y) of the first image.
-    let want = ddpm_wgpu::data::to_u8(d.sample(0)[14 * 32 + 14]);
+    let want = to_u8(d.sample(0)[14 * 32 + 14]);
     assert_eq!(back.get_pixel(16, 16).0, [want; 3]);
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn grids_upscale_each_pixel_to_a_block() {
+    // Three RGB 5x5 images in 2 columns at scale 3: every source pixel is a 3x3
+    // block, the border is 2 x 3 = 6 black pixels, the empty fourth cell black.
+    let (n, c, r, cols, scale) = (3, 3, 5, 2, 3);
+    let mut rng = StdRng::seed_from_u64(1);
+    let images: Vec<f32> = (0..n * c * r * r).map(|_| rng.random_range(-1.0..=1.0)).collect();
+    let dir = temp_dir("grid-scale");
+    let path = dir.join("grid.png");
+    save_grid(&path, &images, c, r, cols, scale).unwrap();
+    let back = image::open(&path).unwrap().to_rgb8();
+    let pad = 2 * scale;
+    assert_eq!((back.width() as usize, back.height() as usize), (2 * (5 * 3 + pad) + pad, 2 * (5 * 3 + pad) + pad));
+    let mut painted = 0;
+    for (x, y, p) in back.enumerate_pixels() {
+        let (x, y) = (x as usize, y as usize);
+        let cell = (x.saturating_sub(pad) / (r * scale + pad), y.saturating_sub(pad) / (r * scale + pad));
+        let (ix, iy) = ((x - pad.min(x)) % (r * scale + pad), (y - pad.min(y)) % (r * scale + pad));
+        let i = cell.1 * cols + cell.0;
+        let inside = x >= pad && y >= pad && ix < r * scale && iy < r * scale && i < n;
+        let want = if inside {
+            let (sx, sy) = (ix / scale, iy / scale);
+            painted += 1;
+            [0, 1, 2].map(|ch| to_u8(images[((i * c + ch) * r + sy) * r + sx]))
+        } else {
+            [0, 0, 0]
+        };
+        assert_eq!(p.0, want, "pixel ({x}, {y}) of cell {cell:?}");
+    }
+    assert_eq!(painted, n * r * r * scale * scale);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn grid_scale_makes_tiles_about_128_pixels() {
+    let scales: Vec<usize> = [28, 32, 64, 100, 128, 256, 8, 0].map(grid_scale).to_vec();
+    assert_eq!(scales, vec![4, 4, 2, 1, 1, 1, 16, 128]);
 }
