@@ -13,7 +13,8 @@
 // the loss is bit-reproducible. mse_loss_per_sample is the same with one
 // workgroup per row (rows start on vec4 boundaries only when n % 4 == 0;
 // otherwise lanes read scalars), so a row's value does not depend on the
-// other rows. mse_loss_backward: one vec4 per invocation.
+// other rows; it is its own variant (define PER_SAMPLE) since it binds its
+// output as scalars. mse_loss_backward: one vec4 per invocation.
 
 struct Params {
     // Elements averaged: all of a for mse_loss(_backward), one row's for
@@ -26,7 +27,13 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
+//@if PER_SAMPLE
+// One f32 per row: each row's workgroup writes only its own element (a
+// vec4 component store may be lowered as a read-modify-write of the vector).
+@group(1) @binding(0) var<storage, read_write> out_rows: array<f32>;
+//@else
 @group(1) @binding(0) var<storage, read_write> out: array<vec4<f32>>;
+//@end
 @group(1) @binding(1) var<storage, read> a: array<vec4<f32>>;
 @group(1) @binding(2) var<storage, read> b: array<vec4<f32>>;
 @group(1) @binding(3) var<storage, read> d_loss: array<f32>;
@@ -45,6 +52,7 @@ fn reduce_partials(li: u32) {
     }
 }
 
+//@if !PER_SAMPLE
 @compute @workgroup_size(256)
 fn mse_loss(@builtin(local_invocation_index) li: u32) {
     let items = (p.n + 3u) / 4u;
@@ -61,6 +69,15 @@ fn mse_loss(@builtin(local_invocation_index) li: u32) {
     }
 }
 
+@compute @workgroup_size(64)
+fn mse_loss_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let i = (wid.x + wid.y * nwg.x) * 64u + li;
+    if 4u * i >= p.n {
+        return;
+    }
+    out[i] = (2.0 * p.inv_n * d_loss[0]) * (a[i] - b[i]);
+}
+//@else
 @compute @workgroup_size(256)
 fn mse_loss_per_sample(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     // Uniform per workgroup, so every lane reaches the barriers or none does.
@@ -89,15 +106,7 @@ fn mse_loss_per_sample(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workg
     partial[li] = total;
     reduce_partials(li);
     if li == 0u {
-        out[row / 4u][row % 4u] = partial[0] * p.inv_n;
+        out_rows[row] = partial[0] * p.inv_n;
     }
 }
-
-@compute @workgroup_size(64)
-fn mse_loss_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-    let i = (wid.x + wid.y * nwg.x) * 64u + li;
-    if 4u * i >= p.n {
-        return;
-    }
-    out[i] = (2.0 * p.inv_n * d_loss[0]) * (a[i] - b[i]);
-}
+//@end

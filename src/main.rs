@@ -10,12 +10,14 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use ddpm_wgpu::data::{grid_scale, save_grid, save_image, Dataset};
 use ddpm_wgpu::eval::classifier::DigitClassifier;
-use ddpm_wgpu::eval::{evaluate, EvalReport, Images};
+use ddpm_wgpu::eval::{evaluate, EvalReport, FeatureExtractor, Images};
 use ddpm_wgpu::gpu::{enumerate_adapters, Gpu, GpuOptions};
 use ddpm_wgpu::plot::{read_curves, training_plot, EvalPoint};
 use ddpm_wgpu::sample::{default_sample_batch, predict_noise, sample, Model, SampleRequest, Sampler};
 use ddpm_wgpu::schedule::{BetaSchedule, SchedulerConfig};
-use ddpm_wgpu::train::{append_metrics, existing_checkpoint, read_state, DataSpec, TrainOptions, Trainer};
+use ddpm_wgpu::train::{
+    append_metrics, existing_checkpoint, read_state, resume_metrics, DataSpec, TrainOptions, Trainer,
+};
 use ddpm_wgpu::unet::UNetConfig;
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -113,8 +115,9 @@ struct TrainArgs {
     /// loss.png (0: off; each evaluation costs a sampling run).
     #[arg(long, default_value_t = 0)]
     eval_every: u64,
-    /// Samples per evaluation during training (the training data needs twice as many images).
-    #[arg(long, default_value_t = 100)]
+    /// Samples per evaluation during training (the training data needs twice as many images;
+    /// below the classifier's 128 features the Fréchet distance is mostly small-N bias).
+    #[arg(long, default_value_t = 256)]
     eval_samples: usize,
 }
 
@@ -362,6 +365,7 @@ fn train(options: &GpuOptions, args: TrainArgs) -> Result<()> {
     }
     let samples_dir = out.join("samples");
     std::fs::create_dir_all(&samples_dir)?;
+    resume_metrics(&out, trainer.step)?;
     let mut curves = read_curves(&out.join("metrics.csv"));
     curves.loss.retain(|p| p.0 <= trainer.step);
     curves.decile_loss.retain(|p| p.0 <= trainer.step);
@@ -371,7 +375,7 @@ fn train(options: &GpuOptions, args: TrainArgs) -> Result<()> {
         if channels != 1 || !(resolution == 28 || resolution == 32) {
             bail!("--eval-every scores grey 28x28 or 32x32 digits; this run is {channels}x{resolution}x{resolution}");
         }
-        if args.eval_samples < 2 || data.len() < 2 * args.eval_samples {
+        if args.eval_samples < 2 || args.eval_samples.checked_mul(2).is_none_or(|n| data.len() < n) {
             bail!(
                 "--eval-samples {} needs at least 2 and at most half the {} training images",
                 args.eval_samples,
@@ -430,7 +434,12 @@ fn train(options: &GpuOptions, args: TrainArgs) -> Result<()> {
             let rate = (step - start_step) as f64 / started.elapsed().as_secs_f64();
             let mut eval = BTreeMap::new();
             if eval_due {
-                if let Some(e) = evaluate_now(&trainer)? {
+                // A failed evaluation is reported, not fatal: the run and its checkpoints go on.
+                let report = evaluate_now(&trainer).unwrap_or_else(|e| {
+                    bar.suspend(|| eprintln!("warning: evaluation at step {step} failed: {e:#}"));
+                    None
+                });
+                if let Some(e) = report {
                     let message = format!(
                         "step {step}: Fréchet {:.2} (floor {:.2}), confident {:.3}, class KL {:.3}",
                         e.frechet, e.frechet_floor, e.confident_fraction, e.class_kl
@@ -469,7 +478,12 @@ fn train(options: &GpuOptions, args: TrainArgs) -> Result<()> {
             save(&trainer)?;
         }
     }
-    trainer.read_logs()?;
+    // Steps since the last readback (an interruption) still get their rows.
+    let logs = trainer.read_logs()?;
+    let rate = (trainer.step - start_step) as f64 / started.elapsed().as_secs_f64();
+    append_metrics(&out, &logs, rate * batch, &BTreeMap::new())?;
+    curves.loss.extend(logs.iter().map(|l| (l.step, l.loss)));
+    curves.decile_loss.extend(logs.iter().map(|l| (l.step, l.decile_loss)));
     save(&trainer)?;
     training_plot(&out.join("loss.png"), &curves)?;
     if interrupted.load(Ordering::SeqCst) {
@@ -557,87 +571,134 @@ fn sample_command(options: &GpuOptions, args: SampleArgs) -> Result<()> {
 }
 
 fn eval_command(options: &GpuOptions, args: EvalArgs) -> Result<()> {
+    // Every check that can fail comes before sampling, which may take minutes.
     if args.batch_size == Some(0) {
         bail!("--batch-size must be at least 1");
+    }
+    if args.nll && args.checkpoint.is_none() {
+        bail!("--nll needs --checkpoint (the bound is a property of a model, not of samples)");
+    }
+    if args.nll && args.nll_num == 0 {
+        bail!("--nll-num must be at least 1");
+    }
+    if args.checkpoint.is_some() && args.num < 2 {
+        bail!("--num must be at least 2");
     }
     if let Some(parent) = args.json.as_ref().and_then(|j| j.parent()).filter(|p| !p.as_os_str().is_empty()) {
         ensure_writable(parent)?;
     }
+    let folder = args.samples.as_ref().map(|dir| load_sample_folder(dir)).transpose()?;
     let gpu = Gpu::new(options)?;
     eprintln!("adapter: {}", gpu.info());
-    if args.nll && args.checkpoint.is_none() {
-        bail!("--nll needs --checkpoint (the bound is a property of a model, not of samples)");
-    }
-    if args.nll_num == 0 {
-        bail!("--nll-num must be at least 1");
-    }
     let model = args.checkpoint.as_ref().map(|dir| Model::load(&gpu, dir)).transpose()?;
-    let (samples, source) = match (&args.checkpoint, &model) {
-        (Some(dir), Some(model)) => {
-            if args.num < 2 {
-                bail!("--num must be at least 2");
-            }
+    let (channels, resolution, count) = match (&model, &folder) {
+        (Some(model), _) => {
             let config = model.unet.config();
             let resolution = config.sample_size.context("the checkpoint's config has no sample_size")?;
-            let sampler = match args.sampler {
-                SamplerKind::Ddpm => Sampler::Ddpm,
-                SamplerKind::Ddim => Sampler::Ddim { steps: args.steps, eta: args.eta },
-            };
-            let batch_size = args.batch_size.unwrap_or_else(|| default_sample_batch(&gpu, config, resolution));
-            let request =
-                SampleRequest { count: args.num, resolution, sampler, seed: args.seed, keep_every: None, batch_size };
-            let started = Instant::now();
-            let (pixels, _) =
-                sample(&gpu, &model.unet, &model.weights, &model.scheduler, &request, &mut |done, total| {
-                    if done * 10 / total != (done - 1) * 10 / total || done == total {
-                        eprintln!("sampling: step {done}/{total} ({:.0} s)", started.elapsed().as_secs_f64());
-                    }
-                })?;
-            let images = Images { channels: config.in_channels, resolution, pixels };
-            (images, format!("{} samples from {} ({sampler:?}, seed {})", args.num, dir.display(), args.seed))
+            (config.in_channels, resolution, args.num)
         }
-        _ => {
-            let dir = args.samples.as_ref().context("give --checkpoint or --samples")?;
-            let images = load_sample_folder(dir)?;
-            let what = format!("{} images from {}", images.len(), dir.display());
-            (images, what)
-        }
+        (None, Some(images)) => (images.channels, images.resolution, images.len()),
+        (None, None) => bail!("give --checkpoint or --samples"),
     };
-    if samples.pixels.iter().any(|v| !v.is_finite()) {
-        bail!("the samples hold NaN or infinite values (a diverged checkpoint?)");
-    }
     let real = match &args.data {
-        Some(dir) => Dataset::from_folder(dir, samples.resolution, samples.channels)?,
-        None => Dataset::mnist(samples.resolution.max(28), None)?,
+        Some(dir) => Dataset::from_folder(dir, resolution, channels)?,
+        None if channels == 1 => Dataset::mnist(resolution.max(28), None)?,
+        None => bail!("the model makes {channels}-channel images: give the real images with --data"),
     };
     let classifier = DigitClassifier::shipped(&gpu)?;
-    let mut report = evaluate(&gpu, &classifier, &samples, &Images::from_dataset(&real), args.seed)?;
-    let nll = match (&model, args.nll) {
-        (Some(model), true) => Some(nll_of(&gpu, model, &real, &args)?),
-        _ => None,
+    // The classifier metrics need digits; a model of other images gets only its NLL.
+    let scored = match classifier.accepts(channels, resolution) {
+        Ok(()) => true,
+        Err(e) if args.nll => {
+            eprintln!("note: no sample metrics ({e:#}); computing the NLL only");
+            false
+        }
+        Err(e) => return Err(e),
     };
-    report.bits_per_dim = nll.as_ref().map(|n| n.bits_per_dim);
-    println!("{source}, against {}", real.source);
-    println!(
-        "  Fréchet distance    {:>9.3}   (real vs real at this N: {:.3}; ratio {:.1}x)",
-        report.frechet,
-        report.frechet_floor,
-        report.frechet / report.frechet_floor
-    );
-    println!(
-        "  confident (p>={})  {:>9.3}   (real digits: {:.3})",
-        ddpm_wgpu::eval::CONFIDENT,
-        report.confident_fraction,
-        report.real_confident_fraction
-    );
-    println!(
-        "  class KL            {:>9.3}   (0: balanced; {:.3}: one class)",
-        report.class_kl,
-        (report.class_histogram.len() as f64).ln()
-    );
-    let histogram: Vec<String> = report.class_histogram.iter().enumerate().map(|(c, n)| format!("{c}:{n}")).collect();
-    println!("  classes             {}", histogram.join(" "));
-    if let Some(n) = &nll {
+    if scored && real.len() < 2 * count {
+        bail!(
+            "scoring {count} samples needs {} real images (N for the reference, N for the floor); {} has {}",
+            2 * count,
+            real.source,
+            real.len()
+        );
+    }
+    if let Some(model) = model.as_ref().filter(|_| args.nll) {
+        ddpm_wgpu::nll::evaluated_timesteps(model.scheduler.num_train_timesteps, args.nll_timesteps)?;
+        if real.resolution != resolution || real.channels != channels {
+            bail!(
+                "--nll needs real images of the model's shape {channels}x{resolution}x{resolution}; {} is {}x{}x{}",
+                real.source,
+                real.channels,
+                real.resolution,
+                real.resolution
+            );
+        }
+        if args.nll_num > real.len() {
+            eprintln!(
+                "note: --nll-num {} is more than the {} real images: using all of them",
+                args.nll_num,
+                real.len()
+            );
+        }
+    }
+
+    let mut metrics = serde_json::Map::new();
+    if scored {
+        let (samples, source) = match (&args.checkpoint, &model, folder) {
+            (Some(dir), Some(model), _) => {
+                let sampler = match args.sampler {
+                    SamplerKind::Ddpm => Sampler::Ddpm,
+                    SamplerKind::Ddim => Sampler::Ddim { steps: args.steps, eta: args.eta },
+                };
+                let config = model.unet.config();
+                let batch_size = args.batch_size.unwrap_or_else(|| default_sample_batch(&gpu, config, resolution));
+                let request =
+                    SampleRequest { count, resolution, sampler, seed: args.seed, keep_every: None, batch_size };
+                let started = Instant::now();
+                let (pixels, _) =
+                    sample(&gpu, &model.unet, &model.weights, &model.scheduler, &request, &mut |done, total| {
+                        if done * 10 / total != (done - 1) * 10 / total || done == total {
+                            eprintln!("sampling: step {done}/{total} ({:.0} s)", started.elapsed().as_secs_f64());
+                        }
+                    })?;
+                let what = format!("{count} samples from {} ({sampler:?}, seed {})", dir.display(), args.seed);
+                (Images { channels, resolution, pixels }, what)
+            }
+            (_, _, Some(images)) => {
+                let what = format!("{} images from {}", images.len(), args.samples.as_ref().unwrap().display());
+                (images, what)
+            }
+            _ => unreachable!("a source was found above"),
+        };
+        let report = evaluate(&gpu, &classifier, &samples, &Images::from_dataset(&real), args.seed)?;
+        println!("{source}, against {}", real.source);
+        println!(
+            "  Fréchet distance    {:>9.3}   (real vs real at this N: {:.3}; ratio {:.1}x)",
+            report.frechet,
+            report.frechet_floor,
+            report.frechet / report.frechet_floor
+        );
+        println!(
+            "  confident (p>={})  {:>9.3}   (real digits: {:.3})",
+            ddpm_wgpu::eval::CONFIDENT,
+            report.confident_fraction,
+            report.real_confident_fraction
+        );
+        println!(
+            "  class KL            {:>9.3}   (0: balanced; {:.3}: one class)",
+            report.class_kl,
+            (report.class_histogram.len() as f64).ln()
+        );
+        let histogram: Vec<String> =
+            report.class_histogram.iter().enumerate().map(|(c, n)| format!("{c}:{n}")).collect();
+        println!("  classes             {}", histogram.join(" "));
+        if let serde_json::Value::Object(m) = serde_json::to_value(&report)? {
+            metrics = m;
+        }
+    }
+    if let Some(model) = model.as_ref().filter(|_| args.nll) {
+        let n = nll_of(&gpu, model, &real, &args)?;
         let how = if n.strided {
             format!("strided estimate over {} timesteps, runs low", n.evaluated_timesteps)
         } else {
@@ -651,9 +712,18 @@ fn eval_command(options: &GpuOptions, args: EvalArgs) -> Result<()> {
             n.decoder,
             n.kl
         );
+        metrics.insert("bits_per_dim".into(), n.bits_per_dim.into());
+        metrics.insert(
+            "nll".into(),
+            serde_json::json!({
+                "images": n.per_sample.len(), "prior": n.prior, "decoder": n.decoder, "kl": n.kl,
+                "evaluated_timesteps": n.evaluated_timesteps, "strided": n.strided,
+            }),
+        );
     }
     if let Some(path) = &args.json {
-        ddpm_wgpu::unet::params::write_atomically(path, serde_json::to_string_pretty(&report)?.as_bytes())?;
+        let text = serde_json::to_string_pretty(&serde_json::Value::Object(metrics))?;
+        ddpm_wgpu::unet::params::write_atomically(path, text.as_bytes())?;
         eprintln!("wrote {}", path.display());
     }
     Ok(())
@@ -665,15 +735,6 @@ fn nll_of(gpu: &Gpu, model: &Model, real: &Dataset, args: &EvalArgs) -> Result<d
     use ddpm_wgpu::nll::{bits_per_dim, evaluated_timesteps, NllReport, NllRequest};
     let config = model.unet.config();
     let resolution = config.sample_size.context("the checkpoint's config has no sample_size")?;
-    if real.resolution != resolution || real.channels != config.in_channels {
-        bail!(
-            "--nll needs real images of the model's shape {}x{resolution}x{resolution}, the data is {}x{}x{}",
-            config.in_channels,
-            real.channels,
-            real.resolution,
-            real.resolution
-        );
-    }
     let count = args.nll_num.min(real.len());
     let batch = args.batch_size.unwrap_or_else(|| default_sample_batch(gpu, config, resolution));
     let per_chunk = evaluated_timesteps(model.scheduler.num_train_timesteps, args.nll_timesteps)?.len();
@@ -699,18 +760,32 @@ fn nll_of(gpu: &Gpu, model: &Model, real: &Dataset, args: &EvalArgs) -> Result<d
     NllReport::combine(&parts)
 }
 
-/// The PNGs of a sample folder as grey images, at the size of the first.
+/// The PNGs directly in a sample folder, as grey images: all must be the
+/// same square size, 28x28 or 32x32, and grey (what `sample --individual`
+/// writes), so a stray grid or an RGB sample is an error, not a score.
 fn load_sample_folder(dir: &Path) -> Result<Images> {
-    let first = std::fs::read_dir(dir)
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .with_context(|| format!("reading sample folder {}", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e.eq_ignore_ascii_case("png")))
-        .min()
-        .with_context(|| format!("no PNG files in {}", dir.display()))?;
-    let (w, h) = image::image_dimensions(&first).with_context(|| format!("reading {}", first.display()))?;
-    if w != h || !(w == 28 || w == 32) {
-        bail!("{} is {w}x{h}: samples must be 28x28 or 32x32", first.display());
+        .filter(|p| p.is_file() && p.extension().is_some_and(|e| e.eq_ignore_ascii_case("png")))
+        .collect();
+    files.sort();
+    let first = files.first().with_context(|| format!("no PNG files in {}", dir.display()))?;
+    let (size, _) = image::image_dimensions(first).with_context(|| format!("reading {}", first.display()))?;
+    let mut pixels = Vec::new();
+    for file in &files {
+        let img = image::ImageReader::open(file)?
+            .with_guessed_format()?
+            .decode()
+            .with_context(|| format!("cannot decode {}", file.display()))?;
+        let (w, h) = (img.width(), img.height());
+        if w != h || w != size || !(w == 28 || w == 32) {
+            bail!("{} is {w}x{h}: samples must all be 28x28 or all 32x32 (the first is {size}x{size})", file.display());
+        }
+        if img.color().has_color() {
+            bail!("{} is in colour: the digit classifier scores grey images", file.display());
+        }
+        pixels.extend(img.to_luma8().pixels().map(|p| p.0[0] as f32 / 127.5 - 1.0));
     }
-    let data = Dataset::from_folder(dir, w as usize, 1)?;
-    Ok(Images::from_dataset(&data))
+    Ok(Images { channels: 1, resolution: size as usize, pixels })
 }

@@ -14,7 +14,8 @@
 //! forwards per batch of images); [`NllRequest::timesteps`] evaluates a
 //! strided subset instead and scales up their KL sum (a midpoint-rule
 //! estimate of the sum, reported as such). `x_t` at index `i` is
-//! [`ddpm::q_sample`] with the noise key `(seed, i)`.
+//! [`ddpm::q_sample`] with the noise key `(seed, i)` and sample index
+//! `first_sample + row`, so chunks of a dataset get one batch's noise.
 
 use anyhow::{bail, ensure, Context, Result};
 

@@ -527,8 +527,8 @@ frechet,frechet_floor,confident_fraction,class_kl";
 /// new): the step's figures, its loss per timestep decile (empty where the
 /// step had no sample there) and the evaluation `eval` holds for that step
 /// as (frechet, frechet_floor, confident_fraction, class_kl) (empty cells
-/// for steps it does not hold). A file from an older run with fewer
-/// columns is appended to as it is: its new rows follow the new header.
+/// for steps it does not hold). A resumed run first calls
+/// [`resume_metrics`], so the file always has [`METRICS_HEADER`].
 pub fn append_metrics(
     out: &Path,
     logs: &[StepLog],
@@ -564,4 +564,29 @@ pub fn append_metrics(
         .with_context(|| format!("opening {}", path.display()))?;
     f.write_all(text.as_bytes()).with_context(|| format!("writing {}", path.display()))?;
     Ok(())
+}
+
+/// Make `out`'s metrics.csv fit a run resumed at `step`: rows past `step`
+/// (written after the checkpoint a crash fell back to) are dropped, and a
+/// file from an older version is rewritten under [`METRICS_HEADER`], its
+/// columns matched by name (missing ones left empty). Written atomically.
+pub fn resume_metrics(out: &Path, step: u64) -> Result<()> {
+    let path = out.join("metrics.csv");
+    let Ok(text) = std::fs::read_to_string(&path) else { return Ok(()) };
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap_or("").split(',').map(str::trim).collect();
+    let columns: Vec<Option<usize>> =
+        METRICS_HEADER.split(',').map(|name| header.iter().position(|h| *h == name)).collect();
+    let mut kept = format!("{METRICS_HEADER}\n");
+    for line in lines {
+        let cells: Vec<&str> = line.split(',').map(str::trim).collect();
+        let Some(row_step) = cells.first().and_then(|c| c.parse::<u64>().ok()) else { continue };
+        if row_step > step {
+            continue;
+        }
+        let row: Vec<&str> = columns.iter().map(|c| c.and_then(|i| cells.get(i).copied()).unwrap_or("")).collect();
+        kept.push_str(&row.join(","));
+        kept.push('\n');
+    }
+    crate::unet::params::write_atomically(&path, kept.as_bytes())
 }

@@ -270,6 +270,7 @@ fn eval_scores_a_folder_of_real_digits_near_the_floor() {
     assert!(m["class_kl"].as_f64().unwrap() < 0.05, "{m}");
     let histogram: Vec<u64> = m["class_histogram"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
     assert_eq!(histogram.iter().sum::<u64>(), 100);
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
@@ -301,17 +302,26 @@ fn eval_samples_a_checkpoint() {
 
     // `sample --individual` writes what `eval --samples` reads.
     let folder = run.join("individual");
-    let args = ["--num", "4", "--sampler", "ddim", "--steps", "2", "--out", "grid.png"];
-    let out = ddpm(
-        &[
-            &["sample", "--checkpoint", checkpoint.to_str().unwrap(), "--individual", folder.to_str().unwrap()][..],
-            &args,
-        ]
-        .concat(),
-    );
+    let grid = run.join("grid.png");
+    let out = ddpm(&[
+        "sample",
+        "--checkpoint",
+        checkpoint.to_str().unwrap(),
+        "--individual",
+        folder.to_str().unwrap(),
+        "--num",
+        "4",
+        "--sampler",
+        "ddim",
+        "--steps",
+        "2",
+        "--out",
+        grid.to_str().unwrap(),
+    ]);
     assert!(out.status.success());
     let out = ddpm(&["eval", "--samples", folder.to_str().unwrap()]);
     assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("4 images"));
+    std::fs::remove_dir_all(&run).unwrap();
 }
 
 #[test]
@@ -324,9 +334,21 @@ fn eval_rejects_bad_input() {
     std::fs::create_dir_all(&big).unwrap();
     image::GrayImage::new(64, 64).save(big.join("a.png")).unwrap();
     let out = ddpm(&["eval", "--samples", big.to_str().unwrap()]);
-    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("must be 28x28 or 32x32"));
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("must all be 28x28 or all 32x32"));
     let out = ddpm(&["eval"]);
-    assert!(!out.status.success());
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("--checkpoint"));
+    let out = ddpm(&["eval", "--samples", empty.to_str().unwrap(), "--batch-size", "0"]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("--batch-size must be at least 1"));
+    // A colour sample among grey ones is an error, not a silent conversion.
+    let mixed = temp("eval-mixed");
+    std::fs::create_dir_all(&mixed).unwrap();
+    image::GrayImage::new(28, 28).save(mixed.join("a.png")).unwrap();
+    image::RgbImage::from_pixel(28, 28, image::Rgb([200, 0, 0])).save(mixed.join("b.png")).unwrap();
+    let out = ddpm(&["eval", "--samples", mixed.to_str().unwrap()]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("b.png is in colour"));
+    for dir in [empty, big, mixed] {
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 }
 
 #[test]
@@ -389,4 +411,5 @@ fn eval_every_logs_sample_quality_and_eval_nll_reports_bits_per_dim() {
     args.extend(["--eval-every", "2", "--eval-samples", "20"]);
     let out = ddpm(&args);
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("--eval-samples 20"));
+    std::fs::remove_dir_all(&run).unwrap();
 }

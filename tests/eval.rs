@@ -44,6 +44,17 @@ fn frechet_distance_matches_closed_forms() {
     };
     let rotated = frechet_distance(&rotate(&diag(&va, 0.0)), &rotate(&diag(&vb, 0.5)));
     assert!((rotated - want).abs() < 1e-9, "rotated: got {rotated}, want {want}");
+
+    // Covariances that do not commute: for 2x2, tr sqrt(AB) = sqrt(tr(AB) + 2 sqrt(det(AB))).
+    let a = nalgebra::DMatrix::<f64>::from_row_slice(2, 2, &[2.0, 0.7, 0.7, 1.0]);
+    let b = nalgebra::DMatrix::<f64>::from_row_slice(2, 2, &[1.0, -0.4, -0.4, 3.0]);
+    assert!((&a * &b - &b * &a).norm() > 0.1);
+    let ab = &a * &b;
+    let trace_sqrt = (ab.trace() + 2.0 * ab.determinant().sqrt()).sqrt();
+    let want = a.trace() + b.trace() - 2.0 * trace_sqrt;
+    let stats = |cov| FeatureStats { count: 2, mean: nalgebra::DVector::zeros(2), cov };
+    let got = frechet_distance(&stats(a), &stats(b));
+    assert!((got - want).abs() < 1e-9, "non-commuting: got {got}, want {want}");
 }
 
 #[test]

@@ -176,7 +176,8 @@ fn empty_and_degenerate_curves_still_draw() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-const HEADER: &str = "step,loss,lr,grad_norm,images_per_second,loss_t0,loss_t1,loss_t2,loss_t3,loss_t4,loss_t5,loss_t6,loss_t7,loss_t8,loss_t9,frechet,frechet_floor,confident_fraction,class_kl";
+// What the writer (train::append_metrics) puts at the top.
+const HEADER: &str = ddpm_wgpu::train::METRICS_HEADER;
 
 #[test]
 fn curves_round_trip_through_a_new_metrics_csv() {

@@ -9,7 +9,9 @@ use std::collections::BTreeMap;
 
 use ddpm_wgpu::data::Dataset;
 use ddpm_wgpu::schedule::SchedulerConfig;
-use ddpm_wgpu::train::{append_metrics, decile_of, StepLog, TrainOptions, Trainer, DECILES, METRICS_HEADER};
+use ddpm_wgpu::train::{
+    append_metrics, decile_of, resume_metrics, StepLog, TrainOptions, Trainer, DECILES, METRICS_HEADER,
+};
 use ddpm_wgpu::unet::UNetConfig;
 
 #[test]
@@ -99,12 +101,21 @@ fn metrics_rows_have_the_decile_and_eval_columns() {
     assert_eq!(lines[3], "3,0.5,0.001,2,10.00,0.25,,,,,,,,,0.125,,,,");
     assert_eq!(lines.len(), 4);
 
-    // A file from an older run (5 columns) is appended to, not rewritten.
-    let old = "step,loss,lr,grad_norm,images_per_second\n1,0.9,0.001,1,5.00\n";
+    // Resuming at step 2 drops the rows after it.
+    resume_metrics(&dir, 2).unwrap();
+    let text = std::fs::read_to_string(dir.join("metrics.csv")).unwrap();
+    assert_eq!(text.lines().collect::<Vec<_>>(), lines[..3].to_vec());
+
+    // A file from an older run (5 columns) is rewritten under the new header, columns by name.
+    let old = "step,loss,lr,grad_norm,images_per_second\n1,0.9,0.001,1,5.00\n2,0.8,0.001,1,5.00\n";
     std::fs::write(dir.join("metrics.csv"), old).unwrap();
+    resume_metrics(&dir, 1).unwrap();
     append_metrics(&dir, &[log(2, deciles)], 10.0, &BTreeMap::new()).unwrap();
     let text = std::fs::read_to_string(dir.join("metrics.csv")).unwrap();
-    assert!(text.starts_with(old), "{text}");
-    assert_eq!(text.lines().last().unwrap().split(',').count(), 19);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], METRICS_HEADER);
+    assert_eq!(lines[1], "1,0.9,0.001,1,5.00,,,,,,,,,,,,,,");
+    assert_eq!(lines[2], "2,0.5,0.001,2,10.00,0.25,,,,,,,,,0.125,,,,");
+    assert_eq!(lines.len(), 3);
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -115,10 +115,19 @@ impl FeatureExtractor for DigitClassifier {
         "digit classifier (LeNet-style, 128 features)"
     }
 
-    /// Takes grey 28x28 images, or 32x32 ones (the padded digits `ddpm train`
-    /// uses), centre-cropped to 28x28.
+    /// Grey 28x28 images, or 32x32 ones (the padded digits `ddpm train`
+    /// uses), which it centre-crops to 28x28.
+    fn accepts(&self, channels: usize, resolution: usize) -> Result<()> {
+        ensure!(channels == 1, "the digit classifier takes grey images, not {channels} channels");
+        ensure!(
+            resolution == SIZE || resolution == 32,
+            "the digit classifier takes 28x28 or 32x32 images, not {resolution}x{resolution}"
+        );
+        Ok(())
+    }
+
     fn extract(&self, gpu: &Gpu, images: &Images) -> Result<Extracted> {
-        ensure!(images.channels == 1, "the digit classifier takes grey images, got {} channels", images.channels);
+        self.accepts(images.channels, images.resolution)?;
         let r = images.resolution;
         let pixels: Vec<f32> = match r {
             SIZE => images.pixels.clone(),
@@ -127,7 +136,7 @@ impl FeatureExtractor for DigitClassifier {
                 .chunks_exact(r * r)
                 .flat_map(|img| (2..30).flat_map(move |y| img[y * r + 2..y * r + 30].iter().copied()))
                 .collect(),
-            _ => bail!("the digit classifier takes 28x28 or 32x32 images, got {r}x{r}"),
+            _ => unreachable!("accepts() allows 28 and 32"),
         };
         self.run(gpu, &pixels, 256)
     }

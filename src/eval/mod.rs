@@ -60,6 +60,8 @@ pub struct Extracted {
 /// InceptionV3 for RGB data would be another).
 pub trait FeatureExtractor {
     fn name(&self) -> &str;
+    /// Error (naming why) unless it takes images of this shape.
+    fn accepts(&self, channels: usize, resolution: usize) -> Result<()>;
     fn extract(&self, gpu: &Gpu, images: &Images) -> Result<Extracted>;
 }
 
@@ -76,6 +78,8 @@ impl FeatureStats {
     pub fn new(features: &[f32], dim: usize) -> Result<FeatureStats> {
         let n = features.len() / dim.max(1);
         ensure!(n >= 2 && features.len() == n * dim, "feature statistics need at least 2 vectors of {dim}, got {n}");
+        // The eigensolver has no iteration limit: NaN would never converge.
+        ensure!(features.iter().all(|v| v.is_finite()), "feature statistics: non-finite features");
         let rows = DMatrix::from_row_iterator(n, dim, features.iter().map(|&v| v as f64));
         let mean = rows.row_mean().transpose();
         let centred = DMatrix::from_fn(n, dim, |i, j| rows[(i, j)] - mean[j]);
@@ -140,7 +144,7 @@ pub fn class_report(probs: &[f64], classes: usize) -> ClassReport {
 }
 
 /// The metrics of one set of samples against real images (written as JSON
-/// by `ddpm eval --json`).
+/// by `ddpm eval --json`, with `bits_per_dim` when the NLL is computed).
 #[derive(Clone, Debug, Serialize)]
 pub struct EvalReport {
     pub samples: usize,
@@ -155,8 +159,6 @@ pub struct EvalReport {
     pub class_histogram: Vec<usize>,
     /// The confident fraction of the real reference set, for scale.
     pub real_confident_fraction: f64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub bits_per_dim: Option<f64>,
 }
 
 /// Score `samples` against `real` images with `extractor`. Needs at least
@@ -171,6 +173,11 @@ pub fn evaluate(
 ) -> Result<EvalReport> {
     let n = samples.len();
     ensure!(n >= 2, "evaluation needs at least 2 samples, got {n}");
+    ensure!(
+        samples.pixels.iter().all(|v| v.is_finite()),
+        "the samples hold NaN or infinite values (a diverged model?)"
+    );
+    extractor.accepts(samples.channels, samples.resolution)?;
     ensure!(
         real.len() >= 2 * n,
         "evaluating {n} samples needs {} real images (N for the reference, N for the floor); there are {}",
@@ -202,6 +209,5 @@ pub fn evaluate(
         class_kl: class.as_ref().map_or(f64::NAN, |c| c.class_kl),
         class_histogram: class.map(|c| c.class_histogram).unwrap_or_default(),
         real_confident_fraction: real_class.map_or(f64::NAN, |c| c.confident_fraction),
-        bits_per_dim: None,
     })
 }

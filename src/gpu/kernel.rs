@@ -97,6 +97,7 @@ impl Shader {
             Shader::Conv2d => crate::ops::conv2d::variants(),
             Shader::CrossEntropy => crate::ops::cross_entropy::variants(),
             Shader::GroupNorm => crate::ops::group_norm::variants(),
+            Shader::Loss => crate::ops::loss::variants(),
             Shader::Matmul => crate::ops::matmul::variants(),
             Shader::Reduce => crate::ops::reduce::variants(),
             Shader::Upsample => crate::ops::upsample::variants(),

@@ -22,6 +22,11 @@ struct Params {
 const FORWARD_BINDINGS: &[Access] = &[Access::ReadWrite, Access::Read, Access::Read];
 const BACKWARD_BINDINGS: &[Access] = &[Access::ReadWrite, Access::Read, Access::Read, Access::Read];
 
+/// The per-sample loss binds its output as scalars: its own variant.
+pub fn variants() -> Vec<Vec<(&'static str, i64)>> {
+    vec![vec![("PER_SAMPLE", 0)], vec![("PER_SAMPLE", 1)]]
+}
+
 fn params(op: &str, a: &Tensor, b: &Tensor) -> Result<Params> {
     ensure!(a.shape() == b.shape(), "{op}: shapes differ: {:?} and {:?}", a.shape(), b.shape());
     ensure!(!a.is_empty(), "{op}: empty input {:?}", a.shape());
@@ -32,7 +37,12 @@ fn params(op: &str, a: &Tensor, b: &Tensor) -> Result<Params> {
 pub fn mse_loss(gpu: &Gpu, a: &Tensor, b: &Tensor) -> Result<Tensor> {
     let p = params("mse_loss", a, b)?;
     let loss = gpu.uninit(&[1])?;
-    gpu.launch(&Kernel::new(Shader::Loss, "mse_loss", FORWARD_BINDINGS), &p, &[&loss, a, b], [1, 1, 1])?;
+    gpu.launch(
+        &Kernel::new(Shader::Loss, "mse_loss", FORWARD_BINDINGS).with_defines(vec![("PER_SAMPLE", 0)]),
+        &p,
+        &[&loss, a, b],
+        [1, 1, 1],
+    )?;
     Ok(loss)
 }
 
@@ -42,7 +52,8 @@ pub fn mse_loss_backward(gpu: &Gpu, a: &Tensor, b: &Tensor, d_loss: &Tensor) -> 
     let p = params("mse_loss backward", a, b)?;
     ensure!(d_loss.len() == 1, "mse_loss backward: d_loss {:?} must hold one value", d_loss.shape());
     let da = gpu.uninit(a.shape())?;
-    let kernel = Kernel::new(Shader::Loss, "mse_loss_backward", BACKWARD_BINDINGS);
+    let kernel =
+        Kernel::new(Shader::Loss, "mse_loss_backward", BACKWARD_BINDINGS).with_defines(vec![("PER_SAMPLE", 0)]);
     gpu.launch(&kernel, &p, &[&da, a, b, d_loss], Gpu::grid_1d(a.len().div_ceil(4 * 64) as u32))?;
     Ok(da)
 }
@@ -59,7 +70,8 @@ pub fn mse_loss_per_sample_into(gpu: &Gpu, a: &Tensor, b: &Tensor, out: &Tensor)
     ensure!(out.shape() == [rows], "{op}: output {:?} must be one value per row of {:?}", out.shape(), a.shape());
     let n = a.len() / rows;
     let p = Params { n: n as u32, inv_n: 1.0 / n as f32, rows: rows as u32, _pad0: 0 };
-    let kernel = Kernel::new(Shader::Loss, "mse_loss_per_sample", FORWARD_BINDINGS);
+    let kernel =
+        Kernel::new(Shader::Loss, "mse_loss_per_sample", FORWARD_BINDINGS).with_defines(vec![("PER_SAMPLE", 1)]);
     gpu.launch(&kernel, &p, &[out, a, b], Gpu::grid_1d(rows as u32))
 }
 
