@@ -2,7 +2,7 @@
 //! the shipped digit classifier on real digits, and the whole evaluation on
 //! sets whose quality is known: real digits (near the floor), the same
 //! digits degraded by more and more noise or blur (monotonically worse),
-//! pure noise (far worse), and one class only (class KL = ln 10).
+//! Gaussian noise images (far worse), and one class only (class KL = ln 10).
 
 mod common;
 
@@ -151,9 +151,10 @@ fn evaluation_orders_sets_by_quality() {
         previous = report.frechet;
     }
 
-    let noise = Images { pixels: (0..n * 784).map(|_| r.random_range(-1.0..1.0)).collect(), ..fresh.clone() };
+    let gaussian = (0..n * 784).map(|_| Distribution::<f32>::sample(&StandardNormal, &mut r).clamp(-1.0, 1.0));
+    let noise = Images { pixels: gaussian.collect(), ..fresh.clone() };
     let report = evaluate(&gpu, &classifier, &noise, &real, 0).unwrap();
-    eprintln!("uniform noise: {report:?}");
+    eprintln!("Gaussian noise: {report:?}");
     assert!(report.frechet > 20.0 * clean.frechet, "noise {} vs real {}", report.frechet, clean.frechet);
 
     let sevens: Vec<usize> = (1000..10000).filter(|&i| labels[i] == 7).take(n).collect();
