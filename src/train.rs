@@ -20,7 +20,7 @@ use crate::ops::loss;
 use crate::ops::optimizer::{self, Adam};
 use crate::schedule::{Schedule, SchedulerConfig};
 use crate::tape::Tape;
-use crate::unet::params::{view_of, ParamStore};
+use crate::unet::params::ParamStore;
 use crate::unet::{ParamVars, UNet, UNetConfig};
 
 /// Hyper-parameters of a run (saved in checkpoints).
@@ -298,13 +298,7 @@ impl<'g> Trainer<'g> {
         let slot = self.sample_log.view(self.pending.len() * row, &[o.batch_size])?;
         loss::mse_loss_per_sample_into(gpu, &pred.value, &target.value, &slot)?;
         let grads = tape.backward(&loss)?;
-        for (name, var) in p.iter() {
-            let slot = view_of(&self.unet.table, &self.grads, name)?;
-            match grads.get(var) {
-                Some(g) => gpu.copy(g, &slot)?,
-                None => gpu.clear(&slot)?,
-            }
-        }
+        p.write_grads(gpu, &grads, &self.unet.table, &self.grads)?;
         drop(grads);
 
         let norm_sq = optimizer::grad_norm_sq(gpu, &self.grads)?;

@@ -8,6 +8,7 @@
 //! with SiLU (the features the Fréchet distance uses) -> linear 128 -> 10.
 
 use anyhow::{bail, ensure, Context, Result};
+use rand::seq::SliceRandom;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
 use super::{Extracted, FeatureExtractor, Images};
@@ -17,7 +18,7 @@ use crate::ops::cross_entropy::class_labels;
 use crate::ops::optimizer::{self, Adam};
 use crate::tape::{Tape, Var};
 use crate::unet::layout::{Init, ParamSpec};
-use crate::unet::params::{view_of, ParamStore, ParamTable};
+use crate::unet::params::{ParamStore, ParamTable};
 use crate::unet::ParamVars;
 
 /// The weights shipped in `assets/classifier/` (see its README).
@@ -197,9 +198,7 @@ impl DigitClassifier {
         let mut step = 0u64;
         for epoch in 0..o.epochs {
             let mut order: Vec<usize> = (0..count).collect();
-            for i in (1..count).rev() {
-                order.swap(i, rng.random_range(0..=i));
-            }
+            order.shuffle(&mut rng);
             let mut loss_sum = gpu.zeros(&[1])?;
             for b in 0..steps_per_epoch {
                 let idx = &order[b * o.batch_size..(b + 1) * o.batch_size];
@@ -217,13 +216,7 @@ impl DigitClassifier {
                 let loss = tape.softmax_cross_entropy(&logits, &class_labels(gpu, &batch_labels, CLASSES)?)?;
                 loss_sum = crate::ops::elementwise::add(gpu, &loss_sum, &loss.value)?;
                 let g = tape.backward(&loss)?;
-                for (name, var) in p.iter() {
-                    let slot = view_of(table, &grads, name)?;
-                    match g.get(var) {
-                        Some(t) => gpu.copy(t, &slot)?,
-                        None => gpu.clear(&slot)?,
-                    }
-                }
+                p.write_grads(gpu, &g, table, &grads)?;
                 drop(g);
                 let norm_sq = optimizer::grad_norm_sq(gpu, &grads)?;
                 let lr = o.lr * 0.5 * (1.0 + (std::f32::consts::PI * step as f32 / total).cos());

@@ -6,12 +6,12 @@ use std::collections::HashMap;
 use anyhow::{bail, ensure, Context, Result};
 
 use super::layout::{AttnBlock, ResBlock, UNetLayout};
-use super::params::{ParamStore, ParamTable};
+use super::params::{view_of, ParamStore, ParamTable};
 use super::UNetConfig;
-use crate::gpu::Tensor;
+use crate::gpu::{Gpu, Tensor};
 use crate::ops::conv2d::Conv2dGeometry;
 use crate::ops::embedding::{timestep_embedding, TimestepEmbedding};
-use crate::tape::{Tape, Var};
+use crate::tape::{Grads, Tape, Var};
 
 pub struct UNet {
     pub layout: UNetLayout,
@@ -32,6 +32,20 @@ impl ParamVars {
             vars.insert(e.name.clone(), if trainable { tape.param(t) } else { tape.input(t) });
         }
         Ok(ParamVars { vars })
+    }
+
+    /// Write each parameter's gradient from `grads` into its view of `flat`
+    /// (a tensor in `table`'s layout), zero where it got none: the flat
+    /// gradient buffer the optimiser reads.
+    pub fn write_grads(&self, gpu: &Gpu, grads: &Grads, table: &ParamTable, flat: &Tensor) -> Result<()> {
+        for (name, var) in &self.vars {
+            let slot = view_of(table, flat, name)?;
+            match grads.get(var) {
+                Some(g) => gpu.copy(g, &slot)?,
+                None => gpu.clear(&slot)?,
+            }
+        }
+        Ok(())
     }
 
     pub fn get(&self, name: &str) -> Result<&Var> {
