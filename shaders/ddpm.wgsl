@@ -8,6 +8,9 @@
 //   q_sample(out, eps, x, timestep, table)   eps = z;  out = sqrt(abar_t) x + sqrt(1 - abar_t) eps
 //   p_sample(out, eps, x, timestep, table)   out = x_(t-1) from x = x_t and eps = eps_theta (DDPM)
 //   ddim_step(out, eps, x, timestep, table)  out = x_prev from x = x_t and eps = eps_theta (DDIM)
+//   to_epsilon(out, eps, x, timestep, table) out = eps_theta from the model's output in eps
+//                                            (v or x_0, p.prediction) and x = x_t
+//   velocity(out, eps, x, timestep, table)   out = v = sqrt(abar_t) eps - sqrt(1 - abar_t) x, x = x_0
 //
 //   out:      (N, D) f32, read_write
 //   eps:      (N, D) f32, read_write: q_sample writes the noise it drew; the
@@ -44,7 +47,8 @@ struct Params {
     counter: vec4<u32>,
     // Global index of row 0: row n draws sample first_sample + n's noise.
     first_sample: u32,
-    _pad0: u32,
+    // to_epsilon: 1 = v_prediction, 2 = sample (x_0).
+    prediction: u32,
     _pad1: u32,
     _pad2: u32,
 }
@@ -272,6 +276,46 @@ fn q_sample(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
     let z = normal4(n, q);
     store_eps(n, q, z);
     store_out(n, q, table_at(ROW_SQRT_ALPHAS_CUMPROD, t) * load_x(n, q) + table_at(ROW_SQRT_ONE_MINUS_ALPHAS_CUMPROD, t) * z);
+}
+
+// The prediction types of `p.prediction` (0, epsilon, needs no conversion).
+const PREDICTION_V: u32 = 1u;
+const PREDICTION_SAMPLE: u32 = 2u;
+
+// eps = sqrt(abar) v + sqrt(1 - abar) x_t = (v + sqrt(1/abar - 1) x_t) / sqrt(1/abar)
+// eps = (x_t - sqrt(abar) x_0) / sqrt(1 - abar) = (sqrt(1/abar) x_t - x_0) / sqrt(1/abar - 1)
+@compute @workgroup_size(WG)
+fn to_epsilon(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let g = invocation(wid, nwg, li);
+    let quads = quads_per_sample();
+    if g >= p.batch * quads {
+        return;
+    }
+    let n = g / quads;
+    let q = g % quads;
+    let t = sample_timestep(n);
+    let xt = load_x(n, q);
+    let predicted = load_eps(n, q);
+    let recip = table_at(ROW_SQRT_RECIP_ALPHAS_CUMPROD, t);
+    let recipm1 = table_at(ROW_SQRT_RECIPM1_ALPHAS_CUMPROD, t);
+    if p.prediction == PREDICTION_V {
+        store_out(n, q, (predicted + recipm1 * xt) / recip);
+    } else {
+        store_out(n, q, (recip * xt - predicted) / recipm1);
+    }
+}
+
+@compute @workgroup_size(WG)
+fn velocity(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let g = invocation(wid, nwg, li);
+    let quads = quads_per_sample();
+    if g >= p.batch * quads {
+        return;
+    }
+    let n = g / quads;
+    let q = g % quads;
+    let t = sample_timestep(n);
+    store_out(n, q, table_at(ROW_SQRT_ALPHAS_CUMPROD, t) * load_eps(n, q) - table_at(ROW_SQRT_ONE_MINUS_ALPHAS_CUMPROD, t) * load_x(n, q));
 }
 
 @compute @workgroup_size(WG)

@@ -4,6 +4,9 @@
 // Entry points (bindings in order; outputs first):
 //   mse_loss(out, a, b)                    out: (1) = sum((a - b)^2) / n
 //   mse_loss_backward(out, a, b, d_loss)   out: (n) = 2 (a - b) / n * d_loss[0]
+//   with WEIGHTED, each row r of row_len elements is weighted by w[r]:
+//   mse_loss(out, a, b, w)                 out: (1) = sum(w[row] (a - b)^2) / n
+//   mse_loss_backward(out, a, b, w, d_loss) out: (n) = 2 w[row] (a - b) / n * d_loss[0]
 //   mse_loss_per_sample(out, a, b)         out: (rows) with out[r] = sum_e((a[r, e] - b[r, e])^2) / n
 //   a, b: (n) f32 for the first two, (rows, n) for mse_loss_per_sample; read as
 //   vec4; elements past the end (buffer padding) are masked.
@@ -21,9 +24,10 @@ struct Params {
     // mse_loss_per_sample.
     n: u32,
     inv_n: f32,
-    // Rows of mse_loss_per_sample (1 otherwise).
+    // Rows of mse_loss_per_sample and of the weights (1 otherwise).
     rows: u32,
-    _pad0: u32,
+    // Elements per row of the weights (WEIGHTED only).
+    row_len: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -36,7 +40,12 @@ struct Params {
 //@end
 @group(1) @binding(1) var<storage, read> a: array<vec4<f32>>;
 @group(1) @binding(2) var<storage, read> b: array<vec4<f32>>;
+//@if WEIGHTED
+@group(1) @binding(3) var<storage, read> w: array<f32>;
+@group(1) @binding(4) var<storage, read> d_loss: array<f32>;
+//@else
 @group(1) @binding(3) var<storage, read> d_loss: array<f32>;
+//@end
 
 const WG: u32 = 256u;
 var<workgroup> partial: array<f32, WG>;
@@ -53,6 +62,19 @@ fn reduce_partials(li: u32) {
 }
 
 //@if !PER_SAMPLE
+// The weights of the four elements of vec4 item i (masked elements past the
+// end take the last row's); 1 when unweighted.
+fn row_weights(i: u32) -> vec4<f32> {
+//@if WEIGHTED
+    let last = p.rows - 1u;
+    let e = vec4<u32>(4u * i) + vec4<u32>(0u, 1u, 2u, 3u);
+    let r = min(e / vec4<u32>(p.row_len), vec4<u32>(last));
+    return vec4<f32>(w[r.x], w[r.y], w[r.z], w[r.w]);
+//@else
+    return vec4<f32>(1.0);
+//@end
+}
+
 @compute @workgroup_size(256)
 fn mse_loss(@builtin(local_invocation_index) li: u32) {
     let items = (p.n + 3u) / 4u;
@@ -60,7 +82,7 @@ fn mse_loss(@builtin(local_invocation_index) li: u32) {
     for (var i = li; i < items; i += WG) {
         let live = vec4<u32>(4u * i) + vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(p.n);
         let d = select(vec4<f32>(0.0), a[i] - b[i], live);
-        acc = fma(d, d, acc);
+        acc = fma(row_weights(i) * d, d, acc);
     }
     partial[li] = (acc.x + acc.y) + (acc.z + acc.w);
     reduce_partials(li);
@@ -75,7 +97,7 @@ fn mse_loss_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgro
     if 4u * i >= p.n {
         return;
     }
-    out[i] = (2.0 * p.inv_n * d_loss[0]) * (a[i] - b[i]);
+    out[i] = (2.0 * p.inv_n * d_loss[0]) * row_weights(i) * (a[i] - b[i]);
 }
 //@else
 @compute @workgroup_size(256)

@@ -14,9 +14,9 @@ use ddpm_wgpu::eval::{evaluate, EvalReport, FeatureExtractor, Images};
 use ddpm_wgpu::gpu::{enumerate_adapters, Gpu, GpuOptions};
 use ddpm_wgpu::plot::{read_curves, training_plot, EvalPoint};
 use ddpm_wgpu::sample::{default_sample_batch, predict_noise, sample, Model, SampleRequest, Sampler};
-use ddpm_wgpu::schedule::{BetaSchedule, SchedulerConfig};
+use ddpm_wgpu::schedule::{BetaSchedule, PredictionType, SchedulerConfig};
 use ddpm_wgpu::train::{
-    append_metrics, existing_checkpoint, read_state, resume_metrics, DataSpec, TrainOptions, Trainer,
+    append_metrics, existing_checkpoint, read_state, resume_metrics, DataSpec, Recipe, TrainOptions, Trainer,
 };
 use ddpm_wgpu::unet::UNetConfig;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -54,7 +54,13 @@ struct TrainArgs {
     /// Folder of training images (png, jpg, ...; searched recursively). Default: MNIST digits.
     #[arg(long)]
     data: Option<PathBuf>,
-    /// UNet2DModel config JSON (default: assets/configs/default_unet.json, 1.1M parameters).
+    /// Where the model, schedule and optimisation settings start: default (sized for a
+    /// 10-minute run on two CPU cores) or paper (Ho et al. 2020); the flags below override.
+    #[arg(long, default_value = "default", value_parser = clap::builder::PossibleValuesParser::new(
+        Recipe::all().iter().map(|r| clap::builder::PossibleValue::new(r.name).help(r.summary)).collect::<Vec<_>>()))]
+    preset: String,
+    /// UNet2DModel config JSON (default: the preset's, assets/configs/default_unet.json or
+    /// ddpm_cifar10_unet.json).
     #[arg(long)]
     config: Option<PathBuf>,
     /// Training image size (default: the config's sample_size).
@@ -63,28 +69,34 @@ struct TrainArgs {
     /// 1 = grey, 3 = RGB (default: 1 for MNIST, 3 for --data).
     #[arg(long)]
     channels: Option<usize>,
-    #[arg(long, default_value_t = TrainOptions::default().batch_size)]
-    batch_size: usize,
-    #[arg(long, default_value_t = TrainOptions::default().steps)]
-    steps: u64,
-    #[arg(long, default_value_t = TrainOptions::default().lr)]
-    lr: f32,
-    /// Steps of linear learning-rate warm-up.
-    #[arg(long, default_value_t = TrainOptions::default().warmup)]
-    warmup: u64,
-    #[arg(long, default_value_t = TrainOptions::default().ema_decay)]
-    ema_decay: f32,
+    #[arg(long, help = preset_help("Images per step", |o| o.batch_size.to_string()))]
+    batch_size: Option<usize>,
+    #[arg(long, help = preset_help("Training steps (on --resume: the new total)", |o| o.steps.to_string()))]
+    steps: Option<u64>,
+    #[arg(long, help = preset_help("Adam learning rate", |o| o.lr.to_string()))]
+    lr: Option<f32>,
+    #[arg(long, help = preset_help("Steps of linear learning-rate warm-up", |o| o.warmup.to_string()))]
+    warmup: Option<u64>,
+    #[arg(long, help = preset_help("Decay of the weights' EMA (the weights checkpoints and grids use)", |o| o.ema_decay.to_string()))]
+    ema_decay: Option<f32>,
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Clip the global gradient norm (0: off).
-    #[arg(long, default_value_t = TrainOptions::default().grad_clip)]
-    grad_clip: f32,
+    #[arg(long, help = preset_help("Clip the global gradient norm (0: off)", |o| o.grad_clip.to_string()))]
+    grad_clip: Option<f32>,
+    #[arg(long, help = preset_help(
+        "Min-SNR-gamma loss weighting (Hang et al. 2023): each sample's loss times min(SNR_t, gamma) / SNR_t (0: the paper's L_simple)",
+        |o| o.min_snr_gamma.to_string()))]
+    min_snr_gamma: Option<f32>,
     /// Random horizontal flips (not for digits).
     #[arg(long)]
     flip: bool,
-    /// Noise schedule: linear (the paper's) or cosine.
-    #[arg(long, value_enum, default_value_t = Schedule::Linear)]
-    schedule: Schedule,
+    /// Noise schedule: linear (the paper's) or cosine [default: the preset's].
+    #[arg(long, value_enum)]
+    schedule: Option<Schedule>,
+    /// What the UNet predicts: epsilon (the noise, the paper's), v-prediction (Salimans & Ho
+    /// 2022) or sample (x_0); saved in scheduler_config.json [default: the preset's].
+    #[arg(long, value_enum)]
+    prediction_type: Option<Prediction>,
     /// Where checkpoints, sample grids, metrics.csv and loss.png go.
     #[arg(long, default_value = "runs/mnist")]
     out: PathBuf,
@@ -125,6 +137,20 @@ struct TrainArgs {
 enum Schedule {
     Linear,
     Cosine,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Prediction {
+    Epsilon,
+    #[value(name = "v-prediction")]
+    V,
+    Sample,
+}
+
+/// `what`, then each preset's value of one option.
+fn preset_help(what: &str, value: impl Fn(&TrainOptions) -> String) -> String {
+    let values: Vec<String> = Recipe::all().iter().map(|r| format!("{} {}", r.name, value(&r.options))).collect();
+    format!("{what} [preset: {}]", values.join(", "))
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq)]
@@ -269,8 +295,6 @@ fn devices(options: &GpuOptions) -> Result<()> {
     Ok(())
 }
 
-const DEFAULT_CONFIG: &str = include_str!("../assets/configs/default_unet.json");
-
 fn progress_bar(len: u64) -> ProgressBar {
     let bar = ProgressBar::new(len);
     bar.set_style(
@@ -290,10 +314,36 @@ fn ensure_writable(dir: &Path) -> Result<()> {
 }
 
 fn train(options: &GpuOptions, args: TrainArgs) -> Result<()> {
+    let recipe = Recipe::named(&args.preset)?;
+    if args.resume.is_some() {
+        // A resumed run continues its own recipe; only its length may change.
+        let fixed = [
+            ("--preset", args.preset != Recipe::default().name),
+            ("--config", args.config.is_some()),
+            ("--data", args.data.is_some()),
+            ("--resolution", args.resolution.is_some()),
+            ("--channels", args.channels.is_some()),
+            ("--limit", args.limit.is_some()),
+            ("--batch-size", args.batch_size.is_some()),
+            ("--lr", args.lr.is_some()),
+            ("--warmup", args.warmup.is_some()),
+            ("--ema-decay", args.ema_decay.is_some()),
+            ("--grad-clip", args.grad_clip.is_some()),
+            ("--min-snr-gamma", args.min_snr_gamma.is_some()),
+            ("--schedule", args.schedule.is_some()),
+            ("--prediction-type", args.prediction_type.is_some()),
+            ("--flip", args.flip),
+            ("--seed", args.seed != 0),
+        ];
+        let given: Vec<&str> = fixed.iter().filter(|(_, set)| *set).map(|(name, _)| *name).collect();
+        if !given.is_empty() {
+            bail!("{} cannot change on --resume: the run keeps its recipe (only --steps may grow)", given.join(", "));
+        }
+    }
     let out = args.resume.clone().unwrap_or_else(|| args.out.clone());
     ensure_writable(&out)?;
     let checkpoint_dir = out.join("checkpoint");
-    // A resumed run keeps its config and data; a new one takes them from the flags.
+    // A resumed run keeps its config and data; a new one takes them from the recipe and flags.
     let (config, spec) = match &args.resume {
         Some(_) => {
             let state = read_state(&checkpoint_dir)?;
@@ -303,9 +353,13 @@ fn train(options: &GpuOptions, args: TrainArgs) -> Result<()> {
         None => {
             let mut config = match &args.config {
                 Some(path) => UNetConfig::load(path)?,
-                None => UNetConfig::from_json(DEFAULT_CONFIG)?,
+                None => UNetConfig::from_json(recipe.unet_config)?,
             };
-            let channels = args.channels.unwrap_or(if args.data.is_some() { 3 } else { config.in_channels });
+            let channels = args.channels.unwrap_or(match (&args.data, &args.config) {
+                (Some(_), _) => 3,
+                (None, Some(_)) => config.in_channels,
+                (None, None) => 1,
+            });
             if args.config.is_none() {
                 config.in_channels = channels;
                 config.out_channels = channels;
@@ -324,28 +378,37 @@ fn train(options: &GpuOptions, args: TrainArgs) -> Result<()> {
     let shape = [channels, resolution, resolution];
     let mut trainer = match &args.resume {
         Some(_) => {
-            let (trainer, state) = Trainer::resume(&gpu, &checkpoint_dir, Some(args.steps), shape)?;
+            let (trainer, state) = Trainer::resume(&gpu, &checkpoint_dir, args.steps, shape)?;
             eprintln!("resuming at step {} of {} (seed {})", state.step, trainer.options.steps, trainer.options.seed);
             trainer
         }
         None => {
             let scheduler = SchedulerConfig {
                 beta_schedule: match args.schedule {
-                    Schedule::Linear => BetaSchedule::Linear,
-                    Schedule::Cosine => BetaSchedule::SquaredCosCapV2,
+                    Some(Schedule::Linear) => BetaSchedule::Linear,
+                    Some(Schedule::Cosine) => BetaSchedule::SquaredCosCapV2,
+                    None => recipe.beta_schedule,
+                },
+                prediction_type: match args.prediction_type {
+                    Some(Prediction::Epsilon) => PredictionType::Epsilon,
+                    Some(Prediction::V) => PredictionType::VPrediction,
+                    Some(Prediction::Sample) => PredictionType::Sample,
+                    None => recipe.prediction_type,
                 },
                 ..SchedulerConfig::default()
             };
+            let r = &recipe.options;
             let opts = TrainOptions {
-                batch_size: args.batch_size,
-                steps: args.steps,
-                lr: args.lr,
-                warmup: args.warmup,
-                ema_decay: args.ema_decay,
+                batch_size: args.batch_size.unwrap_or(r.batch_size),
+                steps: args.steps.unwrap_or(r.steps),
+                lr: args.lr.unwrap_or(r.lr),
+                warmup: args.warmup.unwrap_or(r.warmup),
+                ema_decay: args.ema_decay.unwrap_or(r.ema_decay),
                 seed: args.seed,
-                grad_clip: args.grad_clip,
+                grad_clip: args.grad_clip.unwrap_or(r.grad_clip),
                 flip: args.flip,
-                weight_decay: 0.0,
+                weight_decay: r.weight_decay,
+                min_snr_gamma: args.min_snr_gamma.unwrap_or(r.min_snr_gamma),
             };
             Trainer::new(&gpu, &config, scheduler, opts, shape)?
         }

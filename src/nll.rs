@@ -172,13 +172,14 @@ pub fn bits_per_dim(
             &t,
             NoiseKey { seed: request.seed, step: i as u32, first_sample: request.first_sample },
         )?;
-        let eps = model(&xt, &t, i).with_context(|| format!("nll: the model at timestep index {i}"))?;
+        let output = model(&xt, &t, i).with_context(|| format!("nll: the model at timestep index {i}"))?;
         ensure!(
-            eps.shape() == x0.shape(),
+            output.shape() == x0.shape(),
             "nll: the model returned {:?} for x_t {:?} at timestep index {i}",
-            eps.shape(),
+            output.shape(),
             x0.shape()
         );
+        let eps = ddpm::to_epsilon(gpu, &ddpm_tables, schedule.config.prediction_type, &output, &xt, &t)?;
         vlb::vlb_terms_into(gpu, &vlb_tables, &terms.view(k * row, &[batch])?, x0, &xt, &eps, &t)?;
         gpu.submit();
         if (k + 1) % CHECK_EVERY == 0 || k + 1 == indices.len() {

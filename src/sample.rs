@@ -104,7 +104,8 @@ pub fn sample(
     sample_with(gpu, &mut model, channels, scheduler, request, progress)
 }
 
-/// Predicts the noise in x_t at timestep index tensor t (scalar index given too).
+/// The model's output at x_t and the timestep index tensor t (scalar index
+/// given too): the noise, or what the scheduler's `prediction_type` names.
 pub type NoisePredictor<'a> = dyn FnMut(&Tensor, &Tensor, usize) -> Result<Tensor> + 'a;
 
 /// The sampling loop for any noise predictor (the UNet, or an exact one in
@@ -154,7 +155,7 @@ pub fn sample_with(
         let mut x = ddpm::randn(gpu, &[n, channels, resolution, resolution], key(INITIAL_NOISE_STEP))?;
         for (k, &i) in indices.iter().enumerate() {
             let t = all_t.view(k * row, &[n])?;
-            let eps = model(&x, &t, i)?;
+            let eps = ddpm::to_epsilon(gpu, &ddpm_tables, scheduler.prediction_type, &model(&x, &t, i)?, &x, &t)?;
             x = match &ddim_tables {
                 Some(tables) => ddpm::ddim_step(gpu, tables, &x, &eps, &t, key(i as u32))?,
                 None => ddpm::p_sample(gpu, &ddpm_tables, &x, &eps, &t, key(i as u32))?,
@@ -267,7 +268,8 @@ pub fn default_sample_batch(gpu: &Gpu, config: &UNetConfig, resolution: usize) -
         .clamp(1, MAX_SAMPLE_BATCH)
 }
 
-/// One UNet forward pass, keeping no activations for backward.
+/// One UNet forward pass, keeping no activations for backward: the model's
+/// output, eps or what its scheduler's `prediction_type` names.
 pub fn predict_noise(gpu: &Gpu, unet: &UNet, weights: &ParamStore, x: &Tensor, t: &Tensor) -> Result<Tensor> {
     let mut tape = Tape::new(gpu);
     let p = ParamVars::new(&mut tape, weights, false)?;

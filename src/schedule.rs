@@ -36,6 +36,43 @@ pub enum VarianceType {
     FixedLarge,
 }
 
+/// What the model predicts from x_t (diffusers' `prediction_type`). Every
+/// sampler and the NLL turn the prediction into eps with
+/// [`crate::ops::ddpm::to_epsilon`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum PredictionType {
+    /// The noise eps (the paper's).
+    #[default]
+    Epsilon,
+    /// v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0 (Salimans & Ho 2022): its
+    /// scale does not blow up at either end of the schedule.
+    VPrediction,
+    /// x_0 itself.
+    Sample,
+}
+
+impl FromStr for PredictionType {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "epsilon" => Ok(PredictionType::Epsilon),
+            "v_prediction" => Ok(PredictionType::VPrediction),
+            "sample" => Ok(PredictionType::Sample),
+            other => bail!("unknown prediction_type '{other}': use epsilon, v_prediction or sample"),
+        }
+    }
+}
+
+impl fmt::Display for PredictionType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PredictionType::Epsilon => "epsilon",
+            PredictionType::VPrediction => "v_prediction",
+            PredictionType::Sample => "sample",
+        })
+    }
+}
+
 impl FromStr for BetaSchedule {
     type Err = anyhow::Error;
     fn from_str(s: &str) -> Result<Self> {
@@ -77,7 +114,7 @@ impl fmt::Display for VarianceType {
 }
 
 /// The keys of diffusers' `DDPMScheduler` config that this crate supports
-/// (epsilon prediction, no thresholding). Defaults are diffusers' defaults.
+/// (no thresholding). Defaults are diffusers' defaults.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SchedulerConfig {
     pub num_train_timesteps: usize,
@@ -89,6 +126,7 @@ pub struct SchedulerConfig {
     /// before forming the posterior mean.
     pub clip_sample: bool,
     pub clip_sample_range: f64,
+    pub prediction_type: PredictionType,
 }
 
 impl Default for SchedulerConfig {
@@ -101,6 +139,7 @@ impl Default for SchedulerConfig {
             variance_type: VarianceType::FixedSmall,
             clip_sample: true,
             clip_sample_range: 1.0,
+            prediction_type: PredictionType::Epsilon,
         }
     }
 }
@@ -115,9 +154,6 @@ impl SchedulerConfig {
         let d = SchedulerConfig::default();
         let num = |k: &str, default: f64| v.get(k).and_then(|x| x.as_f64()).unwrap_or(default);
         let text_of = |k: &str| v.get(k).and_then(|x| x.as_str());
-        if let Some(p) = text_of("prediction_type") {
-            ensure!(p == "epsilon", "prediction_type '{p}' is not supported (only epsilon)");
-        }
         ensure!(v.get("trained_betas").is_none_or(|b| b.is_null()), "trained_betas are not supported");
         ensure!(!v.get("thresholding").and_then(|b| b.as_bool()).unwrap_or(false), "thresholding is not supported");
         let config = SchedulerConfig {
@@ -128,6 +164,7 @@ impl SchedulerConfig {
             variance_type: text_of("variance_type").map_or(Ok(d.variance_type), str::parse)?,
             clip_sample: v.get("clip_sample").and_then(|x| x.as_bool()).unwrap_or(d.clip_sample),
             clip_sample_range: num("clip_sample_range", d.clip_sample_range),
+            prediction_type: text_of("prediction_type").map_or(Ok(d.prediction_type), str::parse)?,
         };
         ensure!(config.num_train_timesteps >= 1, "num_train_timesteps must be at least 1");
         Ok(config)
@@ -143,7 +180,7 @@ impl SchedulerConfig {
             "variance_type": self.variance_type.to_string(),
             "clip_sample": self.clip_sample,
             "clip_sample_range": self.clip_sample_range,
-            "prediction_type": "epsilon",
+            "prediction_type": self.prediction_type.to_string(),
         });
         serde_json::to_string_pretty(&v).expect("config serialises")
     }

@@ -18,7 +18,7 @@ use crate::ops::cross_entropy::{softmax_cross_entropy, softmax_cross_entropy_bac
 use crate::ops::elementwise as ew;
 use crate::ops::group_norm::GroupNorm;
 use crate::ops::linear::{linear_backward, linear_forward};
-use crate::ops::loss::{mse_loss, mse_loss_backward};
+use crate::ops::loss::{mse_loss, mse_loss_backward, weighted_mse_loss};
 use crate::ops::upsample::{upsample_nearest2x, upsample_nearest2x_backward};
 use crate::ops::{permute, reduce};
 
@@ -122,12 +122,13 @@ enum Op {
     Reshape {
         x: Input,
     },
-    /// mean((pred - target)^2)
+    /// mean((pred - target)^2), each sample's terms weighted when `weights` is set
     MseLoss {
         pred: Input,
         target: Input,
         pred_value: Tensor,
         target_value: Tensor,
+        weights: Option<Tensor>,
     },
     /// mean cross-entropy of softmax(logits) (N, K) against class labels (N);
     /// saves the probabilities.
@@ -292,13 +293,25 @@ impl<'g> Tape<'g> {
     /// Mean squared error as a (1) tensor: the DDPM L_simple loss.
     pub fn mse_loss(&mut self, pred: &Var, target: &Var) -> Result<Var> {
         let loss = mse_loss(self.gpu, &pred.value, &target.value)?;
+        Ok(self.record_mse(loss, pred, target, None))
+    }
+
+    /// `mean(w[n] (pred - target)^2)` of (N, ...) values with the (N) weights
+    /// `w` (no gradient): a per-sample weighted loss.
+    pub fn weighted_mse_loss(&mut self, pred: &Var, target: &Var, w: &Tensor) -> Result<Var> {
+        let loss = weighted_mse_loss(self.gpu, &pred.value, &target.value, w)?;
+        Ok(self.record_mse(loss, pred, target, Some(w.clone())))
+    }
+
+    fn record_mse(&mut self, loss: Tensor, pred: &Var, target: &Var, weights: Option<Tensor>) -> Var {
         let (pred_value, target_value) = (pred.value.clone(), target.value.clone());
-        Ok(self.output(loss, &[pred.into(), target.into()], || Op::MseLoss {
+        self.output(loss, &[pred.into(), target.into()], || Op::MseLoss {
             pred: pred.into(),
             target: target.into(),
             pred_value,
             target_value,
-        }))
+            weights,
+        })
     }
 
     /// Mean softmax cross-entropy of `logits` (N, K) against `labels`, the (N)
@@ -377,8 +390,8 @@ impl<'g> Tape<'g> {
                     give(x, dx)?;
                 }
                 Op::Reshape { x } => give(x, dy)?,
-                Op::MseLoss { pred, target, pred_value, target_value } => {
-                    let dpred = mse_loss_backward(gpu, &pred_value, &target_value, &dy)?;
+                Op::MseLoss { pred, target, pred_value, target_value, weights } => {
+                    let dpred = mse_loss_backward(gpu, &pred_value, &target_value, weights.as_ref(), &dy)?;
                     if target.needs_grad {
                         give(target, ew::scale(gpu, &dpred, -1.0)?)?;
                     }

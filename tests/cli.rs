@@ -21,11 +21,13 @@ fn config() -> String {
     format!("{}/tests/fixtures/tiny_unet_28.json", env!("CARGO_MANIFEST_DIR"))
 }
 
-fn train_args<'a>(out: &'a str, config: &'a str, steps: &'a str) -> Vec<&'a str> {
-    vec![
-        "train",
-        "--config",
-        config,
+/// A tiny run: `config` None is the default recipe's model (and v-prediction).
+fn train_args<'a>(out: &'a str, config: Option<&'a str>, steps: &'a str) -> Vec<&'a str> {
+    let mut args = vec!["train"];
+    if let Some(config) = config {
+        args.extend(["--config", config]);
+    }
+    args.extend([
         "--out",
         out,
         "--steps",
@@ -44,7 +46,8 @@ fn train_args<'a>(out: &'a str, config: &'a str, steps: &'a str) -> Vec<&'a str>
         "2",
         "--warmup",
         "2",
-    ]
+    ]);
+    args
 }
 
 /// (step, loss) rows of a run's metrics.csv.
@@ -87,14 +90,16 @@ fn checked_metrics(dir: &Path) -> Vec<Vec<String>> {
 
 #[test]
 fn train_resume_and_sample() {
-    let config = config();
+    // The default recipe (model, v-prediction), at a tiny scale.
     let whole = temp("whole");
     let whole_s = whole.to_str().unwrap();
-    assert!(ddpm(&train_args(whole_s, &config, "5")).status.success());
+    assert!(ddpm(&train_args(whole_s, None, "5")).status.success());
 
     let split = temp("split");
     let split_s = split.to_str().unwrap();
-    assert!(ddpm(&train_args(split_s, &config, "3")).status.success());
+    assert!(ddpm(&train_args(split_s, None, "3")).status.success());
+    let scheduler = std::fs::read_to_string(split.join("checkpoint/scheduler/scheduler_config.json")).unwrap();
+    assert!(scheduler.contains("\"prediction_type\": \"v_prediction\""), "{scheduler}");
     assert!(split.join("checkpoint/unet/diffusion_pytorch_model.safetensors").is_file());
     assert!(split.join("checkpoint/scheduler/scheduler_config.json").is_file());
     let resumed = ddpm(&[
@@ -137,13 +142,13 @@ fn train_resume_and_sample() {
     ]);
     assert!(out.status.success());
     let img = image::open(&grid).unwrap().to_rgb8();
-    // 3 samples in a 2x2 grid of 28-pixel tiles with 2-pixel borders, all upscaled x4.
-    assert_eq!((img.width(), img.height()), (4 * (2 * 30 + 2), 4 * (2 * 30 + 2)));
+    // 3 samples in a 2x2 grid of 32-pixel tiles with 2-pixel borders, all upscaled x4.
+    assert_eq!((img.width(), img.height()), (4 * (2 * 34 + 2), 4 * (2 * 34 + 2)));
     assert!(img.pixels().any(|p| p.0[0] > 0 && p.0[0] < 255), "the samples must not be blank");
     // The reverse process of sample 0: one row of tiles, upscaled x4 too.
     let strip = image::open(&strip).unwrap().to_rgb8();
-    assert_eq!(strip.height(), 4 * 32, "one row of upscaled tiles");
-    assert_eq!(strip.width() % (4 * 30), 4 * 2, "whole upscaled tiles");
+    assert_eq!(strip.height(), 4 * 36, "one row of upscaled tiles");
+    assert_eq!(strip.width() % (4 * 34), 4 * 2, "whole upscaled tiles");
     let loss = image::open(split.join("loss.png")).unwrap().to_rgb8();
     assert_eq!((loss.width(), loss.height()), (900, 640), "loss.png: loss and decile panels");
     std::fs::remove_dir_all(&whole).unwrap();
@@ -230,6 +235,11 @@ fn bad_input_gets_a_clear_error() {
         .unwrap();
     fails_with(&["sample", "--checkpoint", ckpt.to_str().unwrap(), "--num", "1"], "truncated or corrupt");
     fails_with(&["train", "--resume", &format!("{d}/nothing")], "no resumable checkpoint");
+    fails_with(
+        &["train", "--resume", &format!("{d}/nothing"), "--lr", "1e-3", "--preset", "paper"],
+        "--preset, --lr cannot change on --resume",
+    );
+    fails_with(&["train", "--preset", "fast", "--out", &format!("{d}/o4")], "invalid value 'fast'");
     // A learning rate that blows the weights up: training stops at the step the
     // loss stopped being finite, and the last checkpoint (step 5) survives.
     let config = config();
@@ -278,7 +288,7 @@ fn eval_samples_a_checkpoint() {
     let config = config();
     let run = temp("eval-run");
     let run_s = run.to_str().unwrap();
-    assert!(ddpm(&train_args(run_s, &config, "2")).status.success());
+    assert!(ddpm(&train_args(run_s, Some(&config), "2")).status.success());
     let json = run.join("eval.json");
     let checkpoint = run.join("checkpoint");
     let out = ddpm(&[
@@ -356,7 +366,7 @@ fn eval_every_logs_sample_quality_and_eval_nll_reports_bits_per_dim() {
     let config = config();
     let run = temp("eval-every");
     let run_s = run.to_str().unwrap();
-    let mut args = train_args(run_s, &config, "4");
+    let mut args = train_args(run_s, Some(&config), "4");
     args.extend(["--eval-every", "2", "--eval-samples", "4"]);
     let out = ddpm(&args);
     assert!(out.status.success());
@@ -407,7 +417,7 @@ fn eval_every_logs_sample_quality_and_eval_nll_reports_bits_per_dim() {
 
     let out = ddpm(&["eval", "--samples", run.join("samples").to_str().unwrap(), "--nll"]);
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("--nll needs --checkpoint"));
-    let mut args = train_args(run_s, &config, "4");
+    let mut args = train_args(run_s, Some(&config), "4");
     args.extend(["--eval-every", "2", "--eval-samples", "20"]);
     let out = ddpm(&args);
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("--eval-samples 20"));

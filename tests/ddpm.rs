@@ -7,7 +7,7 @@ mod common;
 
 use common::{assert_close, each_path, rng, uniform};
 use ddpm_wgpu::ops::ddpm::{self, cpu, DdimTables, DdpmTables, NoiseKey};
-use ddpm_wgpu::schedule::{BetaSchedule, Schedule, SchedulerConfig, VarianceType};
+use ddpm_wgpu::schedule::{BetaSchedule, PredictionType, Schedule, SchedulerConfig, VarianceType};
 use ddpm_wgpu::Gpu;
 use rand::{rngs::StdRng, seq::SliceRandom, Rng};
 
@@ -224,6 +224,61 @@ fn q_sample_matches_cpu_at_every_timestep() {
             assert_close(&format!("{what}: x_t"), &gpu.read(&xt).unwrap(), &to_f32(&want), 1e-6, 1e-5);
         }
     });
+}
+
+/// The v target and the conversions of a v or x_0 prediction back to eps
+/// against their CPU twins at every timestep, at an odd and an aligned
+/// sample size, outputs poisoned; and the round trip: the v of (x0, eps)
+/// turned back into eps at x_t gives eps.
+#[test]
+fn velocity_and_to_epsilon_match_cpu_at_every_timestep() {
+    let mut r = rng();
+    let schedule = Schedule::new(SchedulerConfig::default()).unwrap();
+    each_path(|gpu, path| {
+        let tables = DdpmTables::new(gpu, &schedule).unwrap();
+        for dim in [35, 16] {
+            let t = all_timesteps(&mut r, schedule.len());
+            let (x0, eps) = (uniform(&mut r, t.len() * dim), uniform(&mut r, t.len() * dim));
+            let shape = [t.len(), dim];
+            let (x0_t, eps_t) = (gpu.upload(&shape, &x0).unwrap(), gpu.upload(&shape, &eps).unwrap());
+            let tt = ddpm::timesteps(gpu, &t).unwrap();
+            let what = format!("D={dim} on {path:?}");
+            let v = ddpm::training_target(gpu, &tables, PredictionType::VPrediction, &x0_t, &eps_t, &tt).unwrap();
+            let v_host = gpu.read(&v).unwrap();
+            assert_close(
+                &format!("velocity {what}"),
+                &v_host,
+                &to_f32(&cpu::velocity(&schedule, &x0, &eps, &t)),
+                1e-6,
+                1e-5,
+            );
+            let eps64: Vec<f64> = eps.iter().map(|&e| e as f64).collect();
+            let xt = to_f32(&cpu::q_sample(&schedule, &x0, &eps64, &t));
+            let xt_t = gpu.upload(&shape, &xt).unwrap();
+            for (prediction, output) in [(PredictionType::VPrediction, &v_host), (PredictionType::Sample, &x0)] {
+                let out_t = gpu.upload(&shape, output).unwrap();
+                let got = gpu.read(&ddpm::to_epsilon(gpu, &tables, prediction, &out_t, &xt_t, &tt).unwrap()).unwrap();
+                let want = cpu::to_epsilon(&schedule, prediction, output, &xt, &t);
+                assert_close(&format!("to_epsilon {prediction} {what}"), &got, &to_f32(&want), 1e-5, 1e-4);
+                if prediction == PredictionType::VPrediction {
+                    // x_0 predictions divide by sqrt(1 - abar), ~0.01 at t = 0: exact only in f64.
+                    assert_close(&format!("v round trip {what}"), &got, &eps, 1e-5, 1e-4);
+                }
+            }
+            let same = ddpm::to_epsilon(gpu, &tables, PredictionType::Epsilon, &eps_t, &xt_t, &tt).unwrap();
+            assert_eq!(gpu.read(&same).unwrap(), eps, "epsilon needs no conversion");
+        }
+    });
+    // The CPU twins invert the targets: eps back from x_0 and from v.
+    let t: Vec<usize> = (0..schedule.len()).collect();
+    let (x0, eps) = (uniform(&mut r, t.len()), uniform(&mut r, t.len()));
+    let eps64: Vec<f64> = eps.iter().map(|&e| e as f64).collect();
+    let xt = to_f32(&cpu::q_sample(&schedule, &x0, &eps64, &t));
+    let v = to_f32(&cpu::velocity(&schedule, &x0, &eps, &t));
+    for (prediction, output) in [(PredictionType::Sample, &x0), (PredictionType::VPrediction, &v)] {
+        let back = to_f32(&cpu::to_epsilon(&schedule, prediction, output, &xt, &t));
+        assert_close(&format!("cpu {prediction} round trip"), &back, &eps, 1e-4, 1e-4);
+    }
 }
 
 /// x_t and eps_theta wide enough that the predicted x0 clips at most

@@ -38,6 +38,12 @@ fn cpu_backwards_match_finite_differences() {
     let (a, b) = (rand64(5), rand64(5));
     let da = loss::cpu::mse_loss_backward(&a, &b, 0.7);
     assert_grad_close("mse da", &da, &numeric_grad(&a, |a| 0.7 * loss::cpu::mse_loss(a, &b)));
+
+    // weighted mse_loss: 3 rows of 4
+    let (a, b, w) = (rand64(12), rand64(12), rand64(3));
+    let da = loss::cpu::weighted_mse_loss_backward(&a, &b, &w, 0.7);
+    let numeric = numeric_grad(&a, |a| 0.7 * loss::cpu::weighted_mse_loss(a, &b, &w));
+    assert_grad_close("weighted mse da", &da, &numeric);
 }
 
 #[test]
@@ -186,10 +192,39 @@ fn mse_loss_forward_and_backward() {
             assert_close(&format!("{what}: loss"), &got, &[want as f32], 0.0, 1e-5);
             // Deterministic: the same inputs give the same bits.
             assert_eq!(gpu.read(&loss::mse_loss(gpu, &ta, &tb).unwrap()).unwrap(), got, "{what}: not reproducible");
-            let g = loss::mse_loss_backward(gpu, &ta, &tb, &gpu.upload(&[1], &[d_loss]).unwrap()).unwrap();
+            let g = loss::mse_loss_backward(gpu, &ta, &tb, None, &gpu.upload(&[1], &[d_loss]).unwrap()).unwrap();
             assert_close(&format!("{what}: da"), &gpu.read(&g).unwrap(), &to_f32(&da), 1e-9, 1e-5);
         });
     }
+}
+
+/// Rows of odd lengths (a vec4 straddles two rows), row lengths past the
+/// 256 lanes, weights of mixed sign and size; outputs poisoned (NaN).
+#[test]
+fn weighted_mse_loss_matches_cpu() {
+    let mut r = rng();
+    for (rows, dim) in [(1, 1), (3, 5), (5, 8), (7, 1023), (16, 784), (33, 3)] {
+        let (a, b, w) = (uniform(&mut r, rows * dim), uniform(&mut r, rows * dim), uniform(&mut r, rows));
+        let d_loss = 0.37f32;
+        let (a64, b64, w64) = (to_f64(&a), to_f64(&b), to_f64(&w));
+        let want = loss::cpu::weighted_mse_loss(&a64, &b64, &w64);
+        let da = loss::cpu::weighted_mse_loss_backward(&a64, &b64, &w64, d_loss as f64);
+        each_path(|gpu, path| {
+            let what = format!("weighted_mse_loss ({rows}, {dim}) on {path:?}");
+            let shape = [rows, 1, dim];
+            let (ta, tb) = (gpu.upload(&shape, &a).unwrap(), gpu.upload(&shape, &b).unwrap());
+            let tw = gpu.upload(&[rows], &w).unwrap();
+            let got = gpu.read(&loss::weighted_mse_loss(gpu, &ta, &tb, &tw).unwrap()).unwrap();
+            assert_close(&format!("{what}: loss"), &got, &[want as f32], 1e-7, 1e-5);
+            let d = gpu.upload(&[1], &[d_loss]).unwrap();
+            let g = loss::mse_loss_backward(gpu, &ta, &tb, Some(&tw), &d).unwrap();
+            assert_close(&format!("{what}: da"), &gpu.read(&g).unwrap(), &to_f32(&da), 1e-9, 1e-5);
+        });
+    }
+    let (_turn, gpu) = common::gpu();
+    let x = gpu.zeros(&[2, 3]).unwrap();
+    let err = loss::weighted_mse_loss(&gpu, &x, &x, &gpu.zeros(&[3]).unwrap()).err().unwrap().to_string();
+    assert!(err.contains("weights") && err.contains("[3]"), "{err}");
 }
 
 /// Per-row means at odd and aligned row lengths (the scalar and vec4

@@ -19,11 +19,11 @@ import torch
 from diffusers import DDPMScheduler, UNet2DModel
 
 CONFIGS = {
-    # The engine's default preset (assets/configs/default.json).
+    # The engine's default preset (assets/configs/default_unet.json).
     "default": dict(
-        sample_size=32, in_channels=1, out_channels=1, block_out_channels=(32, 64, 64), layers_per_block=1,
-        down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D"), attention_head_dim=None,
+        sample_size=32, in_channels=1, out_channels=1, block_out_channels=(16, 32, 64), layers_per_block=1,
+        down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"), attention_head_dim=None, norm_num_groups=8,
     ),
     # The DDPM paper's CIFAR-10 model (35.7M parameters).
     "cifar10": dict(

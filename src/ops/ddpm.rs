@@ -16,7 +16,7 @@ use anyhow::{ensure, Result};
 use bytemuck::{Pod, Zeroable};
 
 use crate::gpu::{Access, Gpu, Kernel, Shader, Tensor};
-use crate::schedule::Schedule;
+use crate::schedule::{PredictionType, Schedule};
 
 /// Mirrors `Params` in `shaders/ddpm.wgsl`.
 #[repr(C)]
@@ -32,7 +32,9 @@ struct Params {
     noise_step: u32,
     counter: [u32; 4],
     first_sample: u32,
-    _pad: [u32; 3],
+    /// to_epsilon: 1 = v_prediction, 2 = sample.
+    prediction: u32,
+    _pad: [u32; 2],
 }
 
 // WGSL rounds the struct up to its vec4 alignment: 64 bytes.
@@ -223,6 +225,53 @@ pub fn q_sample(gpu: &Gpu, tables: &DdpmTables, x0: &Tensor, t: &Tensor, key: No
     Ok((xt, eps))
 }
 
+/// The training target for `prediction`, from the batch `x0`, the noise
+/// `eps` [`q_sample`] drew and the timesteps `t`: eps itself, x0 itself, or
+/// `v = sqrt(abar_t) eps - sqrt(1 - abar_t) x0`.
+pub fn training_target(
+    gpu: &Gpu,
+    tables: &DdpmTables,
+    prediction: PredictionType,
+    x0: &Tensor,
+    eps: &Tensor,
+    t: &Tensor,
+) -> Result<Tensor> {
+    Ok(match prediction {
+        PredictionType::Epsilon => eps.clone(),
+        PredictionType::Sample => x0.clone(),
+        PredictionType::VPrediction => {
+            let (batch, dim) = check_step_inputs("velocity", tables.steps, x0, t, Some(eps))?;
+            let v = gpu.uninit(x0.shape())?;
+            let p = Params { batch, dim, steps: tables.steps as u32, ..Params::default() };
+            launch_per_quad(gpu, "velocity", STEP, p, &[&v, eps, x0, t, &tables.table])?;
+            v
+        }
+    })
+}
+
+/// The noise eps_theta a model of `prediction` type predicts, from its
+/// `output` at `x_t` and the timesteps `t`: what the samplers and the NLL
+/// take.
+pub fn to_epsilon(
+    gpu: &Gpu,
+    tables: &DdpmTables,
+    prediction: PredictionType,
+    output: &Tensor,
+    xt: &Tensor,
+    t: &Tensor,
+) -> Result<Tensor> {
+    let code = match prediction {
+        PredictionType::Epsilon => return Ok(output.clone()),
+        PredictionType::VPrediction => 1,
+        PredictionType::Sample => 2,
+    };
+    let (batch, dim) = check_step_inputs("to_epsilon", tables.steps, xt, t, Some(output))?;
+    let eps = gpu.uninit(xt.shape())?;
+    let p = Params { batch, dim, steps: tables.steps as u32, prediction: code, ..Params::default() };
+    launch_per_quad(gpu, "to_epsilon", STEP, p, &[&eps, output, xt, t, &tables.table])?;
+    Ok(eps)
+}
+
 /// One DDPM reverse step (diffusers `DDPMScheduler.step`): `x_{t-1}` from
 /// `x_t` and the model's `eps_theta`, with the schedule's variance type and
 /// clipping, and noise for `key` except at index 0.
@@ -273,7 +322,7 @@ fn reverse_step(
 /// GPU's log/cos/sin) and the steps written from diffusers' formulas in f64.
 pub mod cpu {
     use super::NoiseKey;
-    use crate::schedule::{Schedule, VarianceType};
+    use crate::schedule::{PredictionType, Schedule, VarianceType};
 
     const PHILOX_M0: u32 = 0xD251_1F53;
     const PHILOX_M1: u32 = 0xCD9E_8D57;
@@ -332,6 +381,34 @@ pub mod cpu {
             .map(|i| {
                 let abar = s.alphas_cumprod[t[i / dim]];
                 abar.sqrt() * x0[i] as f64 + (1.0 - abar).sqrt() * eps[i]
+            })
+            .collect()
+    }
+
+    /// `sqrt(abar_t) eps - sqrt(1 - abar_t) x0`; x0, eps: (N, D); t: (N).
+    pub fn velocity(s: &Schedule, x0: &[f32], eps: &[f32], t: &[usize]) -> Vec<f64> {
+        let dim = x0.len() / t.len();
+        (0..x0.len())
+            .map(|i| {
+                let abar = s.alphas_cumprod[t[i / dim]];
+                abar.sqrt() * eps[i] as f64 - (1.0 - abar).sqrt() * x0[i] as f64
+            })
+            .collect()
+    }
+
+    /// eps from a model's `output` at x_t (diffusers' conversions): v:
+    /// `sqrt(abar) v + sqrt(1 - abar) x_t`; x_0: `(x_t - sqrt(abar) x_0) / sqrt(1 - abar)`.
+    pub fn to_epsilon(s: &Schedule, prediction: PredictionType, output: &[f32], xt: &[f32], t: &[usize]) -> Vec<f64> {
+        let dim = xt.len() / t.len();
+        (0..xt.len())
+            .map(|i| {
+                let abar = s.alphas_cumprod[t[i / dim]];
+                let (o, x) = (output[i] as f64, xt[i] as f64);
+                match prediction {
+                    PredictionType::Epsilon => o,
+                    PredictionType::VPrediction => abar.sqrt() * o + (1.0 - abar).sqrt() * x,
+                    PredictionType::Sample => (x - abar.sqrt() * o) / (1.0 - abar).sqrt(),
+                }
             })
             .collect()
     }
