@@ -21,7 +21,7 @@ fn config() -> String {
     format!("{}/tests/fixtures/tiny_unet_28.json", env!("CARGO_MANIFEST_DIR"))
 }
 
-/// A tiny run: `config` None is the default recipe's model (and v-prediction).
+/// A tiny run: `config` None is the default recipe's model.
 fn train_args<'a>(out: &'a str, config: Option<&'a str>, steps: &'a str) -> Vec<&'a str> {
     let mut args = vec!["train"];
     if let Some(config) = config {
@@ -90,7 +90,7 @@ fn checked_metrics(dir: &Path) -> Vec<Vec<String>> {
 
 #[test]
 fn train_resume_and_sample() {
-    // The default recipe (model, v-prediction), at a tiny scale.
+    // The default recipe (model, x_0 prediction, cosine schedule), at a tiny scale.
     let whole = temp("whole");
     let whole_s = whole.to_str().unwrap();
     assert!(ddpm(&train_args(whole_s, None, "5")).status.success());
@@ -99,7 +99,8 @@ fn train_resume_and_sample() {
     let split_s = split.to_str().unwrap();
     assert!(ddpm(&train_args(split_s, None, "3")).status.success());
     let scheduler = std::fs::read_to_string(split.join("checkpoint/scheduler/scheduler_config.json")).unwrap();
-    assert!(scheduler.contains("\"prediction_type\": \"v_prediction\""), "{scheduler}");
+    assert!(scheduler.contains("\"prediction_type\": \"sample\""), "{scheduler}");
+    assert!(scheduler.contains("\"beta_schedule\": \"squaredcos_cap_v2\""), "{scheduler}");
     assert!(split.join("checkpoint/unet/diffusion_pytorch_model.safetensors").is_file());
     assert!(split.join("checkpoint/scheduler/scheduler_config.json").is_file());
     let resumed = ddpm(&[
