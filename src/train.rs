@@ -73,7 +73,8 @@ impl Default for Recipe {
     fn default() -> Recipe {
         Recipe {
             name: "default",
-            summary: "a 0.69M-parameter UNet predicting x_0, cosine schedule, batch 32, 300 steps: 10 minutes on 2 CPU cores",
+            summary:
+                "a 0.69M-parameter UNet predicting x_0, cosine schedule, batch 32, 300 steps: 10 minutes on 2 CPU cores",
             unet_config: include_str!("../assets/configs/default_unet.json"),
             beta_schedule: BetaSchedule::SquaredCosCapV2,
             prediction_type: PredictionType::Sample,
