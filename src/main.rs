@@ -55,10 +55,11 @@ struct TrainArgs {
     #[arg(long)]
     data: Option<PathBuf>,
     /// Where the model, schedule and optimisation settings start: default (sized for a
-    /// 10-minute run on two CPU cores) or paper (Ho et al. 2020); the flags below override.
-    #[arg(long, default_value = "default", value_parser = clap::builder::PossibleValuesParser::new(
+    /// 10-minute run on two CPU cores) or paper (Ho et al. 2020); the flags below override
+    /// [default: default].
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(
         Recipe::all().iter().map(|r| clap::builder::PossibleValue::new(r.name).help(r.summary)).collect::<Vec<_>>()))]
-    preset: String,
+    preset: Option<String>,
     /// UNet2DModel config JSON (default: the preset's, assets/configs/default_unet.json or
     /// ddpm_cifar10_unet.json).
     #[arg(long)]
@@ -79,8 +80,9 @@ struct TrainArgs {
     warmup: Option<u64>,
     #[arg(long, help = preset_help("Decay of the weights' EMA (the weights checkpoints and grids use)", |o| o.ema_decay.to_string()))]
     ema_decay: Option<f32>,
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
+    /// Seed of the initial weights, the data order and all noise [default: 0].
+    #[arg(long)]
+    seed: Option<u64>,
     #[arg(long, help = preset_help("Clip the global gradient norm (0: off)", |o| o.grad_clip.to_string()))]
     grad_clip: Option<f32>,
     #[arg(long, help = preset_help(
@@ -314,11 +316,11 @@ fn ensure_writable(dir: &Path) -> Result<()> {
 }
 
 fn train(options: &GpuOptions, args: TrainArgs) -> Result<()> {
-    let recipe = Recipe::named(&args.preset)?;
+    let recipe = Recipe::named(args.preset.as_deref().unwrap_or(Recipe::default().name))?;
     if args.resume.is_some() {
         // A resumed run continues its own recipe; only its length may change.
         let fixed = [
-            ("--preset", args.preset != Recipe::default().name),
+            ("--preset", args.preset.is_some()),
             ("--config", args.config.is_some()),
             ("--data", args.data.is_some()),
             ("--resolution", args.resolution.is_some()),
@@ -333,7 +335,7 @@ fn train(options: &GpuOptions, args: TrainArgs) -> Result<()> {
             ("--schedule", args.schedule.is_some()),
             ("--prediction-type", args.prediction_type.is_some()),
             ("--flip", args.flip),
-            ("--seed", args.seed != 0),
+            ("--seed", args.seed.is_some()),
         ];
         let given: Vec<&str> = fixed.iter().filter(|(_, set)| *set).map(|(name, _)| *name).collect();
         if !given.is_empty() {
@@ -404,7 +406,7 @@ fn train(options: &GpuOptions, args: TrainArgs) -> Result<()> {
                 lr: args.lr.unwrap_or(r.lr),
                 warmup: args.warmup.unwrap_or(r.warmup),
                 ema_decay: args.ema_decay.unwrap_or(r.ema_decay),
-                seed: args.seed,
+                seed: args.seed.unwrap_or(0),
                 grad_clip: args.grad_clip.unwrap_or(r.grad_clip),
                 flip: args.flip,
                 weight_decay: r.weight_decay,

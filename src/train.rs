@@ -127,11 +127,10 @@ impl Recipe {
     }
 
     pub fn named(name: &str) -> Result<Recipe> {
-        let names: Vec<&str> = Recipe::all().iter().map(|r| r.name).collect();
-        Recipe::all()
-            .into_iter()
-            .find(|r| r.name == name)
-            .with_context(|| format!("no recipe '{name}' (there are: {})", names.join(", ")))
+        let all = Recipe::all();
+        let names: Vec<&str> = all.iter().map(|r| r.name).collect();
+        let found = all.iter().find(|r| r.name == name).cloned();
+        found.with_context(|| format!("no recipe '{name}' (there are: {})", names.join(", ")))
     }
 }
 
@@ -198,10 +197,8 @@ pub struct Trainer<'g> {
     pub scheduler: SchedulerConfig,
     pub options: TrainOptions,
     tables: DdpmTables,
-    /// Loss weight of each timestep index (all 1 for L_simple).
-    timestep_weights: Vec<f32>,
-    /// (batch) the weights of the step's samples.
-    sample_weights: Tensor,
+    /// Min-SNR weighting, None for L_simple.
+    loss_weights: Option<LossWeights>,
     weights: ParamStore,
     grads: Tensor,
     exp_avg: Tensor,
@@ -303,6 +300,11 @@ impl<'g> Trainer<'g> {
             c.out_channels
         );
         ensure!(options.batch_size >= 1, "--batch-size must be at least 1");
+        ensure!(
+            options.min_snr_gamma >= 0.0 && options.min_snr_gamma.is_finite(),
+            "--min-snr-gamma must be 0 (off) or positive, got {}",
+            options.min_snr_gamma
+        );
         let factor = 1 << (c.block_out_channels.len() - 1);
         ensure!(h % factor == 0 && w % factor == 0, "resolution {h}x{w} must be a multiple of {factor} for this UNet");
         let flat = unet.table.flat_len;
@@ -311,18 +313,19 @@ impl<'g> Trainer<'g> {
             Some((m, v)) => (gpu.upload(&[flat], m)?, gpu.upload(&[flat], v)?),
             None => (gpu.zeros(&[flat])?, gpu.zeros(&[flat])?),
         };
-        ensure!(
-            options.min_snr_gamma >= 0.0 && options.min_snr_gamma.is_finite(),
-            "--min-snr-gamma must be 0 (off) or positive, got {}",
-            options.min_snr_gamma
-        );
         let schedule = Schedule::new(scheduler.clone())?;
         let tables = DdpmTables::new(gpu, &schedule)?;
+        let loss_weights = match options.min_snr_gamma {
+            0.0 => None,
+            gamma => Some(LossWeights {
+                per_timestep: min_snr_weights(&schedule, gamma),
+                batch: gpu.uninit(&[options.batch_size])?,
+            }),
+        };
         Ok(Trainer {
             gpu,
             tables,
-            timestep_weights: timestep_weights(&schedule, options.min_snr_gamma),
-            sample_weights: gpu.uninit(&[options.batch_size])?,
+            loss_weights,
             grads: gpu.zeros(&[flat])?,
             exp_avg,
             exp_avg_sq,
@@ -381,12 +384,13 @@ impl<'g> Trainer<'g> {
         let x = tape.input(xt);
         let target = tape.input(target);
         let pred = self.unet.forward(&mut tape, &p, &x, &t)?;
-        let loss = if o.min_snr_gamma > 0.0 {
-            let w: Vec<f32> = t_indices.iter().map(|&i| self.timestep_weights[i]).collect();
-            gpu.write(&self.sample_weights, &w)?;
-            tape.weighted_mse_loss(&pred, &target, &self.sample_weights)?
-        } else {
-            tape.mse_loss(&pred, &target)?
+        let loss = match &self.loss_weights {
+            Some(w) => {
+                let weights: Vec<f32> = t_indices.iter().map(|&i| w.per_timestep[i]).collect();
+                gpu.write(&w.batch, &weights)?;
+                tape.weighted_mse_loss(&pred, &target, &w.batch)?
+            }
+            None => tape.mse_loss(&pred, &target)?,
         };
         // Each sample's loss, straight into its log slot (no gradient).
         let row = sample_log_row(o.batch_size);
@@ -550,13 +554,18 @@ impl<'g> Trainer<'g> {
     }
 }
 
-/// The loss weight of each timestep index: 1 when gamma is 0 (L_simple),
-/// else min-SNR-gamma's min(SNR_t, gamma) / SNR_t for the eps-loss,
-/// SNR_t = abar_t / (1 - abar_t); the same weight on x_0 errors is
-/// min(SNR_t, gamma) / (SNR_t + 1) for v and min(SNR_t, gamma) for x_0
-/// (as diffusers' training scripts).
-pub fn timestep_weights(schedule: &Schedule, gamma: f32) -> Vec<f32> {
-    let gamma = gamma as f64;
+/// Min-SNR weighting's state: each timestep index's weight, and the
+/// (batch) tensor a step's sample weights are written to.
+struct LossWeights {
+    per_timestep: Vec<f32>,
+    batch: Tensor,
+}
+
+/// Min-SNR-gamma's loss weight of each timestep index: min(SNR_t, gamma) /
+/// SNR_t on the eps error, SNR_t = abar_t / (1 - abar_t); the same weight on
+/// the v error is min(SNR_t, gamma) / (SNR_t + 1) and on the x_0 error
+/// min(SNR_t, gamma) (as diffusers' training scripts).
+pub fn min_snr_weights(schedule: &Schedule, gamma: f32) -> Vec<f32> {
     schedule
         .alphas_cumprod
         .iter()
@@ -567,11 +576,7 @@ pub fn timestep_weights(schedule: &Schedule, gamma: f32) -> Vec<f32> {
                 PredictionType::VPrediction => snr + 1.0,
                 PredictionType::Sample => 1.0,
             };
-            if gamma > 0.0 {
-                (snr.min(gamma) / scale) as f32
-            } else {
-                1.0
-            }
+            (snr.min(gamma as f64) / scale) as f32
         })
         .collect()
 }

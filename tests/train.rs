@@ -1,7 +1,8 @@
 //! The trainer's logs: each step's loss per timestep decile comes from the
 //! per-sample losses, with a count-weighted mean equal to the step's loss;
 //! steady-state steps (readbacks included) allocate no GPU buffer; and
-//! `metrics.csv` gets one 19-column row per step.
+//! `metrics.csv` gets one 19-column row per step; min-SNR weights each
+//! sample's loss by its timestep.
 
 mod common;
 
@@ -74,6 +75,50 @@ fn step_logs_split_the_loss_by_timestep_decile() {
         split += usize::from(l.decile_count.iter().filter(|&&c| c > 0).count() > 1);
     }
     assert!(split > 0, "no step had samples in two deciles: {logs:?}");
+}
+
+/// Min-SNR weighting for each prediction type: with T = 10 every decile is
+/// one timestep, so each step's (weighted) loss must be the logged
+/// unweighted per-timestep losses times that timestep's weight, averaged.
+#[test]
+fn min_snr_loss_weights_each_sample_by_its_timestep() {
+    use ddpm_wgpu::schedule::{PredictionType, Schedule};
+    use ddpm_wgpu::train::min_snr_weights;
+    let (_turn, gpu) = common::gpu();
+    let config = UNetConfig::load(std::path::Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/tiny_unet_28.json"
+    )))
+    .unwrap();
+    let data = Dataset::mnist(28, Some(16)).unwrap();
+    let batch = 6;
+    let gamma = 2.0;
+    for prediction in [PredictionType::Epsilon, PredictionType::VPrediction, PredictionType::Sample] {
+        let options = TrainOptions { batch_size: batch, steps: 100, min_snr_gamma: gamma, ..TrainOptions::default() };
+        // Betas up to 0.3: the SNR falls from ~1e4 to below gamma, so every type's weights vary.
+        let scheduler = SchedulerConfig {
+            num_train_timesteps: DECILES,
+            beta_end: 0.3,
+            prediction_type: prediction,
+            ..SchedulerConfig::default()
+        };
+        let weights = min_snr_weights(&Schedule::new(scheduler.clone()).unwrap(), gamma);
+        let (lo, hi) = weights.iter().fold((f32::INFINITY, 0.0f32), |(lo, hi), &w| (lo.min(w), hi.max(w)));
+        assert!(lo > 0.0 && hi > 1.5 * lo, "{prediction}: weights {weights:?} barely vary");
+        let mut trainer = Trainer::new(&gpu, &config, scheduler, options, [1, 28, 28]).unwrap();
+        for _ in 0..3 {
+            trainer.train_step(&data).unwrap();
+        }
+        for l in trainer.read_logs().unwrap() {
+            let weighted: f64 = (0..DECILES)
+                .filter(|&d| l.decile_count[d] > 0)
+                .map(|d| l.decile_count[d] as f64 * weights[d] as f64 * l.decile_loss[d] as f64)
+                .sum::<f64>()
+                / batch as f64;
+            let rel = (weighted - l.loss as f64).abs() / l.loss as f64;
+            assert!(rel < 1e-5, "{prediction} step {}: weighted {weighted} vs loss {} ({rel:e})", l.step, l.loss);
+        }
+    }
 }
 
 fn log(step: u64, decile_loss: [f32; DECILES]) -> StepLog {
