@@ -15,6 +15,11 @@ use ddpm_wgpu::train::{
 };
 use ddpm_wgpu::unet::UNetConfig;
 
+fn tiny_config() -> UNetConfig {
+    UNetConfig::load(std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny_unet_28.json")))
+        .unwrap()
+}
+
 #[test]
 fn deciles_split_timesteps_evenly() {
     assert_eq!([0, 99, 100, 999].map(|t| decile_of(t, 1000)), [0, 0, 1, 9]);
@@ -27,11 +32,7 @@ fn deciles_split_timesteps_evenly() {
 #[test]
 fn step_logs_split_the_loss_by_timestep_decile() {
     let (_turn, gpu) = common::gpu();
-    let config = UNetConfig::load(std::path::Path::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/tiny_unet_28.json"
-    )))
-    .unwrap();
+    let config = tiny_config();
     let data = Dataset::mnist(28, Some(16)).unwrap();
     let batch = 6;
     let options = TrainOptions { batch_size: batch, steps: 100, warmup: 2, ..TrainOptions::default() };
@@ -85,11 +86,7 @@ fn min_snr_loss_weights_each_sample_by_its_timestep() {
     use ddpm_wgpu::schedule::{PredictionType, Schedule};
     use ddpm_wgpu::train::min_snr_weights;
     let (_turn, gpu) = common::gpu();
-    let config = UNetConfig::load(std::path::Path::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/tiny_unet_28.json"
-    )))
-    .unwrap();
+    let config = tiny_config();
     let data = Dataset::mnist(28, Some(16)).unwrap();
     let batch = 6;
     let gamma = 2.0;
