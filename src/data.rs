@@ -70,6 +70,15 @@ impl Dataset {
         &self.pixels[i * self.sample_len()..(i + 1) * self.sample_len()]
     }
 
+    /// A dataset of `pixels`, (len, C, R, R) in [-1, 1].
+    pub fn from_pixels(channels: usize, resolution: usize, pixels: Vec<f32>, source: &str) -> Result<Dataset> {
+        let len = channels * resolution * resolution;
+        if len == 0 || pixels.is_empty() || !pixels.len().is_multiple_of(len) {
+            bail!("{source}: {} values do not make {channels}x{resolution}x{resolution} images", pixels.len());
+        }
+        Ok(Dataset { channels, resolution, pixels, source: source.to_string() })
+    }
+
     /// Only the first `n` samples.
     pub fn truncated(mut self, n: usize) -> Dataset {
         let keep = n.min(self.len()) * self.sample_len();

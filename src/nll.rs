@@ -19,10 +19,11 @@
 
 use anyhow::{bail, ensure, Context, Result};
 
+use crate::data::Dataset;
 use crate::gpu::{Gpu, Tensor, VIEW_ALIGN_ELEMS};
 use crate::ops::ddpm::{self, DdpmTables, NoiseKey};
 use crate::ops::vlb::{self, VlbTables};
-use crate::sample::{NoisePredictor, Progress};
+use crate::sample::{predict_noise, Model, NoisePredictor, Progress};
 use crate::schedule::{Schedule, SchedulerConfig};
 
 /// Rows of per-sample terms read back (and checked for NaN) at a time.
@@ -235,4 +236,45 @@ pub fn bits_per_dim(
         evaluated_timesteps: indices.len(),
         strided: evaluated_kl < kl_steps,
     })
+}
+
+/// The bound of `model` on the first `count` images of `real`, in chunks of
+/// `batch` images; `progress` gets (timesteps done, total) over all chunks.
+pub fn dataset_bits_per_dim(
+    gpu: &Gpu,
+    model: &Model,
+    real: &Dataset,
+    count: usize,
+    batch: usize,
+    request: &NllRequest,
+    progress: Progress,
+) -> Result<NllReport> {
+    let config = model.unet.config();
+    let resolution = config.sample_size.context("the checkpoint's config has no sample_size")?;
+    ensure!(
+        real.resolution == resolution && real.channels == config.in_channels,
+        "the NLL needs real images of the model's shape {}x{resolution}x{resolution}; {} is {}x{}x{}",
+        config.in_channels,
+        real.source,
+        real.channels,
+        real.resolution,
+        real.resolution
+    );
+    ensure!(count >= 1 && batch >= 1, "the NLL needs at least one image and a batch of at least one");
+    let count = count.min(real.len());
+    let per_chunk = evaluated_timesteps(model.scheduler.num_train_timesteps, request.timesteps)?.len();
+    let chunks = count.div_ceil(batch);
+    let len = real.sample_len();
+    let mut parts = Vec::new();
+    for (c, first) in (0..count).step_by(batch).enumerate() {
+        let n = batch.min(count - first);
+        let x0 =
+            gpu.upload(&[n, real.channels, resolution, resolution], &real.pixels()[first * len..(first + n) * len])?;
+        let chunk = NllRequest { first_sample: request.first_sample + first as u32, ..*request };
+        let mut predictor = |x: &Tensor, t: &Tensor, _: usize| predict_noise(gpu, &model.unet, &model.weights, x, t);
+        parts.push(bits_per_dim(gpu, &mut predictor, &model.scheduler, &x0, &chunk, &mut |done, _| {
+            progress(c * per_chunk + done, chunks * per_chunk)
+        })?);
+    }
+    NllReport::combine(&parts)
 }

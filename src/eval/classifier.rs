@@ -57,6 +57,17 @@ pub struct DigitClassifier {
 }
 
 impl DigitClassifier {
+    /// Grey 28x28 images, or 32x32 ones (the padded digits `ddpm train`
+    /// uses), which it centre-crops to 28x28.
+    pub fn accepts_shape(channels: usize, resolution: usize) -> Result<()> {
+        ensure!(channels == 1, "the digit classifier takes grey images, not {channels} channels");
+        ensure!(
+            resolution == SIZE || resolution == 32,
+            "the digit classifier takes 28x28 or 32x32 images, not {resolution}x{resolution}"
+        );
+        Ok(())
+    }
+
     /// The shipped, trained classifier.
     pub fn shipped(gpu: &Gpu) -> Result<DigitClassifier> {
         let table = table();
@@ -116,15 +127,8 @@ impl FeatureExtractor for DigitClassifier {
         "digit classifier (LeNet-style, 128 features)"
     }
 
-    /// Grey 28x28 images, or 32x32 ones (the padded digits `ddpm train`
-    /// uses), which it centre-crops to 28x28.
     fn accepts(&self, channels: usize, resolution: usize) -> Result<()> {
-        ensure!(channels == 1, "the digit classifier takes grey images, not {channels} channels");
-        ensure!(
-            resolution == SIZE || resolution == 32,
-            "the digit classifier takes 28x28 or 32x32 images, not {resolution}x{resolution}"
-        );
-        Ok(())
+        DigitClassifier::accepts_shape(channels, resolution)
     }
 
     fn extract(&self, gpu: &Gpu, images: &Images) -> Result<Extracted> {

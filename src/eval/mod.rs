@@ -10,7 +10,7 @@
 
 pub mod classifier;
 
-use anyhow::{ensure, Result};
+use anyhow::{bail, ensure, Context, Result};
 use nalgebra::{DMatrix, DVector, SymmetricEigen};
 use serde::Serialize;
 
@@ -38,6 +38,40 @@ impl Images {
     }
 
     /// Images `indices`, in that order.
+    /// The PNGs directly in `dir`, as grey images: all must be the same
+    /// square size, 28x28 or 32x32, and grey (what `ddpm sample
+    /// --individual` writes), so a stray grid or an RGB sample is an error,
+    /// not a score.
+    pub fn from_png_folder(dir: &std::path::Path) -> Result<Images> {
+        let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
+            .with_context(|| format!("reading sample folder {}", dir.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_file() && p.extension().is_some_and(|e| e.eq_ignore_ascii_case("png")))
+            .collect();
+        files.sort();
+        let first = files.first().with_context(|| format!("no PNG files in {}", dir.display()))?;
+        let (size, _) = image::image_dimensions(first).with_context(|| format!("reading {}", first.display()))?;
+        let mut pixels = Vec::new();
+        for file in &files {
+            let img = image::ImageReader::open(file)?
+                .with_guessed_format()?
+                .decode()
+                .with_context(|| format!("cannot decode {}", file.display()))?;
+            let (w, h) = (img.width(), img.height());
+            if w != h || w != size || !(w == 28 || w == 32) {
+                bail!(
+                    "{} is {w}x{h}: samples must all be 28x28 or all 32x32 (the first is {size}x{size})",
+                    file.display()
+                );
+            }
+            if img.color().has_color() {
+                bail!("{} is in colour: the digit classifier scores grey images", file.display());
+            }
+            pixels.extend(img.to_luma8().pixels().map(|p| p.0[0] as f32 / 127.5 - 1.0));
+        }
+        Ok(Images { channels: 1, resolution: size as usize, pixels })
+    }
+
     pub fn select(&self, indices: &[usize]) -> Images {
         let per = self.channels * self.resolution * self.resolution;
         let pixels = indices.iter().flat_map(|&i| self.pixels[i * per..(i + 1) * per].iter().copied()).collect();

@@ -23,6 +23,9 @@ use crate::tape::Tape;
 use crate::unet::params::ParamStore;
 use crate::unet::{ParamVars, UNet, UNetConfig};
 
+mod run;
+pub use run::{run, Cadence, Due, GridSettings, Observer, Outcome, Readout, RunSettings};
+
 /// Hyper-parameters of a run (saved in checkpoints).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TrainOptions {
@@ -75,7 +78,7 @@ impl Default for Recipe {
             name: "default",
             summary:
                 "a 0.69M-parameter UNet predicting x_0, cosine schedule, batch 32, 300 steps: 10 minutes on 2 CPU cores",
-            unet_config: include_str!("../assets/configs/default_unet.json"),
+            unet_config: include_str!("../../assets/configs/default_unet.json"),
             beta_schedule: BetaSchedule::SquaredCosCapV2,
             prediction_type: PredictionType::Sample,
             options: TrainOptions {
@@ -108,7 +111,7 @@ impl Recipe {
         Recipe {
             name: "paper",
             summary: "Ho et al. 2020: their 35.7M-parameter CIFAR-10 UNet, lr 2e-4, batch 128, EMA 0.9999, 800k steps",
-            unet_config: include_str!("../assets/configs/ddpm_cifar10_unet.json"),
+            unet_config: include_str!("../../assets/configs/ddpm_cifar10_unet.json"),
             beta_schedule: BetaSchedule::Linear,
             prediction_type: PredictionType::Epsilon,
             options: TrainOptions {
@@ -300,6 +303,17 @@ impl<'g> Trainer<'g> {
             c.out_channels
         );
         ensure!(options.batch_size >= 1, "--batch-size must be at least 1");
+        ensure!(options.lr.is_finite() && options.lr > 0.0, "--lr must be a positive number, got {}", options.lr);
+        ensure!(
+            (0.0..=1.0).contains(&options.ema_decay),
+            "--ema-decay must be between 0 and 1, got {}",
+            options.ema_decay
+        );
+        ensure!(
+            options.grad_clip.is_finite() && options.grad_clip >= 0.0,
+            "--grad-clip must be 0 (off) or positive, got {}",
+            options.grad_clip
+        );
         ensure!(
             options.min_snr_gamma >= 0.0 && options.min_snr_gamma.is_finite(),
             "--min-snr-gamma must be 0 (off) or positive, got {}",
@@ -421,6 +435,16 @@ impl<'g> Trainer<'g> {
         Ok(())
     }
 
+    pub fn gpu(&self) -> &'g Gpu {
+        self.gpu
+    }
+
+    /// (channels, height, width) of one training image.
+    pub fn sample_shape(&self) -> [usize; 3] {
+        let s = self.x0.shape();
+        [s[1], s[2], s[3]]
+    }
+
     /// Memory held so far (the peak includes every step run).
     pub fn memory(&self) -> MemoryReport {
         let flat = (self.unet.table.flat_len * 4) as u64;
@@ -451,15 +475,21 @@ impl<'g> Trainer<'g> {
         let mut out = Vec::new();
         for (i, (s, t)) in std::mem::take(&mut self.pending).into_iter().enumerate() {
             let loss = losses[i * VIEW_ALIGN_ELEMS];
-            if !loss.is_finite() {
-                bail!("the loss became {loss} at step {}: training stopped (lower --lr or check the data)", s + 1);
+            let norm = norms[i * VIEW_ALIGN_ELEMS];
+            if !(loss.is_finite() && norm.is_finite()) {
+                let what = if loss.is_finite() {
+                    format!("gradient norm became {}", norm.sqrt())
+                } else {
+                    format!("loss became {loss}")
+                };
+                bail!("the {what} at step {}: training stopped (lower --lr or check the data)", s + 1);
             }
             let (decile_loss, decile_count) =
                 decile_means(&per_sample[i * row..i * row + t.len()], &t, self.tables.steps);
             out.push(StepLog {
                 step: s + 1,
                 loss,
-                grad_norm: norms[i * VIEW_ALIGN_ELEMS].sqrt(),
+                grad_norm: norm.sqrt(),
                 lr: self.lr_at(s),
                 decile_loss,
                 decile_count,

@@ -1,0 +1,241 @@
+//! `ddpm`: the command-line tool. Options are parsed in `args.rs`; the
+//! work is the library's (`train::run`, `sample`, `eval`); this file
+//! builds the runs and prints.
+
+mod args;
+mod eval;
+mod sample;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use args::{EvalArgs, SampleArgs, TrainArgs};
+use clap::{Parser, Subcommand};
+use ddpm_wgpu::gpu::{enumerate_adapters, Gpu, GpuOptions};
+use ddpm_wgpu::train::{existing_checkpoint, read_state, run, DataSpec, Observer, Outcome, Readout, Trainer};
+use ddpm_wgpu::unet::UNetConfig;
+use indicatif::{ProgressBar, ProgressStyle};
+
+#[derive(Parser)]
+#[command(name = "ddpm", version, about = "Train and sample DDPM diffusion models on any GPU wgpu reaches")]
+struct Cli {
+    /// Graphics backend: vulkan, metal, dx12 or gl (default: WGPU_BACKEND, else the best found).
+    #[arg(long, global = true)]
+    backend: Option<String>,
+    /// Pick the adapter whose name contains this (default: WGPU_ADAPTER_NAME).
+    #[arg(long, global = true)]
+    adapter: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// List every adapter wgpu can see, with the limits and features the engine uses.
+    Devices,
+    /// Train a DDPM (defaults: the MNIST digits shipped in assets/).
+    Train(TrainArgs),
+    /// Draw samples from a checkpoint (ours or a diffusers UNet2DModel folder).
+    Sample(SampleArgs),
+    /// Score samples (from a checkpoint, or a folder of PNGs) against the training digits:
+    /// Fréchet distance of digit-classifier features with its real-vs-real floor, the
+    /// fraction of confidently classified samples, the class histogram and its KL from
+    /// uniform; with --nll, the paper's bits/dim.
+    Eval(EvalArgs),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let options =
+        GpuOptions { backend: cli.backend.clone(), adapter_name: cli.adapter.clone(), ..GpuOptions::default() };
+    let result = match cli.command {
+        Command::Devices => devices(&options),
+        Command::Train(args) => train(&options, args),
+        Command::Sample(args) => sample::sample_command(&options, args),
+        Command::Eval(args) => eval::eval_command(&options, args),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn devices(options: &GpuOptions) -> Result<()> {
+    let adapters = enumerate_adapters(options)?;
+    if adapters.is_empty() {
+        // Gpu::new explains how to get an adapter.
+        Gpu::new(options)?;
+    }
+    // Listed even when the requested adapter is missing; that error comes after the list.
+    let opened = Gpu::new(options).map(|g| g.info().clone());
+    let chosen = opened.as_ref().ok();
+    for adapter in &adapters {
+        let info = adapter.get_info();
+        let limits = adapter.limits();
+        let features = adapter.features();
+        let is_chosen = chosen.as_ref().is_some_and(|c| c.name == info.name && c.backend == info.backend);
+        println!("{} {} [{:?}]", if is_chosen { "*" } else { " " }, info.name, info.backend);
+        println!("    type: {:?}, driver: {} {}", info.device_type, info.driver, info.driver_info);
+        let has = |f: wgpu::Features| if features.contains(f) { "yes" } else { "no" };
+        println!(
+            "    subgroups: {} (size {}-{}), timestamps: {}, f16: {}",
+            has(wgpu::Features::SUBGROUP),
+            info.subgroup_min_size,
+            info.subgroup_max_size,
+            has(wgpu::Features::TIMESTAMP_QUERY),
+            has(wgpu::Features::SHADER_F16)
+        );
+        println!(
+            "    max storage binding: {} MiB, max buffer: {} MiB, workgroup storage: {} KiB, invocations/workgroup: {}, storage buffers/stage: {}",
+            limits.max_storage_buffer_binding_size >> 20,
+            limits.max_buffer_size >> 20,
+            limits.max_compute_workgroup_storage_size >> 10,
+            limits.max_compute_invocations_per_workgroup,
+            limits.max_storage_buffers_per_shader_stage
+        );
+    }
+    opened?;
+    println!("* = the adapter the engine uses with these settings");
+    Ok(())
+}
+
+pub(crate) fn progress_bar(len: u64) -> ProgressBar {
+    let bar = ProgressBar::new(len);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} [{elapsed_precise}, ETA {eta_precise}]")
+            .expect("valid template"),
+    );
+    bar
+}
+
+/// Fail early, before any training, when `dir` cannot be written.
+pub(crate) fn ensure_writable(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create output folder {}", dir.display()))?;
+    let probe = dir.join(".write-test");
+    std::fs::write(&probe, b"ok").with_context(|| format!("output folder {} is not writable", dir.display()))?;
+    std::fs::remove_file(&probe)?;
+    Ok(())
+}
+
+fn train(options: &GpuOptions, args: TrainArgs) -> Result<()> {
+    let recipe = args.recipe()?;
+    if args.resume.is_some() {
+        args.check_resume()?;
+    }
+    let out = args.resume.clone().unwrap_or_else(|| args.out.clone());
+    ensure_writable(&out)?;
+    let settings = args.run_settings(out.clone());
+    let checkpoint_dir = settings.checkpoint_dir();
+    // A resumed run keeps its config and data; a new one takes them from the recipe and flags.
+    let (config, spec) = match &args.resume {
+        Some(_) => {
+            let state = read_state(&checkpoint_dir)?;
+            let found = existing_checkpoint(&checkpoint_dir)?;
+            (UNetConfig::load(&found.join("unet/config.json"))?, state.data)
+        }
+        None => {
+            let mut config = match &args.config {
+                Some(path) => UNetConfig::load(path)?,
+                None => UNetConfig::from_json(recipe.unet_config)?,
+            };
+            let channels = args.channels.unwrap_or(match (&args.data, &args.config) {
+                (Some(_), _) => 3,
+                (None, Some(_)) => config.in_channels,
+                (None, None) => 1,
+            });
+            if args.config.is_none() {
+                config.in_channels = channels;
+                config.out_channels = channels;
+            }
+            let resolution = args.resolution.or(config.sample_size).unwrap_or(32);
+            config.sample_size = Some(resolution);
+            config.validate()?;
+            (config, DataSpec { folder: args.data.clone(), resolution, channels, limit: args.limit })
+        }
+    };
+    let data = spec.load()?;
+    settings.validate(&data)?;
+    let gpu = Gpu::new(options)?;
+    eprintln!("adapter: {}", gpu.info());
+    let (channels, resolution) = (spec.channels, spec.resolution);
+    eprintln!("data: {} images of {channels}x{resolution}x{resolution} from {}", data.len(), data.source);
+    let shape = [channels, resolution, resolution];
+    let mut trainer = match &args.resume {
+        Some(_) => {
+            let (trainer, state) = Trainer::resume(&gpu, &checkpoint_dir, args.steps, shape)?;
+            eprintln!("resuming at step {} of {} (seed {})", state.step, trainer.options.steps, trainer.options.seed);
+            trainer
+        }
+        None => Trainer::new(&gpu, &config, args.scheduler(&recipe), args.options(&recipe), shape)?,
+    };
+    let o = &trainer.options;
+    let parameters = trainer.unet.table.count() as f64 / 1e6;
+    eprintln!("UNet: {parameters:.2}M parameters; batch {}, {} steps, lr {}", o.batch_size, o.steps, o.lr);
+
+    // Ctrl-C and SIGTERM stop the run after the current step, with a checkpoint.
+    let interrupted = Arc::new(AtomicBool::new(false));
+    let flag = interrupted.clone();
+    ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst)).context("installing the Ctrl-C handler")?;
+    let mut progress = ProgressOutput { bar: progress_bar(trainer.options.steps) };
+    progress.bar.set_position(trainer.step);
+    let (start_step, started) = (trainer.step, Instant::now());
+    let outcome = run(&mut trainer, &data, &spec, &settings, &mut progress, &interrupted);
+    let bar = progress.bar;
+    match outcome {
+        Err(e) => {
+            bar.abandon();
+            Err(e)
+        }
+        Ok(Outcome::Interrupted) => {
+            bar.abandon_with_message("interrupted");
+            let step = trainer.step;
+            eprintln!(
+                "interrupted at step {step}: checkpoint saved; continue with `ddpm train --resume {}`",
+                out.display()
+            );
+            Ok(())
+        }
+        Ok(Outcome::Finished) => {
+            bar.finish();
+            eprintln!(
+                "done: {} steps in {:.0} s. Checkpoint: {}, samples: {}, metrics: {}",
+                trainer.step - start_step,
+                started.elapsed().as_secs_f64(),
+                checkpoint_dir.display(),
+                settings.samples_dir().display(),
+                settings.metrics_csv().display()
+            );
+            Ok(())
+        }
+    }
+}
+
+/// A training run's progress: a bar on a terminal, one line per readback otherwise.
+struct ProgressOutput {
+    bar: ProgressBar,
+}
+
+impl Observer for ProgressOutput {
+    fn step(&mut self, step: u64, readout: Option<&Readout>) {
+        if let Some(r) = readout {
+            let message = format!(
+                "loss {:.4} | {:.2} it/s | {:.1} img/s",
+                r.smoothed_loss, r.steps_per_second, r.images_per_second
+            );
+            if self.bar.is_hidden() {
+                // Not a terminal (a log file, CI): one line per readback instead of a bar.
+                let eta = (r.total - r.step) as f64 / r.steps_per_second.max(1e-9);
+                eprintln!("step {}/{} | {message} | ETA {eta:.0} s", r.step, r.total);
+            }
+            self.bar.set_message(message);
+        }
+        self.bar.set_position(step);
+    }
+
+    fn note(&mut self, line: &str) {
+        self.bar.suspend(|| eprintln!("{line}"));
+    }
+}

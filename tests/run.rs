@@ -1,0 +1,173 @@
+//! The training loop's decisions, without the command line: every save
+//! follows a readback, so a non-finite loss at step k stops the run before
+//! any checkpoint of a later step and names the newest checkpoint
+//! truthfully, for any checkpoint interval; an interruption between
+//! checkpoints still logs and saves every step; a finished run saves, draws
+//! and plots.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use ddpm_wgpu::data::Dataset;
+use ddpm_wgpu::schedule::SchedulerConfig;
+use ddpm_wgpu::train::{
+    batch_indices, run, Cadence, DataSpec, GridSettings, Observer, Outcome, Readout, RunSettings, TrainOptions, Trainer,
+};
+use ddpm_wgpu::unet::UNetConfig;
+
+const SEED: u64 = 0;
+const BATCH: usize = 2;
+const IMAGES: usize = 8;
+
+fn tiny_config() -> UNetConfig {
+    UNetConfig::load(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny_unet_28.json"))).unwrap()
+}
+
+fn temp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("ddpm-run-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+fn settings(out: PathBuf, checkpoint_every: u64) -> RunSettings {
+    RunSettings {
+        out,
+        cadence: Cadence { checkpoint_every, sample_every: 0, eval_every: 0 },
+        grid: GridSettings { samples: 4, ddim_steps: 2, eta: 1.0 },
+        eval_samples: 0,
+    }
+}
+
+fn spec() -> DataSpec {
+    DataSpec { folder: None, resolution: 28, channels: 1, limit: Some(IMAGES) }
+}
+
+/// Eight digits; the images step `nan_step` (1-based, within the first
+/// epoch) draws first are NaN, so that step's loss is the first non-finite one.
+fn digits(nan_step: Option<u64>) -> Dataset {
+    let real = Dataset::mnist(28, Some(IMAGES)).unwrap();
+    let mut pixels = real.pixels().to_vec();
+    if let Some(k) = nan_step {
+        assert!((1..=(IMAGES / BATCH) as u64).contains(&k), "step {k} is not in the first epoch");
+        for i in batch_indices(SEED, k - 1, BATCH, IMAGES) {
+            pixels[i * 784..(i + 1) * 784].fill(f32::NAN);
+        }
+    }
+    Dataset::from_pixels(1, 28, pixels, "test digits").unwrap()
+}
+
+fn options(steps: u64) -> TrainOptions {
+    TrainOptions { batch_size: BATCH, steps, warmup: 0, seed: SEED, ..TrainOptions::default() }
+}
+
+/// Remembers what it is told; `stop_at` sets the interruption flag after that step.
+struct Recorder<'a> {
+    readouts: Vec<Readout>,
+    stop_at: Option<(u64, &'a AtomicBool)>,
+}
+
+impl Observer for Recorder<'_> {
+    fn step(&mut self, step: u64, readout: Option<&Readout>) {
+        self.readouts.extend(readout.copied());
+        if let Some((_, flag)) = self.stop_at.filter(|(at, _)| *at == step) {
+            flag.store(true, Ordering::SeqCst);
+        }
+    }
+
+    fn note(&mut self, _: &str) {}
+}
+
+fn saved_step(out: &Path) -> Option<u64> {
+    let text = std::fs::read_to_string(out.join("checkpoint/training/state.json")).ok()?;
+    let state: serde_json::Value = serde_json::from_str(&text).unwrap();
+    Some(state["step"].as_u64().unwrap())
+}
+
+/// The steps metrics.csv has rows for.
+fn metric_steps(out: &Path) -> Vec<u64> {
+    let text = std::fs::read_to_string(out.join("metrics.csv")).unwrap();
+    text.lines().skip(1).map(|l| l.split(',').next().unwrap().parse().unwrap()).collect()
+}
+
+#[test]
+fn logs_are_read_before_every_save() {
+    for checkpoint_every in [0, 1, 3, 7, 10, 25] {
+        for sample_every in [0, 4, 10] {
+            let cadence = Cadence { checkpoint_every, sample_every, eval_every: 6 };
+            for step in 1..=30 {
+                let due = cadence.due(step, 30, false);
+                assert!(!(due.checkpoint || due.grid || due.eval) || due.read_logs, "{cadence:?} at step {step}");
+                assert_eq!(due.checkpoint, step == 30 || (checkpoint_every > 0 && step % checkpoint_every == 0));
+                assert_eq!(due.grid, step == 30 || (sample_every > 0 && step % sample_every == 0));
+                assert_eq!(due.eval, step == 30 || step % 6 == 0);
+                assert!(cadence.due(step, 30, true).read_logs, "full logs must be read");
+            }
+        }
+    }
+    // Nothing due between saves: the logs wait for their slots to fill.
+    let quiet = Cadence { checkpoint_every: 0, sample_every: 0, eval_every: 0 };
+    assert!(!quiet.due(5, 30, false).read_logs);
+}
+
+#[test]
+fn a_non_finite_loss_stops_before_any_later_checkpoint() {
+    let (_turn, gpu) = common::gpu();
+    let config = tiny_config();
+    for nan_step in [1, 3] {
+        let data = digits(Some(nan_step));
+        for checkpoint_every in [1, 2, 5] {
+            let out = temp(&format!("nan{nan_step}-every{checkpoint_every}"));
+            let settings = settings(out.clone(), checkpoint_every);
+            let mut trainer = Trainer::new(&gpu, &config, SchedulerConfig::default(), options(8), [1, 28, 28]).unwrap();
+            let mut observer = Recorder { readouts: Vec::new(), stop_at: None };
+            let never = AtomicBool::new(false);
+            let err = run(&mut trainer, &data, &spec(), &settings, &mut observer, &never).unwrap_err().to_string();
+            let case = format!("NaN at step {nan_step}, checkpoint every {checkpoint_every}: {err}");
+            assert!(err.contains(&format!("at step {nan_step}: training stopped")), "{case}");
+            // The newest checkpoint is the last multiple of the interval before the NaN step.
+            let good = (nan_step - 1) / checkpoint_every * checkpoint_every;
+            if good == 0 {
+                assert!(err.contains("No checkpoint was saved before it"), "{case}");
+                assert_eq!(saved_step(&out), None, "{case}");
+            } else {
+                assert!(err.contains(&format!("last good checkpoint (step {good})")), "{case}");
+                assert_eq!(saved_step(&out), Some(good), "{case}");
+                let weights = trainer.unet.table.load(&out.join("checkpoint/training/weights.safetensors")).unwrap();
+                assert!(weights.iter().all(|w| w.is_finite()), "{case}: the checkpoint holds non-finite weights");
+            }
+            std::fs::remove_dir_all(&out).unwrap();
+        }
+    }
+}
+
+#[test]
+fn an_interruption_logs_and_saves_every_step_then_the_run_resumes_to_the_end() {
+    let (_turn, gpu) = common::gpu();
+    let config = tiny_config();
+    let data = digits(None);
+    let out = temp("interrupt");
+    // No checkpoint is due before the interruption at step 3.
+    let settings = settings(out.clone(), 100);
+    let mut trainer = Trainer::new(&gpu, &config, SchedulerConfig::default(), options(5), [1, 28, 28]).unwrap();
+    let flag = AtomicBool::new(false);
+    let mut observer = Recorder { readouts: Vec::new(), stop_at: Some((3, &flag)) };
+    let outcome = run(&mut trainer, &data, &spec(), &settings, &mut observer, &flag).unwrap();
+    assert_eq!((outcome, trainer.step), (Outcome::Interrupted, 3));
+    assert_eq!(saved_step(&out), Some(3));
+    assert_eq!(metric_steps(&out), [1, 2, 3]);
+    assert!(out.join("loss.png").is_file());
+    assert_eq!(observer.readouts.last().map(|r| (r.step, r.total)), Some((3, 5)));
+
+    let (mut resumed, _) = Trainer::resume(&gpu, &settings.checkpoint_dir(), None, [1, 28, 28]).unwrap();
+    let never = AtomicBool::new(false);
+    let mut observer = Recorder { readouts: Vec::new(), stop_at: None };
+    let outcome = run(&mut resumed, &data, &spec(), &settings, &mut observer, &never).unwrap();
+    assert_eq!((outcome, resumed.step), (Outcome::Finished, 5));
+    assert_eq!(saved_step(&out), Some(5));
+    assert_eq!(metric_steps(&out), [1, 2, 3, 4, 5]);
+    assert!(out.join("samples/step_000005.png").is_file());
+    assert!(observer.readouts.iter().all(|r| r.smoothed_loss.is_finite() && r.images_per_second > 0.0));
+    std::fs::remove_dir_all(&out).unwrap();
+}
