@@ -6,7 +6,9 @@
 mod common;
 
 use common::{assert_close, each_path, rng, uniform};
-use ddpm_wgpu::ops::conv2d::{self, cpu, Conv2dGeometry, ConvPath};
+use ddpm_wgpu::gpu::{Caps, Shader};
+use ddpm_wgpu::ops;
+use ddpm_wgpu::ops::conv2d::{self, cpu, Conv2dGeometry, ForwardPlan, GradInputPlan, GradWeightPlan};
 
 /// Conv of x (n, c_in, h, w) by `k` x `k` weights.
 fn geom([n, c_in, h, w]: [usize; 4], c_out: usize, k: usize, stride: usize, pad: [usize; 4]) -> Conv2dGeometry {
@@ -34,14 +36,15 @@ fn check(g: Conv2dGeometry) {
     let (fwd_atol, rtol) = tolerance(g.c_in * taps);
     let (dx_atol, _) = tolerance(g.c_out * taps);
     let (dw_atol, _) = tolerance(g.n * g.out_h() * g.out_w());
-    let paths = format!(
-        "forward {:?}, grad-input {:?}, grad-weight {:?}",
-        conv2d::forward_path(&g, true),
-        conv2d::grad_input_path(&g),
-        conv2d::grad_weight_path(&g)
-    );
     each_path(|gpu, path| {
-        let what = |t: &str| format!("{t} of {g:?} ({paths}) on {path:?}");
+        let caps = gpu.caps();
+        let plans = format!(
+            "forward {:?}, grad-input {:?}, grad-weight {:?}",
+            conv2d::forward_plan(&g, true, caps),
+            conv2d::grad_input_plan(&g, caps),
+            conv2d::grad_weight_plan(&g, caps)
+        );
+        let what = |t: &str| format!("{t} of {g:?} ({plans}) on {path:?}");
         let tx = gpu.upload(&g.x_shape(), &x).unwrap();
         let tw = gpu.upload(&g.w_shape(), &w).unwrap();
         let tb = gpu.upload(&[g.c_out], &bias).unwrap();
@@ -56,6 +59,16 @@ fn check(g: Conv2dGeometry) {
         assert_close(&what("grad-input"), &gpu.read(&dx).unwrap(), &want_dx, dx_atol, rtol);
         assert_close(&what("grad-weight"), &gpu.read(&dw).unwrap(), &want_dw, dw_atol, rtol);
         assert_close(&what("grad-bias"), &gpu.read(&db.unwrap()).unwrap(), &want_db, dw_atol, rtol);
+        // What ran is what the plans name, and the naga check translated it.
+        let named = conv2d::plan_kernels(&g, caps);
+        let (conv_variants, matmul_variants) = (ops::variants(Shader::Conv2d), ops::variants(Shader::Matmul));
+        for k in gpu.built_kernels().into_iter().filter(|k| k.shader == Shader::Conv2d) {
+            assert!(conv_variants.contains(&k.defines), "{} {:?} is in no plan's variants", k.entry, k.defines);
+        }
+        for k in &named {
+            let variants = if k.shader == Shader::Conv2d { &conv_variants } else { &matmul_variants };
+            assert!(variants.contains(&k.defines), "{}: {} {:?} is not translated", what("plan"), k.entry, k.defines);
+        }
     });
 }
 
@@ -133,17 +146,26 @@ fn geometry_sizes() {
     let odd = geom([2, 3, 5, 7], 4, 3, 2, [0, 1, 0, 1]);
     assert_eq!(odd.y_shape(), [2, 4, 2, 3]);
     assert_eq!(odd.flops(), 2.0 * (2 * 4 * 2 * 3 * 3 * 9) as f64);
-    // The shapes in the tests above reach both kernel families.
-    assert_eq!(conv2d::forward_path(&sym, false), ConvPath::Direct);
-    assert_eq!(conv2d::grad_input_path(&sym), ConvPath::Direct);
-    assert_eq!(conv2d::grad_input_path(&geom([1, 1, 5, 5], 1, 2, 2, [0; 4])), ConvPath::Gemm);
-    assert_eq!(conv2d::grad_weight_path(&geom([1, 1, 5, 7], 1, 3, 1, [1; 4])), ConvPath::Gemm);
-    assert_eq!(conv2d::grad_input_path(&geom([1, 1, 5, 5], 1, 3, 1, [1; 4])), ConvPath::Direct);
-    assert_eq!(conv2d::forward_path(&geom([1, 1, 5, 5], 1, 2, 1, [0; 4]), true), ConvPath::Gemm);
+    // The shapes in the tests above reach every kind of plan.
+    let caps = Caps::ALL[0];
+    assert!(matches!(conv2d::forward_plan(&sym, false, caps), ForwardPlan::Direct(_)));
+    assert!(matches!(conv2d::grad_input_plan(&sym, caps), GradInputPlan::Transposed(_)));
+    let stride2_k2 = geom([1, 1, 5, 5], 1, 2, 2, [0; 4]);
+    assert!(matches!(conv2d::grad_input_plan(&stride2_k2, caps), GradInputPlan::Col2im { .. }));
+    let odd_width = geom([1, 1, 5, 7], 1, 3, 1, [1; 4]);
+    assert!(matches!(conv2d::grad_weight_plan(&odd_width, caps), GradWeightPlan::Im2col { .. }));
+    let aligned = geom([1, 1, 8, 8], 1, 3, 1, [1; 4]);
+    assert!(matches!(conv2d::grad_weight_plan(&aligned, caps), GradWeightPlan::Direct { .. }));
+    let stride1 = geom([1, 1, 5, 5], 1, 3, 1, [1; 4]);
+    assert!(matches!(conv2d::grad_input_plan(&stride1, caps), GradInputPlan::Flipped { .. }));
+    let k2 = geom([1, 1, 5, 5], 1, 2, 1, [0; 4]);
+    assert!(matches!(conv2d::forward_plan(&k2, true, caps), ForwardPlan::Im2col { .. }));
     let pointwise = geom([1, 1, 5, 5], 1, 1, 1, [0; 4]);
-    assert_eq!(conv2d::forward_path(&pointwise, false), ConvPath::Gemm);
-    assert_eq!(conv2d::forward_path(&pointwise, true), ConvPath::Direct);
-    assert_eq!(conv2d::forward_path(&geom([1, 1, 5, 5], 1, 1, 2, [0; 4]), false), ConvPath::Direct);
+    assert!(matches!(conv2d::forward_plan(&pointwise, false, caps), ForwardPlan::Pointwise(_)));
+    assert!(matches!(conv2d::forward_plan(&pointwise, true, caps), ForwardPlan::Direct(_)));
+    assert!(matches!(conv2d::grad_input_plan(&pointwise, caps), GradInputPlan::Pointwise(_)));
+    let strided_pointwise = geom([1, 1, 5, 5], 1, 1, 2, [0; 4]);
+    assert!(matches!(conv2d::forward_plan(&strided_pointwise, false, caps), ForwardPlan::Direct(_)));
 }
 
 /// d(sum(r * y))/d(input) by central differences in f64.

@@ -6,6 +6,7 @@
 use std::collections::BTreeSet;
 
 use ddpm_wgpu::gpu::ALL_SHADERS;
+use ddpm_wgpu::ops;
 use naga::back::{glsl, hlsl, msl, spv};
 use naga::valid::{Capabilities, ValidationFlags, Validator};
 
@@ -13,7 +14,7 @@ fn uses_subgroups(defines: &[(&str, i64)]) -> bool {
     defines.iter().any(|&(k, v)| k == "SUBGROUPS" && v != 0)
 }
 
-fn translate(name: &str, source: &str, subgroups: bool) -> Result<(), String> {
+fn translate(source: &str, subgroups: bool) -> Result<(), String> {
     let module = naga::front::wgsl::parse_str(source).map_err(|e| e.emit_to_string(source))?;
     let caps = if subgroups { Capabilities::SUBGROUP | Capabilities::SUBGROUP_BARRIER } else { Capabilities::empty() };
     let info = Validator::new(ValidationFlags::all(), caps)
@@ -56,7 +57,6 @@ fn translate(name: &str, source: &str, subgroups: bool) -> Result<(), String> {
             .map_err(|e| format!("GLSL ({}): {e}", ep.name))?;
         }
     }
-    let _ = name;
     Ok(())
 }
 
@@ -79,15 +79,64 @@ fn every_variant_translates_for_every_backend() {
         // The embedded source must be the file on disk.
         let path = format!("{}/shaders/{}", env!("CARGO_MANIFEST_DIR"), shader.file_name());
         assert_eq!(std::fs::read_to_string(&path).unwrap(), shader.source(), "{path} is stale in the build");
-        for defines in shader.variants() {
+        let variants = ops::variants(shader);
+        assert!(!variants.is_empty(), "{} has no variant to check", shader.file_name());
+        for defines in variants {
             let source = shader.expand(&defines).unwrap();
-            if let Err(e) = translate(shader.file_name(), &source, uses_subgroups(&defines)) {
+            if let Err(e) = translate(&source, uses_subgroups(&defines)) {
                 failures.push(format!("{} {defines:?}: {e}", shader.file_name()));
             }
             checked += 1;
         }
     }
     assert!(failures.is_empty(), "{} of {checked} variants failed:\n{}", failures.len(), failures.join("\n"));
-    assert!(checked >= ALL_SHADERS.len());
     eprintln!("{checked} shader variants translated to SPIR-V, MSL, HLSL and GLSL");
+}
+
+#[test]
+fn every_kernel_a_plan_names_is_translated() {
+    use ddpm_wgpu::gpu::{Caps, Shader};
+    use ddpm_wgpu::ops::conv2d::{plan_kernels, Conv2dGeometry};
+    use ddpm_wgpu::ops::matmul::{gemm_plan, Gemm};
+    use rand::{rngs::StdRng, Rng, SeedableRng};
+    // Shapes the plans' own grid does not list: random convs and GEMMs.
+    let mut rng = StdRng::seed_from_u64(0xC0DE);
+    let (conv, matmul) = (ops::variants(Shader::Conv2d), ops::variants(Shader::Matmul));
+    let mut named = 0;
+    for _ in 0..10000 {
+        let (kh, kw) = (rng.random_range(1..=3), rng.random_range(1..=3));
+        let g = Conv2dGeometry {
+            n: rng.random_range(1..=3),
+            c_in: rng.random_range(1..=80),
+            h: rng.random_range(kh..=40),
+            w: rng.random_range(kw..=40),
+            c_out: rng.random_range(1..=80),
+            kh,
+            kw,
+            stride: rng.random_range(1..=2),
+            pad: std::array::from_fn(|_| rng.random_range(0..=2)),
+        };
+        if g.validate().is_err() {
+            continue;
+        }
+        for caps in Caps::ALL {
+            for k in plan_kernels(&g, caps) {
+                let variants = if k.shader == Shader::Conv2d { &conv } else { &matmul };
+                assert!(
+                    variants.contains(&k.defines),
+                    "{g:?} on {caps:?}: {} {:?} is not translated",
+                    k.entry,
+                    k.defines
+                );
+                named += 1;
+            }
+        }
+        let (m, n, k) = (rng.random_range(1..=300), rng.random_range(1..=300), rng.random_range(1..=300));
+        let gemm = Gemm { trans_a: rng.random(), trans_b: rng.random(), ..Gemm::new(m, n, k) };
+        for caps in Caps::ALL {
+            let defines = gemm_plan(&gemm, caps, rng.random()).kernel.defines;
+            assert!(matmul.contains(&defines), "{gemm:?} on {caps:?}: {defines:?} is not translated");
+        }
+    }
+    assert!(named > 50_000, "only {named} kernels named");
 }

@@ -88,27 +88,30 @@ impl Shader {
         self.file().1
     }
 
-    /// Every define set the engine may launch this shader with; the naga
-    /// test translates each one for every backend.
-    pub fn variants(self) -> Vec<Vec<(&'static str, i64)>> {
-        match self {
-            Shader::Attention => crate::ops::attention::variants(),
-            Shader::Concat => crate::ops::concat::variants(),
-            Shader::Conv2d => crate::ops::conv2d::variants(),
-            Shader::CrossEntropy => crate::ops::cross_entropy::variants(),
-            Shader::GroupNorm => crate::ops::group_norm::variants(),
-            Shader::Loss => crate::ops::loss::variants(),
-            Shader::Matmul => crate::ops::matmul::variants(),
-            Shader::Reduce => crate::ops::reduce::variants(),
-            Shader::Upsample => crate::ops::upsample::variants(),
-            _ => vec![vec![]],
-        }
-    }
-
     /// The WGSL for one variant.
     pub fn expand(self, defines: &[(&str, i64)]) -> Result<String> {
         template::expand(self.source(), defines).map_err(|e| anyhow!("{}: {e}", self.file_name()))
     }
+}
+
+/// The adapter capabilities kernel variants are chosen by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Caps {
+    /// Subgroup operations are used.
+    pub subgroups: bool,
+    /// Subgroups are exactly 8 lanes (broadcasts from a constant lane);
+    /// otherwise kernels shuffle within aligned groups of 8.
+    pub sg8: bool,
+}
+
+impl Caps {
+    /// Every kind of adapter the kernels tell apart: portable, 8-lane
+    /// subgroups, wider subgroups.
+    pub const ALL: [Caps; 3] = [
+        Caps { subgroups: false, sg8: false },
+        Caps { subgroups: true, sg8: true },
+        Caps { subgroups: true, sg8: false },
+    ];
 }
 
 /// How a kernel uses one storage binding (group 1, in order).

@@ -12,7 +12,7 @@ mod template;
 mod tensor;
 mod timing;
 
-pub use kernel::{Access, Kernel, Shader, ALL_SHADERS};
+pub use kernel::{Access, Caps, Kernel, Shader, ALL_SHADERS};
 pub use pool::PoolStats;
 pub use tensor::{Tensor, VIEW_ALIGN_ELEMS};
 pub use timing::Timing;
@@ -87,6 +87,7 @@ pub struct Gpu {
     queue: wgpu::Queue,
     info: DeviceInfo,
     poison_uninit: bool,
+    poison: Mutex<Option<wgpu::Buffer>>,
     pool: Arc<Mutex<Pool>>,
     pipelines: Mutex<HashMap<PipelineKey, Arc<Pipeline>>>,
     params_layout: wgpu::BindGroupLayout,
@@ -259,6 +260,7 @@ impl Gpu {
             queue,
             info,
             poison_uninit: options.poison_uninit,
+            poison: Mutex::new(None),
             pool: Arc::new(Mutex::new(Pool::default())),
             pipelines: Mutex::new(HashMap::new()),
             params_layout,
@@ -271,6 +273,16 @@ impl Gpu {
 
     pub fn info(&self) -> &DeviceInfo {
         &self.info
+    }
+
+    /// What kernel variants are chosen by on this adapter.
+    pub fn caps(&self) -> Caps {
+        Caps { subgroups: self.info.subgroups, sg8: self.info.subgroup_is_8 }
+    }
+
+    /// Every kernel built so far (the pipeline cache's keys).
+    pub fn built_kernels(&self) -> Vec<Kernel> {
+        self.pipelines.lock().unwrap().keys().cloned().collect()
     }
 
     pub fn device(&self) -> &wgpu::Device {
@@ -306,10 +318,34 @@ impl Gpu {
     /// A tensor whose contents are undefined (NaN when `poison_uninit`).
     pub fn uninit(&self, shape: &[usize]) -> Result<Tensor> {
         let t = Tensor::new(self, shape)?;
-        if self.poison_uninit {
-            crate::ops::elementwise::fill_into(self, &t, f32::NAN)?;
+        if self.poison_uninit && !t.is_empty() {
+            let source = self.poison_source(t.byte_len())?;
+            self.with_encoder(|enc| enc.copy_buffer_to_buffer(&source, 0, t.buffer(), t.byte_offset(), t.byte_len()));
         }
         Ok(t)
+    }
+
+    /// A buffer of at least `bytes` bytes of NaN (all bits set), grown as needed.
+    fn poison_source(&self, bytes: u64) -> Result<wgpu::Buffer> {
+        let mut poison = self.poison.lock().unwrap();
+        if let Some(b) = poison.as_ref().filter(|b| b.size() >= bytes) {
+            return Ok(b.clone());
+        }
+        let size = bytes.next_power_of_two().min(self.info.max_buffer_size).max(bytes);
+        let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("NaN poison"),
+            size,
+            usage: wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: true,
+        });
+        buffer
+            .slice(..)
+            .get_mapped_range_mut()
+            .map_err(|e| anyhow!("filling the poison buffer: {e:?}"))?
+            .copy_from_slice(&vec![0xFF; size as usize]);
+        buffer.unmap();
+        *poison = Some(buffer.clone());
+        Ok(buffer)
     }
 
     pub fn zeros(&self, shape: &[usize]) -> Result<Tensor> {

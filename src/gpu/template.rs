@@ -12,6 +12,8 @@
 //! //@if !SUBGROUPS         ... or zero
 //! //@else
 //! //@end                   closes the innermost //@for or //@if
+//!                          (a switched-off block is skipped unread, so
+//!                          its names need no defines)
 //! {expr}                   replaced by the value of expr: integers, defines
 //!                          and loop variables with + - * / % and parentheses
 //! ```
@@ -64,9 +66,15 @@ fn expand_block(
                 .ok_or_else(|| anyhow!("template line {}: expected `//@for v in A..B`", i + 1))?;
             let (a, b) =
                 range.split_once("..").ok_or_else(|| anyhow!("template line {}: expected a range A..B", i + 1))?;
-            let (a, b) = (eval(a.trim(), vars)?, eval(b.trim(), vars)?);
+            // A switched-off block is only walked: its names need no defines.
+            let (a, count) = match emit {
+                true => {
+                    let (a, b) = (eval(a.trim(), vars)?, eval(b.trim(), vars)?);
+                    (a, (b - a).max(0))
+                }
+                false => (0, 0),
+            };
             let mut body_end = i + 1;
-            let count = if emit { (b - a).max(0) } else { 0 };
             // Walk the body once even when it repeats zero times, to find its end.
             for k in 0..count.max(1) {
                 vars.push((var.trim().to_string(), a + k));
@@ -77,10 +85,11 @@ fn expand_block(
             i = body_end + 1;
         } else if let Some(cond) = d.strip_prefix("if ") {
             let cond = cond.trim();
-            let value = match cond.strip_prefix('!') {
-                Some(name) => eval(name.trim(), vars)? == 0,
-                None => eval(cond, vars)? != 0,
-            };
+            let value = emit
+                && match cond.strip_prefix('!') {
+                    Some(name) => eval(name.trim(), vars)? == 0,
+                    None => eval(cond, vars)? != 0,
+                };
             let mut j = expand_block(lines, i + 1, vars, out, emit && value)?;
             if j < lines.len() && directive(lines[j]) == Some("else") {
                 j = expand_block(lines, j + 1, vars, out, emit && !value)?;
@@ -213,5 +222,14 @@ mod tests {
         assert!(expand("//@end", &[]).is_err());
         assert!(expand("{nope}", &[]).is_err());
         assert!(expand("//@if Q\n//@end", &[]).is_err());
+    }
+
+    #[test]
+    fn switched_off_blocks_need_no_defines() {
+        let src = "//@if A\n//@for r in 0..N\n{r + M}\n//@end\n//@if B\nb\n//@end\n//@else\nnone\n//@end";
+        assert_eq!(expand(src, &[("A", 0)]).unwrap(), "none\n");
+        // Switched on, the same names are required.
+        assert!(expand(src, &[("A", 1)]).is_err());
+        assert_eq!(expand(src, &[("A", 1), ("N", 2), ("M", 5), ("B", 0)]).unwrap(), "5\n6\n");
     }
 }

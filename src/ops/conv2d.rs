@@ -23,9 +23,9 @@ use anyhow::{ensure, Result};
 use bytemuck::{Pod, Zeroable};
 
 use super::elementwise;
-use super::matmul::{gemm, Gemm};
+use super::matmul::{gemm, gemm_plan, Gemm};
 use super::reduce;
-use crate::gpu::{Access, Gpu, Kernel, Shader, Tensor};
+use crate::gpu::{Access, Caps, Gpu, Kernel, Shader, Tensor};
 
 /// Shapes of one convolution: x (n, c_in, h, w), w (c_out, c_in, kh, kw),
 /// y (n, c_out, out_h, out_w); `pad` is zero padding as [top, bottom, left,
@@ -212,12 +212,11 @@ enum Packing {
 enum Entry {
     Forward,
     GradWeight,
-    Helpers,
 }
 
 /// Template defines of one `conv2d_forward` or `conv2d_grad_weight` variant.
 #[derive(Clone, Copy, Debug, PartialEq)]
-struct DirectVariant {
+pub struct DirectVariant {
     entry: Entry,
     /// Stride-2 grad-input form of `conv2d_forward`.
     transposed: bool,
@@ -340,19 +339,6 @@ fn forward_tile(subgroups: bool, g: &Conv2dGeometry) -> (usize, usize) {
     (px, q)
 }
 
-/// Every tile `forward_tile` can choose on one kind of path.
-fn forward_tiles(subgroups: bool) -> Vec<(usize, usize)> {
-    let mut tiles = Vec::new();
-    for (out_w, stride, c_out) in [4, 8, 16].into_iter().flat_map(|w| [(w, 1, 8), (w, 1, 64), (w, 2, 8), (w, 2, 64)]) {
-        let g = Conv2dGeometry::square(1, 1, out_w * stride, c_out, 1, stride, 0);
-        let tile = forward_tile(subgroups, &g);
-        if !tiles.contains(&tile) {
-            tiles.push(tile);
-        }
-    }
-    tiles
-}
-
 /// (dy columns, dx channels) per invocation of the stride-2 grad-input
 /// kernel, whose lanes hold twice as many dx pixels as dy columns. Measured
 /// on lavapipe (64 channels, dx 32x32): 16 x 8 gives 25 GF/s with subgroups
@@ -362,18 +348,6 @@ fn transposed_tile(subgroups: bool, g: &Conv2dGeometry) -> (usize, usize) {
     let px = [16, 8].into_iter().find(|&px| g.w >= 2 * px).unwrap_or(4);
     let q = if subgroups && px == 4 && g.c_in > 8 { 16 } else { 8 };
     (px, q)
-}
-
-/// Every tile `transposed_tile` can choose on one kind of path.
-fn transposed_tiles(subgroups: bool) -> Vec<(usize, usize)> {
-    let mut tiles = Vec::new();
-    for (w, c_in) in [8, 16, 32].into_iter().flat_map(|w| [(w, 8), (w, 64)]) {
-        let tile = transposed_tile(subgroups, &Conv2dGeometry::square(1, c_in, w, 1, 3, 2, 1));
-        if !tiles.contains(&tile) {
-            tiles.push(tile);
-        }
-    }
-    tiles
 }
 
 /// (output, input) channels per invocation of `conv2d_grad_weight`, each
@@ -391,9 +365,8 @@ fn grad_weight_tile(subgroups: bool, k: usize, c_out: usize) -> (usize, usize) {
     }
 }
 
-fn direct_variant(gpu: &Gpu, g: &Conv2dGeometry, bias: bool) -> DirectVariant {
-    let info = gpu.info();
-    let (px, q) = forward_tile(info.subgroups, g);
+fn direct_variant(caps: Caps, g: &Conv2dGeometry, bias: bool) -> DirectVariant {
+    let (px, q) = forward_tile(caps.subgroups, g);
     DirectVariant {
         entry: Entry::Forward,
         transposed: false,
@@ -407,13 +380,25 @@ fn direct_variant(gpu: &Gpu, g: &Conv2dGeometry, bias: bool) -> DirectVariant {
         pad_left: g.pad[2],
         vec4: g.w.is_multiple_of(4) && g.out_w().is_multiple_of(4),
         bias,
-        subgroups: info.subgroups,
-        sg8: info.subgroup_is_8,
+        subgroups: caps.subgroups,
+        sg8: caps.sg8,
     }
 }
 
-fn grad_weight_variant(subgroups: bool, sg8: bool, g: &Conv2dGeometry) -> DirectVariant {
-    let (q, tci) = grad_weight_tile(subgroups, g.kw, g.c_out);
+/// The stride-2 grad-input form of the direct kernel for `g`'s dx.
+fn transposed_variant(caps: Caps, g: &Conv2dGeometry) -> DirectVariant {
+    let (px, q) = transposed_tile(caps.subgroups, g);
+    DirectVariant {
+        transposed: true,
+        px,
+        q,
+        vec4: g.out_w().is_multiple_of(4) && g.w.is_multiple_of(8),
+        ..direct_variant(caps, g, false)
+    }
+}
+
+fn grad_weight_variant(caps: Caps, g: &Conv2dGeometry) -> DirectVariant {
+    let (q, tci) = grad_weight_tile(caps.subgroups, g.kw, g.c_out);
     DirectVariant {
         entry: Entry::GradWeight,
         transposed: false,
@@ -429,96 +414,228 @@ fn grad_weight_variant(subgroups: bool, sg8: bool, g: &Conv2dGeometry) -> Direct
         pad_left: g.pad[2],
         vec4: true,
         bias: false,
-        subgroups,
-        sg8,
+        subgroups: caps.subgroups,
+        sg8: caps.sg8,
     }
-}
-
-/// Defines of the helper entry points (names used by the template's
-/// directives must exist even where the other code is skipped).
-fn helper_defines() -> Vec<(&'static str, i64)> {
-    DirectVariant {
-        entry: Entry::Helpers,
-        transposed: false,
-        lane_slices: false,
-        px: PIXELS_PER_LANE,
-        q: 4,
-        tci: 1,
-        kh: 1,
-        kw: 1,
-        stride: 1,
-        pad_left: 0,
-        vec4: false,
-        bias: false,
-        subgroups: false,
-        sg8: false,
-    }
-    .defines()
-}
-
-/// Every define set the launchers can choose, for the cross-backend check.
-pub fn variants() -> Vec<Vec<(&'static str, i64)>> {
-    let mut out = vec![helper_defines()];
-    let shapes = [(1, 1, 0), (1, 2, 0), (3, 1, 0), (3, 1, 1), (3, 1, 2), (3, 2, 0), (3, 2, 1), (3, 2, 2)];
-    for (subgroups, sg8) in [(false, false), (true, true), (true, false)] {
-        for (kw, stride, pad_left) in shapes {
-            for c_out in [3, 8, 64] {
-                let g = Conv2dGeometry {
-                    pad: [0, 0, pad_left, 0],
-                    ..Conv2dGeometry::square(1, 1, 8, c_out, kw, stride, 0)
-                };
-                out.push(grad_weight_variant(subgroups, sg8, &g).defines());
-            }
-            let base = DirectVariant {
-                entry: Entry::Forward,
-                transposed: false,
-                lane_slices: false,
-                px: PIXELS_PER_LANE,
-                q: 4,
-                tci: 1,
-                kh: kw,
-                kw,
-                stride,
-                pad_left,
-                vec4: true,
-                bias: false,
-                subgroups,
-                sg8,
-            };
-            for bits in 0..4 {
-                let (vec4, bias) = (bits & 1 != 0, bits & 2 != 0);
-                for (px, q) in forward_tiles(subgroups) {
-                    let v = DirectVariant { entry: Entry::Forward, px, q, tci: 1, kh: 1, vec4, bias, ..base };
-                    out.push(v.defines());
-                }
-                if stride == 2 && !bias {
-                    for (px, q) in transposed_tiles(subgroups) {
-                        let v = DirectVariant {
-                            entry: Entry::Forward,
-                            transposed: true,
-                            lane_slices: false,
-                            px,
-                            q,
-                            tci: 1,
-                            kh: 1,
-                            vec4,
-                            bias,
-                            ..base
-                        };
-                        out.push(v.defines());
-                    }
-                }
-            }
-        }
-    }
-    out.sort();
-    out.dedup();
-    out
 }
 
 const DIRECT: &[Access] = &[Access::ReadWrite, Access::Read, Access::Read];
 const DIRECT_BIAS: &[Access] = &[Access::ReadWrite, Access::Read, Access::Read, Access::Read];
 const HELPER: &[Access] = &[Access::ReadWrite, Access::Read];
+
+/// A helper entry point (packing, im2col, col2im, split sums): only the
+/// switches that turn the kernels' code off.
+fn helper_kernel(entry: &'static str) -> Kernel {
+    Kernel::new(Shader::Conv2d, entry, HELPER).with_defines(vec![("FORWARD", 0), ("GRAD_WEIGHT", 0)])
+}
+
+impl DirectVariant {
+    fn kernel(&self) -> Kernel {
+        let (entry, bindings) = match self.entry {
+            Entry::GradWeight => ("conv2d_grad_weight", DIRECT),
+            _ if self.bias => ("conv2d_forward", DIRECT_BIAS),
+            _ => ("conv2d_forward", DIRECT),
+        };
+        Kernel::new(Shader::Conv2d, entry, bindings).with_defines(self.defines())
+    }
+}
+
+/// Images per im2col chunk, so `per_image_floats * chunk` stays bounded.
+fn chunk_images(g: &Conv2dGeometry, per_image_floats: usize) -> usize {
+    (CHUNK_BYTES / (4 * per_image_floats).max(1)).clamp(1, g.n)
+}
+
+/// How `conv2d_forward` runs one geometry on one kind of adapter: chosen
+/// once by [`forward_plan`], run by the launcher, enumerated by [`variants`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum ForwardPlan {
+    /// A 1x1 conv without bias: one batched GEMM (a separate bias pass
+    /// costs more than the GEMM saves, so with a bias the direct kernel wins;
+    /// measured on lavapipe, 1x1 64 -> 128 on 16x16 maps).
+    Pointwise(Gemm),
+    /// Weights packed, then the direct kernel.
+    Direct(DirectVariant),
+    /// im2col and a batched GEMM per chunk of `chunk` images, then the bias.
+    Im2col { chunk: usize, gemm: Gemm },
+}
+
+/// How `conv2d_grad_input` runs.
+#[derive(Clone, Debug, PartialEq)]
+pub enum GradInputPlan {
+    /// A 1x1 conv: dx = w^T dy, one batched GEMM.
+    Pointwise(Gemm),
+    /// Stride 1: the direct kernel on dy, as the conv `conv` with flipped,
+    /// transposed weights and mirrored padding.
+    Flipped { conv: Conv2dGeometry, variant: DirectVariant },
+    /// Stride 2: the direct kernel's TRANSPOSED form.
+    Transposed(DirectVariant),
+    /// A GEMM to columns per chunk of `chunk` images, then col2im.
+    Col2im { chunk: usize, gemm: Gemm },
+}
+
+/// How `conv2d_grad_weight` runs.
+#[derive(Clone, Debug, PartialEq)]
+pub enum GradWeightPlan {
+    /// The direct kernel, its pixel sum cut into `splits` slices
+    /// (`workgroup_slices` along the grid's z, times 8 when the lanes split
+    /// it too) whose partial dw are summed afterwards when there is more
+    /// than one.
+    Direct { variant: DirectVariant, splits: usize, workgroup_slices: usize },
+    /// im2col and a batched GEMM per chunk of `chunk` images, then sums.
+    Im2col { chunk: usize, gemm: Gemm },
+}
+
+pub fn forward_plan(g: &Conv2dGeometry, bias: bool, caps: Caps) -> ForwardPlan {
+    if !bias && g.is_pointwise() {
+        // y[z] (c_out, h*w) = w (c_out, c_in) x[z] (c_in, h*w).
+        ForwardPlan::Pointwise(Gemm { batch: g.n, shared_a: true, ..Gemm::new(g.c_out, g.h * g.w, g.c_in) })
+    } else if direct_supports(g) {
+        ForwardPlan::Direct(direct_variant(caps, g, bias))
+    } else {
+        let ck = g.c_in * g.taps();
+        let chunk = chunk_images(g, g.pixels_out() * ck);
+        // y[z] (c_out, pixels) = w (c_out, ck) cols[z]^T, cols[z] stored (pixels, ck).
+        let gemm = Gemm { batch: chunk, trans_b: true, shared_a: true, ..Gemm::new(g.c_out, g.pixels_out(), ck) };
+        ForwardPlan::Im2col { chunk, gemm }
+    }
+}
+
+pub fn grad_input_plan(g: &Conv2dGeometry, caps: Caps) -> GradInputPlan {
+    if g.is_pointwise() {
+        // dx[z] (c_in, h*w) = w^T dy[z], w stored (c_out, c_in).
+        let gemm = Gemm { batch: g.n, shared_a: true, trans_a: true, ..Gemm::new(g.c_in, g.h * g.w, g.c_out) };
+        return GradInputPlan::Pointwise(gemm);
+    }
+    if let Some(conv) = g.grad_input_as_conv().filter(direct_supports) {
+        return GradInputPlan::Flipped { conv, variant: direct_variant(caps, &conv, false) };
+    }
+    if g.stride == 2 && direct_supports(g) {
+        return GradInputPlan::Transposed(transposed_variant(caps, g));
+    }
+    let ck = g.c_in * g.taps();
+    let chunk = chunk_images(g, g.pixels_out() * ck);
+    // dcols[z] (ck, pixels) = w^T dy[z]; w stored (c_out, ck).
+    let gemm = Gemm { batch: chunk, trans_a: true, shared_a: true, ..Gemm::new(ck, g.pixels_out(), g.c_out) };
+    GradInputPlan::Col2im { chunk, gemm }
+}
+
+pub fn grad_weight_plan(g: &Conv2dGeometry, caps: Caps) -> GradWeightPlan {
+    if grad_weight_direct_supports(g) {
+        let variant = grad_weight_variant(caps, g);
+        // A workgroup is 8 lanes across output channels (or across slices
+        // of the pixel sum); when that leaves too few workgroups to keep
+        // every core busy, the pixel sum is split into more slices whose
+        // partial dw are added afterwards.
+        let (co_per_workgroup, lane_slices) = if variant.lane_slices { (variant.q, 8) } else { (8 * variant.q, 1) };
+        let tiles = g.c_out.div_ceil(co_per_workgroup) * g.c_in.div_ceil(variant.tci);
+        let pixel_groups = g.n * g.out_h() * g.out_w().div_ceil(PIXELS_PER_LANE);
+        let workgroup_slices =
+            GW_MIN_WORKGROUPS.div_ceil(tiles).min(pixel_groups.div_ceil(GW_MIN_SLICE * lane_slices)).max(1);
+        return GradWeightPlan::Direct { variant, splits: workgroup_slices * lane_slices, workgroup_slices };
+    }
+    let ck = g.c_in * g.taps();
+    let chunk = chunk_images(g, (g.pixels_out() + g.c_out) * ck);
+    GradWeightPlan::Im2col { chunk, gemm: Gemm { batch: chunk, ..Gemm::new(g.c_out, ck, g.pixels_out()) } }
+}
+
+impl ForwardPlan {
+    /// The templated kernels this plan launches.
+    pub fn kernels(&self, caps: Caps) -> Vec<Kernel> {
+        match self {
+            ForwardPlan::Pointwise(gemm) => vec![gemm_plan(gemm, caps, false).kernel],
+            ForwardPlan::Direct(v) => vec![helper_kernel("conv2d_pack_weights"), v.kernel()],
+            // The bias is an elementwise pass.
+            ForwardPlan::Im2col { gemm, .. } => {
+                vec![helper_kernel("conv2d_im2col"), gemm_plan(gemm, caps, false).kernel]
+            }
+        }
+    }
+}
+
+impl GradInputPlan {
+    pub fn kernels(&self, caps: Caps) -> Vec<Kernel> {
+        match self {
+            GradInputPlan::Pointwise(gemm) => vec![gemm_plan(gemm, caps, false).kernel],
+            GradInputPlan::Flipped { variant, .. } | GradInputPlan::Transposed(variant) => {
+                vec![helper_kernel("conv2d_pack_weights"), variant.kernel()]
+            }
+            GradInputPlan::Col2im { gemm, .. } => {
+                vec![gemm_plan(gemm, caps, false).kernel, helper_kernel("conv2d_col2im")]
+            }
+        }
+    }
+}
+
+impl GradWeightPlan {
+    pub fn kernels(&self, caps: Caps) -> Vec<Kernel> {
+        match self {
+            GradWeightPlan::Direct { variant, splits, .. } => {
+                let mut out = vec![variant.kernel()];
+                if *splits > 1 {
+                    out.push(helper_kernel("conv2d_sum_splits"));
+                }
+                out
+            }
+            GradWeightPlan::Im2col { gemm, .. } => {
+                vec![helper_kernel("conv2d_im2col"), gemm_plan(gemm, caps, false).kernel]
+            }
+        }
+    }
+}
+
+/// Every kernel the plans of `g` launch on `caps`: forward with and
+/// without bias, and both gradients.
+pub fn plan_kernels(g: &Conv2dGeometry, caps: Caps) -> Vec<Kernel> {
+    let mut out = Vec::new();
+    for bias in [false, true] {
+        out.extend(forward_plan(g, bias, caps).kernels(caps));
+    }
+    out.extend(grad_input_plan(g, caps).kernels(caps));
+    out.extend(grad_weight_plan(g, caps).kernels(caps));
+    out
+}
+
+/// Geometries that reach every decision the plans make: square and
+/// one-sided kernels, strides 1 and 2, every left and right padding the
+/// direct kernels tell apart, aligned and unaligned widths narrow and wide,
+/// few and many channels.
+pub fn plan_shape_grid() -> Vec<Conv2dGeometry> {
+    let mut out = Vec::new();
+    for (kh, kw) in [(1, 1), (2, 2), (3, 3), (3, 1), (1, 3)] {
+        for stride in [1, 2] {
+            for pad in (0..18).map(|i| [i / 9, i / 9, i % 3, i / 3 % 3]) {
+                for size in [4, 5, 7, 8, 12, 16, 20, 28, 32, 37, 38] {
+                    for c in [3, 8, 40, 64] {
+                        let g = Conv2dGeometry { kh, kw, pad, ..Conv2dGeometry::square(2, c, size, c, 1, stride, 0) };
+                        if g.validate().is_ok() {
+                            out.push(g);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Every define set the plans of [`plan_shape_grid`] choose on every kind
+/// of adapter, for the cross-backend check (computed once).
+pub fn variants() -> Vec<Vec<(&'static str, i64)>> {
+    static VARIANTS: std::sync::OnceLock<Vec<Vec<(&'static str, i64)>>> = std::sync::OnceLock::new();
+    VARIANTS
+        .get_or_init(|| {
+            let mut out: Vec<_> = plan_shape_grid()
+                .iter()
+                .flat_map(|g| Caps::ALL.into_iter().flat_map(move |caps| plan_kernels(g, caps)))
+                .filter(|k| k.shader == Shader::Conv2d)
+                .map(|k| k.defines)
+                .collect();
+            out.sort();
+            out.dedup();
+            out
+        })
+        .clone()
+}
 
 fn launch_helper(
     gpu: &Gpu,
@@ -528,8 +645,7 @@ fn launch_helper(
     src: &Tensor,
     items: usize,
 ) -> Result<()> {
-    let kernel = Kernel::new(Shader::Conv2d, entry, HELPER).with_defines(helper_defines());
-    gpu.launch(&kernel, params, &[out, src], Gpu::grid_1d(items.div_ceil(WORKGROUP) as u32))
+    gpu.launch(&helper_kernel(entry), params, &[out, src], Gpu::grid_1d(items.div_ceil(WORKGROUP) as u32))
 }
 
 /// Weights relaid for the direct kernel as (c_out/q, c_in, kh, kw, q) of
@@ -558,47 +674,30 @@ fn launch_direct(
     let (rows, parities) = if v.transposed { (params.out_h.div_ceil(2), 2) } else { (params.out_h, 1) };
     let groups = (params.n * rows * params.row_groups) as usize;
     let grid = [groups.div_ceil(WORKGROUP) as u32, (params.c_out as usize).div_ceil(v.q) as u32, parities];
-    let kernel = Kernel::new(Shader::Conv2d, "conv2d_forward", if bias.is_some() { DIRECT_BIAS } else { DIRECT })
-        .with_defines(v.defines());
     let mut tensors = vec![y, x, packed];
     tensors.extend(bias);
-    gpu.launch(&kernel, params, &tensors, grid)
+    gpu.launch(&v.kernel(), params, &tensors, grid)
 }
 
 /// The direct kernel: `y = conv(x, w) (+ bias)`, `w` read as `packing` says.
 fn direct(
     gpu: &Gpu,
     g: &Conv2dGeometry,
+    v: &DirectVariant,
     x: &Tensor,
     w: &Tensor,
     bias: Option<&Tensor>,
     packing: Packing,
 ) -> Result<Tensor> {
-    let v = direct_variant(gpu, g, bias.is_some());
     let packed = pack_weights(gpu, g, w, v.q, packing)?;
     let y = gpu.uninit(&g.y_shape())?;
     let params = Params { row_groups: v.row_groups(g.out_w()) as u32, ..Params::new(g) };
-    launch_direct(gpu, &v, &params, &y, x, &packed, bias)?;
+    launch_direct(gpu, v, &params, &y, x, &packed, bias)?;
     Ok(y)
 }
 
-/// The stride-2 grad-input kernel supports what the forward one does.
-fn transposed_supports(g: &Conv2dGeometry) -> bool {
-    g.stride == 2 && direct_supports(g)
-}
-
 /// dx of a stride-2 conv by the TRANSPOSED form of the direct kernel.
-fn grad_input_transposed(gpu: &Gpu, g: &Conv2dGeometry, dy: &Tensor, w: &Tensor) -> Result<Tensor> {
-    let info = gpu.info();
-    let (px, q) = transposed_tile(info.subgroups, g);
-    let v = DirectVariant {
-        transposed: true,
-        lane_slices: false,
-        px,
-        q,
-        vec4: g.out_w().is_multiple_of(4) && g.w.is_multiple_of(8),
-        ..direct_variant(gpu, g, false)
-    };
+fn grad_input_transposed(gpu: &Gpu, g: &Conv2dGeometry, v: &DirectVariant, dy: &Tensor, w: &Tensor) -> Result<Tensor> {
     // Seen from the kernel: input dy (c_out channels), output dx.
     let params = Params {
         c_in: g.c_out as u32,
@@ -613,13 +712,8 @@ fn grad_input_transposed(gpu: &Gpu, g: &Conv2dGeometry, dy: &Tensor, w: &Tensor)
     let dy_to_dx = Conv2dGeometry { c_in: g.c_out, c_out: g.c_in, ..*g };
     let packed = pack_weights(gpu, &dy_to_dx, w, v.q, Packing::Transposed)?;
     let dx = gpu.uninit(&g.x_shape())?;
-    launch_direct(gpu, &v, &params, &dx, dy, &packed, None)?;
+    launch_direct(gpu, v, &params, &dx, dy, &packed, None)?;
     Ok(dx)
-}
-
-/// Images per im2col chunk, so `per_image_floats * chunk` stays bounded.
-fn chunk_images(g: &Conv2dGeometry, per_image_floats: usize) -> usize {
-    (CHUNK_BYTES / (4 * per_image_floats).max(1)).clamp(1, g.n)
 }
 
 /// Columns (count, out_h*out_w, c_in*kh*kw) of images n0..n0+count.
@@ -631,33 +725,32 @@ fn im2col(gpu: &Gpu, g: &Conv2dGeometry, x: &Tensor, n0: usize, count: usize) ->
 }
 
 /// Forward through im2col + GEMM: any kernel size, stride and padding.
-fn forward_gemm(gpu: &Gpu, g: &Conv2dGeometry, x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+fn forward_im2col(
+    gpu: &Gpu,
+    g: &Conv2dGeometry,
+    (chunk, mm): (usize, &Gemm),
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+) -> Result<Tensor> {
     let y = gpu.uninit(&g.y_shape())?;
-    let ck = g.c_in * g.taps();
-    let chunk = chunk_images(g, g.pixels_out() * ck);
     let per_image = g.c_out * g.pixels_out();
     for n0 in (0..g.n).step_by(chunk) {
         let count = chunk.min(g.n - n0);
         let cols = im2col(gpu, g, x, n0, count)?;
-        // y[z] (c_out, pixels) = w (c_out, ck) cols[z]^T, cols[z] stored (pixels, ck).
-        let mm = Gemm { batch: count, trans_b: true, shared_a: true, ..Gemm::new(g.c_out, g.pixels_out(), ck) };
+        let mm = Gemm { batch: count, ..*mm };
         if count == g.n {
             gemm(gpu, &mm, &y, w, &cols, None)?;
         } else {
             let part = gpu.uninit(&[count * per_image])?;
             gemm(gpu, &mm, &part, w, &cols, None)?;
-            copy_into(gpu, &part, &y, n0 * per_image)?;
+            gpu.copy_region(&part, 0, &y, n0 * per_image, part.len())?;
         }
     }
     match bias {
         Some(b) => elementwise::add_channel(gpu, &y, b),
         None => Ok(y),
     }
-}
-
-/// Copy all of `src` into `dst` starting at element `offset`.
-fn copy_into(gpu: &Gpu, src: &Tensor, dst: &Tensor, offset: usize) -> Result<()> {
-    gpu.copy_region(src, 0, dst, offset, src.len())
 }
 
 /// `y = conv2d(x, w) + bias`: x (n, c_in, h, w), w (c_out, c_in, kh, kw),
@@ -669,18 +762,14 @@ pub fn conv2d_forward(gpu: &Gpu, g: &Conv2dGeometry, x: &Tensor, w: &Tensor, bia
     if let Some(b) = bias {
         g.check("conv2d_forward", "bias", b, &[g.c_out])?;
     }
-    if bias.is_none() && g.is_pointwise() {
-        // y[z] (c_out, h*w) = w (c_out, c_in) x[z] (c_in, h*w). With a bias
-        // the direct kernel wins: a separate bias pass costs more than the
-        // GEMM saves (measured on lavapipe, 1x1 64 -> 128 on 16x16 maps).
-        let y = gpu.uninit(&g.y_shape())?;
-        let mm = Gemm { batch: g.n, shared_a: true, ..Gemm::new(g.c_out, g.h * g.w, g.c_in) };
-        gemm(gpu, &mm, &y, w, x, None)?;
-        Ok(y)
-    } else if direct_supports(g) {
-        direct(gpu, g, x, w, bias, Packing::Plain)
-    } else {
-        forward_gemm(gpu, g, x, w, bias)
+    match forward_plan(g, bias.is_some(), gpu.caps()) {
+        ForwardPlan::Pointwise(mm) => {
+            let y = gpu.uninit(&g.y_shape())?;
+            gemm(gpu, &mm, &y, w, x, None)?;
+            Ok(y)
+        }
+        ForwardPlan::Direct(v) => direct(gpu, g, &v, x, w, bias, Packing::Plain),
+        ForwardPlan::Im2col { chunk, gemm } => forward_im2col(gpu, g, (chunk, &gemm), x, w, bias),
     }
 }
 
@@ -689,29 +778,22 @@ pub fn conv2d_grad_input(gpu: &Gpu, g: &Conv2dGeometry, dy: &Tensor, w: &Tensor)
     g.validate()?;
     g.check("conv2d_grad_input", "dy", dy, &g.y_shape())?;
     g.check("conv2d_grad_input", "w", w, &g.w_shape())?;
-    if g.is_pointwise() {
-        // dx[z] (c_in, h*w) = w^T dy[z], w stored (c_out, c_in).
-        let dx = gpu.uninit(&g.x_shape())?;
-        let mm = Gemm { batch: g.n, shared_a: true, trans_a: true, ..Gemm::new(g.c_in, g.h * g.w, g.c_out) };
-        gemm(gpu, &mm, &dx, w, dy, None)?;
-        return Ok(dx);
-    }
-    if let Some(t) = g.grad_input_as_conv().filter(direct_supports) {
-        return direct(gpu, &t, dy, w, None, Packing::Flipped);
-    }
-    if transposed_supports(g) {
-        return grad_input_transposed(gpu, g, dy, w);
-    }
+    let (chunk, mm) = match grad_input_plan(g, gpu.caps()) {
+        GradInputPlan::Pointwise(mm) => {
+            let dx = gpu.uninit(&g.x_shape())?;
+            gemm(gpu, &mm, &dx, w, dy, None)?;
+            return Ok(dx);
+        }
+        GradInputPlan::Flipped { conv, variant } => return direct(gpu, &conv, &variant, dy, w, None, Packing::Flipped),
+        GradInputPlan::Transposed(variant) => return grad_input_transposed(gpu, g, &variant, dy, w),
+        GradInputPlan::Col2im { chunk, gemm } => (chunk, gemm),
+    };
     let dx = gpu.uninit(&g.x_shape())?;
-    let ck = g.c_in * g.taps();
-    let chunk = chunk_images(g, g.pixels_out() * ck);
     for n0 in (0..g.n).step_by(chunk) {
         let count = chunk.min(g.n - n0);
-        // dcols[z] (ck, pixels) = w^T dy[z]; w stored (c_out, ck).
-        let mm = Gemm { batch: count, trans_a: true, shared_a: true, ..Gemm::new(ck, g.pixels_out(), g.c_out) };
         let dy_chunk = if count == g.n { dy.clone() } else { slice_images(gpu, dy, n0, count)? };
-        let dcols = gpu.uninit(&[count, ck, g.pixels_out()])?;
-        gemm(gpu, &mm, &dcols, w, &dy_chunk, None)?;
+        let dcols = gpu.uninit(&[count, g.c_in * g.taps(), g.pixels_out()])?;
+        gemm(gpu, &Gemm { batch: count, ..mm }, &dcols, w, &dy_chunk, None)?;
         let params = Params { n0: n0 as u32, count: count as u32, ..Params::new(g) };
         launch_helper(gpu, "conv2d_col2im", &params, &dx, &dcols, count * g.c_in * g.h * g.w)?;
     }
@@ -729,46 +811,38 @@ fn slice_images(gpu: &Gpu, t: &Tensor, n0: usize, count: usize) -> Result<Tensor
 }
 
 /// dw (c_out, c_in, kh, kw) = sum over images of dy[z] (c_out, pixels) times
-/// cols[z] (pixels, c_in*kh*kw): one batched GEMM per chunk into per-image
-/// partials, then a sum over the images.
+/// cols[z] (pixels, c_in*kh*kw).
 pub fn conv2d_grad_weight(gpu: &Gpu, g: &Conv2dGeometry, dy: &Tensor, x: &Tensor) -> Result<Tensor> {
     g.validate()?;
     g.check("conv2d_grad_weight", "dy", dy, &g.y_shape())?;
     g.check("conv2d_grad_weight", "x", x, &g.x_shape())?;
-    if grad_weight_direct_supports(g) {
-        let info = gpu.info();
-        let v = grad_weight_variant(info.subgroups, info.subgroup_is_8, g);
-        // A workgroup is 8 lanes across output channels (or across slices
-        // of the pixel sum); when that leaves too few workgroups to keep
-        // every core busy, the pixel sum is split into more slices whose
-        // partial dw are added afterwards.
-        let (co_per_workgroup, lane_slices) = if v.lane_slices { (v.q, 8) } else { (8 * v.q, 1) };
-        let tiles = g.c_out.div_ceil(co_per_workgroup) * g.c_in.div_ceil(v.tci);
-        let pixel_groups = g.n * g.out_h() * g.out_w().div_ceil(PIXELS_PER_LANE);
-        let workgroup_slices =
-            GW_MIN_WORKGROUPS.div_ceil(tiles).min(pixel_groups.div_ceil(GW_MIN_SLICE * lane_slices)).max(1);
-        let splits = workgroup_slices * lane_slices;
-        let params = Params { splits: splits as u32, ..Params::new(g) };
-        let partials = gpu.uninit(&[splits * g.c_out, g.c_in, g.kh, g.kw])?;
-        let grid = [g.c_out.div_ceil(co_per_workgroup) as u32, g.c_in.div_ceil(v.tci) as u32, workgroup_slices as u32];
-        let kernel = Kernel::new(Shader::Conv2d, "conv2d_grad_weight", DIRECT).with_defines(v.defines());
-        gpu.launch(&kernel, &params, &[&partials, x, dy], grid)?;
-        if splits == 1 {
-            return Ok(partials);
+    let (chunk, mm) = match grad_weight_plan(g, gpu.caps()) {
+        GradWeightPlan::Direct { variant, splits, workgroup_slices } => {
+            let params = Params { splits: splits as u32, ..Params::new(g) };
+            let partials = gpu.uninit(&[splits * g.c_out, g.c_in, g.kh, g.kw])?;
+            let co_per_workgroup = if variant.lane_slices { variant.q } else { 8 * variant.q };
+            let grid = [
+                g.c_out.div_ceil(co_per_workgroup) as u32,
+                g.c_in.div_ceil(variant.tci) as u32,
+                workgroup_slices as u32,
+            ];
+            gpu.launch(&variant.kernel(), &params, &[&partials, x, dy], grid)?;
+            if splits == 1 {
+                return Ok(partials);
+            }
+            let dw = gpu.uninit(&g.w_shape())?;
+            launch_helper(gpu, "conv2d_sum_splits", &params, &dw, &partials, dw.len())?;
+            return Ok(dw);
         }
-        let dw = gpu.uninit(&g.w_shape())?;
-        launch_helper(gpu, "conv2d_sum_splits", &params, &dw, &partials, dw.len())?;
-        return Ok(dw);
-    }
-    let ck = g.c_in * g.taps();
-    let chunk = chunk_images(g, (g.pixels_out() + g.c_out) * ck);
+        GradWeightPlan::Im2col { chunk, gemm } => (chunk, gemm),
+    };
     let mut dw: Option<Tensor> = None;
     for n0 in (0..g.n).step_by(chunk) {
         let count = chunk.min(g.n - n0);
         let cols = im2col(gpu, g, x, n0, count)?;
         let dy_chunk = if count == g.n { dy.clone() } else { slice_images(gpu, dy, n0, count)? };
-        let partial = gpu.uninit(&[count, g.c_out, ck])?;
-        gemm(gpu, &Gemm { batch: count, ..Gemm::new(g.c_out, ck, g.pixels_out()) }, &partial, &dy_chunk, &cols, None)?;
+        let partial = gpu.uninit(&[count, g.c_out, g.c_in * g.taps()])?;
+        gemm(gpu, &Gemm { batch: count, ..mm }, &partial, &dy_chunk, &cols, None)?;
         let sum = reduce::sum(gpu, &partial, &[0])?;
         dw = Some(match dw {
             Some(acc) => elementwise::add(gpu, &acc, &sum)?,
@@ -797,37 +871,6 @@ pub fn conv2d_backward(
     let dw = conv2d_grad_weight(gpu, g, dy, x)?;
     let db = if with_bias { Some(conv2d_grad_bias(gpu, g, dy)?) } else { None };
     Ok((dx, dw, db))
-}
-
-/// Which kernels a launch takes, for tests and benches.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ConvPath {
-    Direct,
-    Gemm,
-}
-
-pub fn forward_path(g: &Conv2dGeometry, with_bias: bool) -> ConvPath {
-    if direct_supports(g) && (with_bias || !g.is_pointwise()) {
-        ConvPath::Direct
-    } else {
-        ConvPath::Gemm
-    }
-}
-
-pub fn grad_weight_path(g: &Conv2dGeometry) -> ConvPath {
-    if grad_weight_direct_supports(g) {
-        ConvPath::Direct
-    } else {
-        ConvPath::Gemm
-    }
-}
-
-pub fn grad_input_path(g: &Conv2dGeometry) -> ConvPath {
-    if !g.is_pointwise() && (g.grad_input_as_conv().filter(direct_supports).is_some() || transposed_supports(g)) {
-        ConvPath::Direct
-    } else {
-        ConvPath::Gemm
-    }
 }
 
 /// CPU twin, f64 accumulation; layouts as the GPU launchers.

@@ -4,7 +4,7 @@
 use anyhow::{ensure, Result};
 use bytemuck::{Pod, Zeroable};
 
-use crate::gpu::{Access, Gpu, Kernel, Shader, Tensor};
+use crate::gpu::{Access, Caps, Gpu, Kernel, Shader, Tensor};
 
 /// `C[z] = alpha * op(A[z]) op(B[z]) + beta * C[z]`, with contiguous row-major
 /// matrices: A is (M, K), or (K, M) when `trans_a`; B is (K, N), or (N, K) when
@@ -114,8 +114,8 @@ fn tile(subgroups: bool, n: usize) -> Tile {
     }
 }
 
-fn defines(g: &Gemm, subgroups: bool, sg8: bool, vec4: bool, bias: bool) -> Vec<(&'static str, i64)> {
-    let t = tile(subgroups, g.n);
+fn defines(g: &Gemm, caps: Caps, vec4: bool, bias: bool) -> Vec<(&'static str, i64)> {
+    let t = tile(caps.subgroups, g.n);
     vec![
         ("TM", t.tm),
         ("TN4", t.tn4),
@@ -123,22 +123,45 @@ fn defines(g: &Gemm, subgroups: bool, sg8: bool, vec4: bool, bias: bool) -> Vec<
         ("TRANS_A", g.trans_a as i64),
         ("TRANS_B", g.trans_b as i64),
         ("BIAS", bias as i64),
-        ("SUBGROUPS", subgroups as i64),
-        ("SG8", sg8 as i64),
+        ("SUBGROUPS", caps.subgroups as i64),
+        ("SG8", caps.sg8 as i64),
     ]
 }
 
-/// Every define set `gemm` can choose, for the cross-backend shader check.
+/// What `gemm` launches for one product on one kind of adapter.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GemmPlan {
+    pub kernel: Kernel,
+    pub grid: [u32; 3],
+}
+
+/// The one place a GEMM's kernel variant and grid are chosen.
+pub fn gemm_plan(g: &Gemm, caps: Caps, bias: bool) -> GemmPlan {
+    // vec4 loads need every row and batch start on a 16-byte boundary.
+    let vec4 = g.k.is_multiple_of(4) && g.n.is_multiple_of(4) && (!g.trans_a || g.m.is_multiple_of(4));
+    let kernel = Kernel::new(Shader::Matmul, "matmul", if bias { BINDINGS_BIAS } else { BINDINGS })
+        .with_defines(defines(g, caps, vec4, bias));
+    let t = tile(caps.subgroups, g.n);
+    let cols_per_wg = WG_COL_LANES * 4 * t.tn4 as usize;
+    let rows_per_wg = WG_ROW_LANES * t.tm as usize;
+    GemmPlan { kernel, grid: [g.n.div_ceil(cols_per_wg) as u32, g.m.div_ceil(rows_per_wg) as u32, g.batch as u32] }
+}
+
+/// Every define set a GEMM plan can choose: the plans of a grid of shapes
+/// (aligned or not, narrow or wide, each transpose, with and without bias)
+/// on every kind of adapter.
 pub fn variants() -> Vec<Vec<(&'static str, i64)>> {
     let mut out = Vec::new();
-    for (subgroups, sg8, n) in
-        [(false, false, 1), (true, true, 1), (true, true, 128), (true, false, 1), (true, false, 128)]
-    {
-        for bits in 0..16 {
-            let g = Gemm { trans_a: bits & 1 != 0, trans_b: bits & 2 != 0, ..Gemm::new(1, n, 1) };
-            out.push(defines(&g, subgroups, sg8, bits & 4 != 0, bits & 8 != 0));
+    for caps in Caps::ALL {
+        for (m, n, k) in [(3, 3, 3), (4, 4, 4), (4, 128, 4), (3, 131, 4), (4, 4, 3)] {
+            for bits in 0..8 {
+                let g = Gemm { trans_a: bits & 1 != 0, trans_b: bits & 2 != 0, ..Gemm::new(m, n, k) };
+                out.push(gemm_plan(&g, caps, bits & 4 != 0).kernel.defines);
+            }
         }
     }
+    out.sort();
+    out.dedup();
     out
 }
 
@@ -176,18 +199,10 @@ pub fn gemm(gpu: &Gpu, g: &Gemm, c: &Tensor, a: &Tensor, b: &Tensor, bias: Optio
         beta: g.beta,
         _pad: 0,
     };
-    // vec4 loads need every row and batch start on a 16-byte boundary.
-    let vec4 = g.k.is_multiple_of(4) && g.n.is_multiple_of(4) && (!g.trans_a || g.m.is_multiple_of(4));
-    let info = gpu.info();
-    let kernel = Kernel::new(Shader::Matmul, "matmul", if bias.is_some() { BINDINGS_BIAS } else { BINDINGS })
-        .with_defines(defines(g, info.subgroups, info.subgroup_is_8, vec4, bias.is_some()));
-    let t = tile(info.subgroups, g.n);
-    let cols_per_wg = WG_COL_LANES * 4 * t.tn4 as usize;
-    let rows_per_wg = WG_ROW_LANES * t.tm as usize;
-    let grid = [g.n.div_ceil(cols_per_wg) as u32, g.m.div_ceil(rows_per_wg) as u32, g.batch as u32];
+    let plan = gemm_plan(g, gpu.caps(), bias.is_some());
     let mut tensors = vec![c, a, b];
     tensors.extend(bias);
-    gpu.launch(&kernel, &params, &tensors, grid)
+    gpu.launch(&plan.kernel, &params, &tensors, plan.grid)
 }
 
 /// `op(a) op(b)` for 2-D operands, or batched 3-D ones (a 2-D operand is

@@ -18,3 +18,23 @@ pub mod permute;
 pub mod reduce;
 pub mod upsample;
 pub mod vlb;
+
+use crate::gpu::Shader;
+
+/// Every define set the engine may launch `shader` with, enumerated from
+/// each family's launch plans; the naga test translates each one for every
+/// backend.
+pub fn variants(shader: Shader) -> Vec<Vec<(&'static str, i64)>> {
+    match shader {
+        Shader::Attention => attention::variants(),
+        Shader::Concat => concat::variants(),
+        Shader::Conv2d => conv2d::variants(),
+        Shader::CrossEntropy => cross_entropy::variants(),
+        Shader::GroupNorm => group_norm::variants(),
+        Shader::Loss => loss::variants(),
+        Shader::Matmul => matmul::variants(),
+        Shader::Reduce => reduce::variants(),
+        Shader::Upsample => upsample::variants(),
+        _ => vec![vec![]],
+    }
+}
