@@ -7,17 +7,28 @@
 //! summing gradients where a value feeds several ops (UNet skips,
 //! residuals). Activations nothing saved are freed as soon as the caller
 //! drops them; saved ones are freed as backward passes their op.
+//!
+//! A parameter made with [`Tape::param_into`] has its gradient written by
+//! its op's backward kernel straight into a given tensor (a view of the
+//! flat gradient buffer the optimiser reads), as llm.c does: no gradient is
+//! copied, and a parameter used twice gets its second contribution added in
+//! place.
+
+use std::collections::HashMap;
 
 use anyhow::{ensure, Result};
 
 use crate::gpu::{Gpu, Tensor};
 use crate::ops::attention::{attention_backward, attention_forward};
 use crate::ops::concat::{concat, split};
-use crate::ops::conv2d::{conv2d_forward, conv2d_grad_bias, conv2d_grad_input, conv2d_grad_weight, Conv2dGeometry};
+use crate::ops::conv2d::{
+    conv2d_forward, conv2d_grad_bias, conv2d_grad_bias_into, conv2d_grad_input, conv2d_grad_weight,
+    conv2d_grad_weight_into, Conv2dGeometry,
+};
 use crate::ops::cross_entropy::{softmax_cross_entropy, softmax_cross_entropy_backward};
 use crate::ops::elementwise as ew;
 use crate::ops::group_norm::GroupNorm;
-use crate::ops::linear::{linear_backward, linear_forward};
+use crate::ops::linear::{linear_forward, linear_grad_bias_into, linear_grad_input, linear_grad_weight_into};
 use crate::ops::loss::{mse_loss, mse_loss_backward, weighted_mse_loss};
 use crate::ops::upsample::{upsample_nearest2x, upsample_nearest2x_backward};
 use crate::ops::{permute, reduce};
@@ -143,6 +154,8 @@ pub struct Tape<'g> {
     gpu: &'g Gpu,
     next_id: usize,
     records: Vec<(usize, Op)>,
+    /// Where the gradients of `param_into` leaves go, by id.
+    grad_into: HashMap<usize, Tensor>,
 }
 
 /// Gradients after [`Tape::backward`], by [`Var`].
@@ -158,7 +171,7 @@ impl Grads {
 
 impl<'g> Tape<'g> {
     pub fn new(gpu: &'g Gpu) -> Tape<'g> {
-        Tape { gpu, next_id: 0, records: Vec::new() }
+        Tape { gpu, next_id: 0, records: Vec::new(), grad_into: HashMap::new() }
     }
 
     pub fn gpu(&self) -> &'g Gpu {
@@ -178,6 +191,15 @@ impl<'g> Tape<'g> {
     /// A leaf whose gradient `backward` returns (a parameter).
     pub fn param(&mut self, value: Tensor) -> Var {
         self.var(value, true)
+    }
+
+    /// A parameter whose gradient `backward` writes into `grad` (its shape;
+    /// zero when it gets none), and returns as that tensor.
+    pub fn param_into(&mut self, value: Tensor, grad: Tensor) -> Result<Var> {
+        ensure!(grad.shape() == value.shape(), "param_into: gradient {:?} for {:?}", grad.shape(), value.shape());
+        let v = self.var(value, true);
+        self.grad_into.insert(v.id, grad);
+        Ok(v)
     }
 
     /// The output of an op: recorded only when some input needs a gradient,
@@ -328,19 +350,47 @@ impl<'g> Tape<'g> {
         ensure!(loss.value.len() == 1, "backward: the loss must have one element, got {:?}", loss.shape());
         let gpu = self.gpu;
         let mut grads: Vec<Option<Tensor>> = vec![None; self.next_id];
-        grads[loss.id] = Some(gpu.upload(&[1], &[1.0])?);
+        // Filled by a kernel, not uploaded: an upload would submit the step so far.
+        let seed = gpu.uninit(&[1])?;
+        ew::fill_into(gpu, &seed, 1.0)?;
+        grads[loss.id] = Some(seed);
+        let mut unwritten = self.grad_into;
+        let mut written: HashMap<usize, Tensor> = HashMap::new();
         for (out, op) in self.records.into_iter().rev() {
             // Taken, not borrowed: an activation's gradient is dropped (back
             // to the pool) once its op has passed it on.
             let Some(dy) = grads[out].take() else { continue };
             let mut give = |input: Input, g: Tensor| -> Result<()> { accumulate(gpu, &mut grads, input, g) };
+            // A parameter's own gradient tensor, the first time it gets a gradient.
+            let mut into = |input: &Input| -> Option<Tensor> {
+                let t = unwritten.remove(&input.id).filter(|_| input.needs_grad)?;
+                written.insert(input.id, t.clone());
+                Some(t)
+            };
             match op {
                 Op::Linear { x, w, b, x_value, w_value } => {
-                    let g = linear_backward(gpu, &dy, &x_value, &w_value, b.needs_grad)?;
-                    give(x, g.dx)?;
-                    give(w, g.dw)?;
-                    if let Some(db) = g.db {
-                        give(b, db)?;
+                    if x.needs_grad {
+                        give(x, linear_grad_input(gpu, &dy, &x_value, &w_value)?)?;
+                    }
+                    if w.needs_grad {
+                        match into(&w) {
+                            Some(dw) => linear_grad_weight_into(gpu, &dy, &x_value, &w_value, &dw)?,
+                            None => {
+                                let dw = gpu.uninit(w_value.shape())?;
+                                linear_grad_weight_into(gpu, &dy, &x_value, &w_value, &dw)?;
+                                give(w, dw)?;
+                            }
+                        }
+                    }
+                    if b.needs_grad {
+                        match into(&b) {
+                            Some(db) => linear_grad_bias_into(gpu, &dy, &db)?,
+                            None => {
+                                let db = gpu.uninit(&b.shape)?;
+                                linear_grad_bias_into(gpu, &dy, &db)?;
+                                give(b, db)?;
+                            }
+                        }
                     }
                 }
                 Op::Conv2d { x, w, b, geometry, x_value, w_value } => {
@@ -348,17 +398,31 @@ impl<'g> Tape<'g> {
                         give(x, conv2d_grad_input(gpu, &geometry, &dy, &w_value)?)?;
                     }
                     if w.needs_grad {
-                        give(w, conv2d_grad_weight(gpu, &geometry, &dy, &x_value)?)?;
+                        match into(&w) {
+                            Some(dw) => conv2d_grad_weight_into(gpu, &geometry, &dy, &x_value, &dw)?,
+                            None => give(w, conv2d_grad_weight(gpu, &geometry, &dy, &x_value)?)?,
+                        }
                     }
                     if b.needs_grad {
-                        give(b, conv2d_grad_bias(gpu, &geometry, &dy)?)?;
+                        match into(&b) {
+                            Some(db) => conv2d_grad_bias_into(gpu, &geometry, &dy, &db)?,
+                            None => give(b, conv2d_grad_bias(gpu, &geometry, &dy)?)?,
+                        }
                     }
                 }
                 Op::GroupNorm { x, gamma, beta, norm, saved: [xv, gv, bv, stats] } => {
-                    let g = norm.backward(gpu, &dy, &xv, &gv, &bv, &stats)?;
-                    give(x, g.dx)?;
-                    give(gamma, g.dgamma)?;
-                    give(beta, g.dbeta)?;
+                    let (dgamma, dbeta) = (into(&gamma), into(&beta));
+                    let (dgamma_new, dbeta_new) = (dgamma.is_none(), dbeta.is_none());
+                    let dgamma = dgamma.map_or_else(|| gpu.uninit(gv.shape()), Ok)?;
+                    let dbeta = dbeta.map_or_else(|| gpu.uninit(bv.shape()), Ok)?;
+                    let dx = norm.backward_into(gpu, &dy, &xv, &gv, &bv, &stats, [&dgamma, &dbeta])?;
+                    give(x, dx)?;
+                    if dgamma_new {
+                        give(gamma, dgamma)?;
+                    }
+                    if dbeta_new {
+                        give(beta, dbeta)?;
+                    }
                 }
                 Op::Attention { q, k, v, scale, saved: [qv, kv, vv, probs] } => {
                     let g = attention_backward(gpu, &dy, &qv, &kv, &vv, &probs, scale)?;
@@ -401,6 +465,21 @@ impl<'g> Tape<'g> {
                     give(logits, softmax_cross_entropy_backward(gpu, &probs, &labels, &dy)?)?;
                 }
             }
+        }
+        // A parameter's later contributions are added in place; one that
+        // got no gradient is zero.
+        for (id, dest) in written {
+            if let Some(extra) = grads[id].take() {
+                ew::accumulate(gpu, &dest, 1.0, &extra)?;
+            }
+            grads[id] = Some(dest);
+        }
+        for (id, dest) in unwritten {
+            match grads[id].take() {
+                Some(g) => gpu.copy(&g, &dest)?,
+                None => gpu.clear(&dest)?,
+            }
+            grads[id] = Some(dest);
         }
         Ok(Grads { grads })
     }

@@ -161,3 +161,32 @@ fn metrics_rows_have_the_decile_and_eval_columns() {
     assert_eq!(lines.len(), 3);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_training_step_is_one_submission_copies_no_gradient_and_reuses_its_bind_groups() {
+    let (_turn, gpu) = common::gpu();
+    let data = Dataset::mnist(28, Some(16)).unwrap();
+    let options = TrainOptions { batch_size: 4, steps: 100, warmup: 2, min_snr_gamma: 5.0, ..TrainOptions::default() };
+    let mut trainer = Trainer::new(&gpu, &tiny_config(), SchedulerConfig::default(), options, [1, 28, 28]).unwrap();
+    // Steady state is a cycle through the log slots (each step writes the
+    // next one, read back when they are full): the first cycle fills the
+    // pool and the bind-group cache.
+    let mut step = |measure: bool| {
+        let before = (gpu.copy_count(), gpu.bind_group_count(), gpu.submission_count(), gpu.launch_count());
+        trainer.train_step(&data).unwrap();
+        let after = (gpu.copy_count(), gpu.bind_group_count(), gpu.submission_count(), gpu.launch_count());
+        if measure {
+            // Two copies: the loss and gradient norm into their log slots; no gradient is copied.
+            assert_eq!(after.0 - before.0, 2, "copies in one step");
+            assert_eq!(after.1 - before.1, 0, "bind groups created in a steady-state step");
+            assert_eq!(after.2 - before.2, 1, "queue submissions in one step");
+            assert!(after.3 - before.3 > 50, "the step launched only {} kernels", after.3 - before.3);
+        }
+        if trainer.logs_full() {
+            assert!(trainer.read_logs().unwrap().iter().all(|l| l.loss.is_finite()));
+        }
+    };
+    for s in 0..25 {
+        step(s >= 12);
+    }
+}

@@ -214,14 +214,12 @@ impl DigitClassifier {
                 }
                 let batch_labels: Vec<usize> = idx.iter().map(|&i| labels[i]).collect();
                 let mut tape = Tape::new(gpu);
-                let p = ParamVars::new(&mut tape, &self.weights, true)?;
+                let p = ParamVars::with_grads_into(&mut tape, &self.weights, &grads)?;
                 let x = tape.input(gpu.upload(&[idx.len(), 1, SIZE, SIZE], &batch)?);
                 let (_, logits) = self.forward(&mut tape, &p, &x)?;
                 let loss = tape.softmax_cross_entropy(&logits, &class_labels(gpu, &batch_labels, CLASSES)?)?;
                 loss_sum = crate::ops::elementwise::add(gpu, &loss_sum, &loss.value)?;
-                let g = tape.backward(&loss)?;
-                p.write_grads(gpu, &g, table, &grads)?;
-                drop(g);
+                drop(tape.backward(&loss)?);
                 let norm_sq = optimizer::grad_norm_sq(gpu, &grads)?;
                 let lr = o.lr * 0.5 * (1.0 + (std::f32::consts::PI * step as f32 / total).cos());
                 step += 1;

@@ -90,12 +90,33 @@ pub struct Gpu {
     poison: Mutex<Option<wgpu::Buffer>>,
     pool: Arc<Mutex<Pool>>,
     pipelines: Mutex<HashMap<PipelineKey, Arc<Pipeline>>>,
+    bind_groups: Mutex<BindGroupCache>,
     params_layout: wgpu::BindGroupLayout,
     params_ring: wgpu::Buffer,
     params_bind_group: wgpu::BindGroup,
     param_align: u64,
     recording: Mutex<Recording>,
 }
+
+/// Which tensors a bind group binds: the layout, then each binding's
+/// buffer, byte offset and length.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct BindKey {
+    layout: wgpu::BindGroupLayout,
+    tensors: Vec<(wgpu::Buffer, u64, u64)>,
+}
+
+/// Bind groups by what they bind. Pooled buffers come back to the same
+/// tensors step after step, so a training step's bind groups are all made
+/// in its first steps. Entries keep their buffers alive, so the cache is
+/// emptied when the pool is trimmed and when it grows past a bound.
+#[derive(Default)]
+struct BindGroupCache {
+    groups: HashMap<BindKey, wgpu::BindGroup>,
+    created: u64,
+}
+
+const MAX_CACHED_BIND_GROUPS: usize = 1 << 14;
 
 /// Commands recorded since the last submit.
 #[derive(Default)]
@@ -105,6 +126,8 @@ struct Recording {
     /// Launch parameters, copied into the uniform ring just before submit.
     params: Vec<u8>,
     launches: u64,
+    copies: u64,
+    submissions: u64,
 }
 
 fn parse_backends(list: &str) -> Result<wgpu::Backends> {
@@ -263,6 +286,7 @@ impl Gpu {
             poison: Mutex::new(None),
             pool: Arc::new(Mutex::new(Pool::default())),
             pipelines: Mutex::new(HashMap::new()),
+            bind_groups: Mutex::new(BindGroupCache::default()),
             params_layout,
             params_ring,
             params_bind_group,
@@ -299,6 +323,7 @@ impl Gpu {
 
     /// Free every pooled buffer that no tensor holds.
     pub fn trim_pool(&self) {
+        self.bind_groups.lock().unwrap().groups.clear();
         self.pool.lock().unwrap().trim();
     }
 
@@ -430,6 +455,7 @@ impl Gpu {
                 dst.shape()
             );
         }
+        self.recording.lock().unwrap().copies += 1;
         self.with_encoder(|enc| {
             enc.copy_buffer_to_buffer(
                 src.buffer(),
@@ -459,6 +485,21 @@ impl Gpu {
         self.recording.lock().unwrap().launches
     }
 
+    /// Number of queue submissions that carried commands.
+    pub fn submission_count(&self) -> u64 {
+        self.recording.lock().unwrap().submissions
+    }
+
+    /// Number of buffer-to-buffer copies recorded (readbacks excluded).
+    pub fn copy_count(&self) -> u64 {
+        self.recording.lock().unwrap().copies
+    }
+
+    /// Number of bind groups created since the context was created.
+    pub fn bind_group_count(&self) -> u64 {
+        self.bind_groups.lock().unwrap().created
+    }
+
     fn submit_locked(&self, rec: &mut Recording) {
         rec.pass = None;
         let Some(encoder) = rec.encoder.take() else { return };
@@ -467,6 +508,7 @@ impl Gpu {
             rec.params.clear();
         }
         self.queue.submit([encoder.finish()]);
+        rec.submissions += 1;
     }
 
     /// Run `f` on the pending encoder outside any compute pass.
@@ -519,16 +561,7 @@ impl Gpu {
             return Ok(());
         }
         let pipeline = self.pipeline(kernel)?;
-        let entries: Vec<wgpu::BindGroupEntry> = tensors
-            .iter()
-            .enumerate()
-            .map(|(i, t)| wgpu::BindGroupEntry { binding: i as u32, resource: t.binding() })
-            .collect();
-        let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some(kernel.entry),
-            layout: &pipeline.tensors_layout,
-            entries: &entries,
-        });
+        let bind_group = self.bind_group(kernel, &pipeline.tensors_layout, tensors);
 
         let mut rec = self.recording.lock().unwrap();
         if rec.params.len() as u64 >= self.param_align * PARAM_RING_SLOTS {
@@ -553,6 +586,34 @@ impl Gpu {
         pass.set_bind_group(1, &bind_group, &[]);
         pass.dispatch_workgroups(workgroups[0], workgroups[1], workgroups[2]);
         Ok(())
+    }
+
+    /// The bind group of `tensors` for `layout`, from the cache when it has it.
+    fn bind_group(&self, kernel: &Kernel, layout: &wgpu::BindGroupLayout, tensors: &[&Tensor]) -> wgpu::BindGroup {
+        let key = BindKey {
+            layout: layout.clone(),
+            tensors: tensors.iter().map(|t| (t.buffer().clone(), t.byte_offset(), t.byte_len())).collect(),
+        };
+        let mut cache = self.bind_groups.lock().unwrap();
+        if let Some(group) = cache.groups.get(&key) {
+            return group.clone();
+        }
+        let entries: Vec<wgpu::BindGroupEntry> = tensors
+            .iter()
+            .enumerate()
+            .map(|(i, t)| wgpu::BindGroupEntry { binding: i as u32, resource: t.binding() })
+            .collect();
+        let group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(kernel.entry),
+            layout,
+            entries: &entries,
+        });
+        if cache.groups.len() >= MAX_CACHED_BIND_GROUPS {
+            cache.groups.clear();
+        }
+        cache.created += 1;
+        cache.groups.insert(key, group.clone());
+        group
     }
 
     /// Workgroup grid for `n` workgroups in a 1-D launch, folding into `y`

@@ -1,7 +1,11 @@
 //! Buffer pool: GPU buffers are recycled by (size, kind), so a loop that uses
 //! the same shapes every iteration creates no buffers after its first pass.
+//! A request takes the oldest free buffer of its size, so a loop that takes
+//! and returns buffers in the same order every iteration gets the same
+//! buffer for each tensor every time, and its bind groups come from the
+//! cache.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{anyhow, Result};
@@ -41,7 +45,10 @@ pub struct PoolStats {
 
 #[derive(Default)]
 pub(crate) struct Pool {
-    free: HashMap<(u64, BufferKind), Vec<wgpu::Buffer>>,
+    /// Free buffers by (size, kind), by creation number.
+    free: HashMap<(u64, BufferKind), BTreeMap<u64, wgpu::Buffer>>,
+    /// The creation number of every buffer the pool made.
+    serials: HashMap<wgpu::Buffer, u64>,
     stats: PoolStats,
 }
 
@@ -65,7 +72,7 @@ impl Pool {
         let mut p = pool.lock().unwrap();
         p.stats.live_bytes += size;
         p.stats.peak_live_bytes = p.stats.peak_live_bytes.max(p.stats.live_bytes);
-        if let Some(buffer) = p.free.get_mut(&(size, kind)).and_then(Vec::pop) {
+        if let Some((_, buffer)) = p.free.get_mut(&(size, kind)).and_then(BTreeMap::pop_first) {
             return Ok(buffer);
         }
         p.stats.allocations += 1;
@@ -88,6 +95,9 @@ impl Pool {
             p.stats.reserved_bytes -= size;
             return Err(anyhow!("out of GPU memory allocating {} bytes ({} MiB): {err}", size, size >> 20));
         }
+        let mut p = pool.lock().unwrap();
+        let serial = p.stats.allocations;
+        p.serials.insert(buffer.clone(), serial);
         Ok(buffer)
     }
 
@@ -95,15 +105,17 @@ impl Pool {
         let size = buffer.size();
         let mut p = pool.lock().unwrap();
         p.stats.live_bytes -= size;
-        p.free.entry((size, kind)).or_default().push(buffer);
+        let serial = p.serials.get(&buffer).copied().unwrap_or(u64::MAX);
+        p.free.entry((size, kind)).or_default().insert(serial, buffer);
     }
 
     pub(crate) fn trim(&mut self) {
         for (_, buffers) in self.free.drain() {
             // Dropped, not destroyed: work already recorded may still use them,
             // and wgpu frees each buffer once nothing refers to it.
-            for b in buffers {
+            for b in buffers.into_values() {
                 self.stats.reserved_bytes -= b.size();
+                self.serials.remove(&b);
             }
         }
     }

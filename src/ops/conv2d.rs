@@ -813,13 +813,21 @@ fn slice_images(gpu: &Gpu, t: &Tensor, n0: usize, count: usize) -> Result<Tensor
 /// dw (c_out, c_in, kh, kw) = sum over images of dy[z] (c_out, pixels) times
 /// cols[z] (pixels, c_in*kh*kw).
 pub fn conv2d_grad_weight(gpu: &Gpu, g: &Conv2dGeometry, dy: &Tensor, x: &Tensor) -> Result<Tensor> {
+    let dw = gpu.uninit(&g.w_shape())?;
+    conv2d_grad_weight_into(gpu, g, dy, x, &dw)?;
+    Ok(dw)
+}
+
+/// [`conv2d_grad_weight`] written into `dw` (a parameter's gradient view).
+pub fn conv2d_grad_weight_into(gpu: &Gpu, g: &Conv2dGeometry, dy: &Tensor, x: &Tensor, dw: &Tensor) -> Result<()> {
     g.validate()?;
     g.check("conv2d_grad_weight", "dy", dy, &g.y_shape())?;
     g.check("conv2d_grad_weight", "x", x, &g.x_shape())?;
+    g.check("conv2d_grad_weight", "dw", dw, &g.w_shape())?;
     let (chunk, mm) = match grad_weight_plan(g, gpu.caps()) {
         GradWeightPlan::Direct { variant, splits, workgroup_slices } => {
             let params = Params { splits: splits as u32, ..Params::new(g) };
-            let partials = gpu.uninit(&[splits * g.c_out, g.c_in, g.kh, g.kw])?;
+            let partials = if splits == 1 { dw.clone() } else { gpu.uninit(&[splits * g.c_out, g.c_in, g.kh, g.kw])? };
             let co_per_workgroup = if variant.lane_slices { variant.q } else { 8 * variant.q };
             let grid = [
                 g.c_out.div_ceil(co_per_workgroup) as u32,
@@ -827,35 +835,40 @@ pub fn conv2d_grad_weight(gpu: &Gpu, g: &Conv2dGeometry, dy: &Tensor, x: &Tensor
                 workgroup_slices as u32,
             ];
             gpu.launch(&variant.kernel(), &params, &[&partials, x, dy], grid)?;
-            if splits == 1 {
-                return Ok(partials);
+            if splits > 1 {
+                launch_helper(gpu, "conv2d_sum_splits", &params, dw, &partials, dw.len())?;
             }
-            let dw = gpu.uninit(&g.w_shape())?;
-            launch_helper(gpu, "conv2d_sum_splits", &params, &dw, &partials, dw.len())?;
-            return Ok(dw);
+            return Ok(());
         }
         GradWeightPlan::Im2col { chunk, gemm } => (chunk, gemm),
     };
-    let mut dw: Option<Tensor> = None;
     for n0 in (0..g.n).step_by(chunk) {
         let count = chunk.min(g.n - n0);
         let cols = im2col(gpu, g, x, n0, count)?;
         let dy_chunk = if count == g.n { dy.clone() } else { slice_images(gpu, dy, n0, count)? };
         let partial = gpu.uninit(&[count, g.c_out, g.c_in * g.taps()])?;
         gemm(gpu, &Gemm { batch: count, ..mm }, &partial, &dy_chunk, &cols, None)?;
-        let sum = reduce::sum(gpu, &partial, &[0])?;
-        dw = Some(match dw {
-            Some(acc) => elementwise::add(gpu, &acc, &sum)?,
-            None => sum,
-        });
+        if n0 == 0 {
+            reduce::sum_into(gpu, &partial, &[0], dw)?;
+        } else {
+            elementwise::accumulate(gpu, dw, 1.0, &reduce::sum(gpu, &partial, &[0])?)?;
+        }
     }
-    dw.expect("n > 0 gives at least one chunk").reshape(&g.w_shape())
+    Ok(())
 }
 
 /// db (c_out) = dy summed over images and pixels.
 pub fn conv2d_grad_bias(gpu: &Gpu, g: &Conv2dGeometry, dy: &Tensor) -> Result<Tensor> {
+    let db = gpu.uninit(&[g.c_out])?;
+    conv2d_grad_bias_into(gpu, g, dy, &db)?;
+    Ok(db)
+}
+
+/// [`conv2d_grad_bias`] written into `db`.
+pub fn conv2d_grad_bias_into(gpu: &Gpu, g: &Conv2dGeometry, dy: &Tensor, db: &Tensor) -> Result<()> {
     g.check("conv2d_grad_bias", "dy", dy, &g.y_shape())?;
-    reduce::sum(gpu, dy, &[0, 2, 3])
+    g.check("conv2d_grad_bias", "db", db, &[g.c_out])?;
+    reduce::sum_into(gpu, dy, &[0, 2, 3], db)
 }
 
 /// Gradients of `conv2d_forward`: (dx, dw, db), db only when `with_bias`.

@@ -150,6 +150,24 @@ impl GroupNorm {
         beta: &Tensor,
         stats: &Tensor,
     ) -> Result<GroupNormGrads> {
+        let channels = gamma.len();
+        let (dgamma, dbeta) = (gpu.uninit(&[channels])?, gpu.uninit(&[channels])?);
+        let dx = self.backward_into(gpu, dy, x, gamma, beta, stats, [&dgamma, &dbeta])?;
+        Ok(GroupNormGrads { dx, dgamma, dbeta })
+    }
+
+    /// [`GroupNorm::backward`] with dgamma and dbeta written into `param_grads`; returns dx.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward_into(
+        &self,
+        gpu: &Gpu,
+        dy: &Tensor,
+        x: &Tensor,
+        gamma: &Tensor,
+        beta: &Tensor,
+        stats: &Tensor,
+        [dgamma, dbeta]: [&Tensor; 2],
+    ) -> Result<Tensor> {
         let g = self.check(x, gamma, beta)?;
         let name = self.op_name();
         ensure!(dy.shape() == x.shape(), "{name} backward: dy {:?} differs from x {:?}", dy.shape(), x.shape());
@@ -169,13 +187,18 @@ impl GroupNorm {
             &[&dx, &partials, gamma, beta, x, dy, stats],
             Gpu::grid_1d(params.n_groups_total.div_ceil(GROUPS_PER_WORKGROUP)),
         )?;
-        let dgamma = gpu.uninit(&[g.channels])?;
-        let dbeta = gpu.uninit(&[g.channels])?;
+        ensure!(
+            dgamma.len() == g.channels && dbeta.len() == g.channels,
+            "{name} backward: parameter gradients {:?} and {:?} must be ({})",
+            dgamma.shape(),
+            dbeta.shape(),
+            g.channels
+        );
         let sums = Kernel::new(Shader::GroupNorm, "group_norm_param_grads", PARAM_GRAD_BINDINGS)
             .with_defines(defines(false, false, false));
         let groups = (g.channels as u32).div_ceil(WORKGROUP);
-        gpu.launch(&sums, &params, &[&dgamma, &dbeta, &partials], [groups, 1, 1])?;
-        Ok(GroupNormGrads { dx, dgamma, dbeta })
+        gpu.launch(&sums, &params, &[dgamma, dbeta, &partials], [groups, 1, 1])?;
+        Ok(dx)
     }
 }
 

@@ -41,16 +41,41 @@ pub struct LinearGrads {
 
 /// Gradients of `linear_forward` given `dy` (.., out).
 pub fn linear_backward(gpu: &Gpu, dy: &Tensor, x: &Tensor, w: &Tensor, has_bias: bool) -> Result<LinearGrads> {
+    let dx = linear_grad_input(gpu, dy, x, w)?;
+    let dw = gpu.uninit(w.shape())?;
+    linear_grad_weight_into(gpu, dy, x, w, &dw)?;
+    let db = match has_bias {
+        true => {
+            let db = gpu.uninit(&[w.shape()[0]])?;
+            linear_grad_bias_into(gpu, dy, &db)?;
+            Some(db)
+        }
+        false => None,
+    };
+    Ok(LinearGrads { dx, dw, db })
+}
+
+/// dx = dy w: (rows, out) x (out, in).
+pub fn linear_grad_input(gpu: &Gpu, dy: &Tensor, x: &Tensor, w: &Tensor) -> Result<Tensor> {
     let (rows, inp, out) = geometry(x, w)?;
     ensure!(dy.len() == rows * out, "linear backward: dy {:?} vs {rows} rows of {out}", dy.shape());
-    // dx = dy w: (rows, out) x (out, in)
     let dx = gpu.uninit(x.shape())?;
     gemm(gpu, &Gemm::new(rows, inp, out), &dx, dy, w, None)?;
-    // dw = dy^T x: (out, rows) x (rows, in)
-    let dw = gpu.uninit(w.shape())?;
-    gemm(gpu, &Gemm { trans_a: true, ..Gemm::new(out, inp, rows) }, &dw, dy, x, None)?;
-    let db = if has_bias { Some(reduce::sum(gpu, &dy.reshape(&[rows, out])?, &[0])?) } else { None };
-    Ok(LinearGrads { dx, dw, db })
+    Ok(dx)
+}
+
+/// dw = dy^T x: (out, rows) x (rows, in), written into `dw` (out, in).
+pub fn linear_grad_weight_into(gpu: &Gpu, dy: &Tensor, x: &Tensor, w: &Tensor, dw: &Tensor) -> Result<()> {
+    let (rows, inp, out) = geometry(x, w)?;
+    ensure!(dy.len() == rows * out, "linear backward: dy {:?} vs {rows} rows of {out}", dy.shape());
+    gemm(gpu, &Gemm { trans_a: true, ..Gemm::new(out, inp, rows) }, dw, dy, x, None)
+}
+
+/// db = dy summed over rows, written into `db` (out).
+pub fn linear_grad_bias_into(gpu: &Gpu, dy: &Tensor, db: &Tensor) -> Result<()> {
+    let out = db.len();
+    ensure!(out > 0 && dy.len().is_multiple_of(out), "linear backward: dy {:?} vs bias {:?}", dy.shape(), db.shape());
+    reduce::sum_into(gpu, &dy.reshape(&[dy.len() / out, out])?, &[0], db)
 }
 
 /// CPU twin, all in f64. x: (rows, in), w: (out, in).

@@ -75,7 +75,8 @@ const WORKGROUP: usize = 64;
 const SERIAL_MAX_TERMS: usize = 256;
 const SERIAL_MIN_OUTPUTS: usize = 1024;
 
-fn reduce(gpu: &Gpu, x: &Tensor, axes: &[usize], mean: bool) -> Result<Tensor> {
+/// The reduction of `x` over `axes` into `into` (or a new tensor).
+fn reduce(gpu: &Gpu, x: &Tensor, axes: &[usize], mean: bool, into: Option<&Tensor>) -> Result<Tensor> {
     let split = split_axes(x.shape(), axes)?;
     let n_out: usize = split.out_shape.iter().product();
     let n_red: usize = split.reduced.iter().map(|g| g.0).product();
@@ -91,7 +92,13 @@ fn reduce(gpu: &Gpu, x: &Tensor, axes: &[usize], mean: bool) -> Result<Tensor> {
         scale: if mean && n_red > 0 { 1.0 / n_red as f32 } else { 1.0 },
         _pad: 0,
     };
-    let out = gpu.uninit(&split.out_shape)?;
+    let out = match into {
+        Some(t) => {
+            ensure!(t.len() == n_out, "reduce: {n_out} sums of {:?} into a tensor of {:?}", x.shape(), t.shape());
+            t.clone()
+        }
+        None => gpu.uninit(&split.out_shape)?,
+    };
     // A workgroup per output wastes its lanes on short sums; an invocation
     // per output leaves cores idle on few long ones.
     let serial = n_red <= SERIAL_MAX_TERMS && n_out >= SERIAL_MIN_OUTPUTS;
@@ -114,12 +121,17 @@ pub fn variants() -> Vec<Vec<(&'static str, i64)>> {
 
 /// Sum over `axes`; the result drops them (shape `[1]` for a full sum).
 pub fn sum(gpu: &Gpu, x: &Tensor, axes: &[usize]) -> Result<Tensor> {
-    reduce(gpu, x, axes, false)
+    reduce(gpu, x, axes, false, None)
+}
+
+/// [`sum`] written into `out` (as many elements as the sum has).
+pub fn sum_into(gpu: &Gpu, x: &Tensor, axes: &[usize], out: &Tensor) -> Result<()> {
+    reduce(gpu, x, axes, false, Some(out)).map(drop)
 }
 
 /// Mean over `axes`.
 pub fn mean(gpu: &Gpu, x: &Tensor, axes: &[usize]) -> Result<Tensor> {
-    reduce(gpu, x, axes, true)
+    reduce(gpu, x, axes, true, None)
 }
 
 /// CPU twin, f64 accumulation.

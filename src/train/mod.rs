@@ -383,6 +383,11 @@ impl<'g> Trainer<'g> {
         let batch = data.batch(&indices, o.flip, &mut rng);
         gpu.write(&self.x0, &batch)?;
         let t_indices: Vec<usize> = (0..o.batch_size).map(|_| rng.random_range(0..self.tables.steps)).collect();
+        // Every upload comes before the first command, so the step is one submission.
+        if let Some(w) = &self.loss_weights {
+            let weights: Vec<f32> = t_indices.iter().map(|&i| w.per_timestep[i]).collect();
+            gpu.write(&w.batch, &weights)?;
+        }
         let t = ddpm::timesteps(gpu, &t_indices)?;
         let (xt, eps) = ddpm::q_sample(
             gpu,
@@ -393,26 +398,21 @@ impl<'g> Trainer<'g> {
         )?;
 
         let mut tape = Tape::new(gpu);
-        let p = ParamVars::new(&mut tape, &self.weights, true)?;
+        let p = ParamVars::with_grads_into(&mut tape, &self.weights, &self.grads)?;
         let target = ddpm::training_target(gpu, &self.tables, self.scheduler.prediction_type, &self.x0, &eps, &t)?;
         let x = tape.input(xt);
         let target = tape.input(target);
         let pred = self.unet.forward(&mut tape, &p, &x, &t)?;
         let loss = match &self.loss_weights {
-            Some(w) => {
-                let weights: Vec<f32> = t_indices.iter().map(|&i| w.per_timestep[i]).collect();
-                gpu.write(&w.batch, &weights)?;
-                tape.weighted_mse_loss(&pred, &target, &w.batch)?
-            }
+            Some(w) => tape.weighted_mse_loss(&pred, &target, &w.batch)?,
             None => tape.mse_loss(&pred, &target)?,
         };
         // Each sample's loss, straight into its log slot (no gradient).
         let row = sample_log_row(o.batch_size);
         let slot = self.sample_log.view(self.pending.len() * row, &[o.batch_size])?;
         loss::mse_loss_per_sample_into(gpu, &pred.value, &target.value, &slot)?;
-        let grads = tape.backward(&loss)?;
-        p.write_grads(gpu, &grads, &self.unet.table, &self.grads)?;
-        drop(grads);
+        // The gradients land in `self.grads`.
+        drop(tape.backward(&loss)?);
 
         let norm_sq = optimizer::grad_norm_sq(gpu, &self.grads)?;
         let adam = Adam {

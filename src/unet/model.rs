@@ -8,10 +8,10 @@ use anyhow::{bail, ensure, Context, Result};
 use super::layout::{AttnBlock, ResBlock, UNetLayout};
 use super::params::{view_of, ParamStore, ParamTable};
 use super::UNetConfig;
-use crate::gpu::{Gpu, Tensor};
+use crate::gpu::Tensor;
 use crate::ops::conv2d::Conv2dGeometry;
 use crate::ops::embedding::{timestep_embedding, TimestepEmbedding};
-use crate::tape::{Grads, Tape, Var};
+use crate::tape::{Tape, Var};
 
 pub struct UNet {
     pub layout: UNetLayout,
@@ -34,18 +34,16 @@ impl ParamVars {
         Ok(ParamVars { vars })
     }
 
-    /// Write each parameter's gradient from `grads` into its view of `flat`
-    /// (a tensor in `table`'s layout), zero where it got none: the flat
-    /// gradient buffer the optimiser reads.
-    pub fn write_grads(&self, gpu: &Gpu, grads: &Grads, table: &ParamTable, flat: &Tensor) -> Result<()> {
-        for (name, var) in &self.vars {
-            let slot = view_of(table, flat, name)?;
-            match grads.get(var) {
-                Some(g) => gpu.copy(g, &slot)?,
-                None => gpu.clear(&slot)?,
-            }
+    /// Trainable parameters whose gradients the tape's backward writes into
+    /// their views of `grads` (a tensor in `store`'s table layout: the flat
+    /// gradient buffer the optimiser reads).
+    pub fn with_grads_into(tape: &mut Tape, store: &ParamStore, grads: &Tensor) -> Result<ParamVars> {
+        let mut vars = HashMap::new();
+        for e in &store.table.entries {
+            let var = tape.param_into(store.get(&e.name)?, view_of(&store.table, grads, &e.name)?)?;
+            vars.insert(e.name.clone(), var);
         }
-        Ok(())
+        Ok(ParamVars { vars })
     }
 
     pub fn get(&self, name: &str) -> Result<&Var> {
