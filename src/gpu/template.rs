@@ -226,7 +226,7 @@ mod tests {
 
     #[test]
     fn switched_off_blocks_need_no_defines() {
-        let src = "//@if A\n//@for r in 0..N\n{r + M}\n//@end\n//@if B\nb\n//@end\n//@else\nnone\n//@end";
+        let src = "//@if A\n//@for r in 0..N\n{r+M}\n//@end\n//@if B\nb\n//@end\n//@else\nnone\n//@end";
         assert_eq!(expand(src, &[("A", 0)]).unwrap(), "none\n");
         // Switched on, the same names are required.
         assert!(expand(src, &[("A", 1)]).is_err());
