@@ -72,6 +72,30 @@ fn configs_that_cannot_work_are_refused() {
     let bad_block = r#"{"block_out_channels": [32], "down_block_types": ["CrossAttnDownBlock2D"], "up_block_types": ["UpBlock2D"]}"#;
     assert!(UNetConfig::from_json(bad_block).unwrap_err().to_string().contains("CrossAttnDownBlock2D"));
     assert!(UNetConfig::from_json("{ not json").is_err());
+    // Zeros that would divide by zero, and channel counts the layout derives.
+    let base = r#""block_out_channels": [16, 32], "down_block_types": ["DownBlock2D", "AttnDownBlock2D"], "up_block_types": ["AttnUpBlock2D", "UpBlock2D"]"#;
+    for (extra, expected) in [
+        (r#""attn_norm_num_groups": 0"#, "attn_norm_num_groups must be at least 1"),
+        (r#""attention_head_dim": 0"#, "attention_head_dim must be at least 1"),
+        (r#""in_channels": 0"#, "in_channels and out_channels must be at least 1"),
+        (r#""norm_num_groups": 0"#, "norm_num_groups must be at least 1"),
+        // Only the attention blocks (at 32 channels) use attn_norm_num_groups.
+        (
+            r#""attn_norm_num_groups": 12"#,
+            "down_blocks.1.attentions.0.group_norm has 32 channels, not divisible by attn_norm_num_groups = 12",
+        ),
+        (r#""attention_head_dim": 12"#, "down_blocks.1.attentions.0 has 32 channels"),
+    ] {
+        let groups = if extra.contains("norm_num_groups\": ") && !extra.contains("attn") {
+            ""
+        } else {
+            r#", "norm_num_groups": 8"#
+        };
+        let json = format!("{{{base}, {extra}{groups}}}");
+        let err = UNetConfig::from_json(&json).map(|_| ()).expect_err(extra).to_string();
+        assert!(err.contains(expected), "{extra}: {err}");
+    }
+    assert!(UNetConfig::from_json(&format!(r#"{{{base}, "norm_num_groups": 8}}"#)).is_ok());
 }
 
 #[test]

@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 use anyhow::{bail, ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 
+use super::layout::UNetLayout;
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct UNetConfig {
@@ -117,6 +119,17 @@ impl UNetConfig {
             self.up_block_types.len()
         );
         ensure!(self.layers_per_block >= 1, "layers_per_block must be at least 1");
+        ensure!(
+            self.in_channels >= 1 && self.out_channels >= 1,
+            "in_channels and out_channels must be at least 1, got {} and {}",
+            self.in_channels,
+            self.out_channels
+        );
+        ensure!(
+            self.block_out_channels.iter().all(|&c| c >= 1),
+            "block_out_channels {:?} must all be at least 1",
+            self.block_out_channels
+        );
         for t in &self.down_block_types {
             ensure!(
                 t == "DownBlock2D" || t == "AttnDownBlock2D",
@@ -148,21 +161,29 @@ impl UNetConfig {
             "class-conditional UNets are not supported"
         );
         ensure!(self.downsample_padding <= 1, "downsample_padding must be 0 (TF 'SAME', as the DDPM paper) or 1");
-        let groups = self.norm_num_groups;
-        let attn_groups = self.attn_norm_num_groups.unwrap_or(groups);
-        for (what, c) in self.norm_channel_counts() {
+        ensure!(self.norm_num_groups > 0, "norm_num_groups must be at least 1");
+        ensure!(self.attn_norm_num_groups != Some(0), "attn_norm_num_groups must be at least 1");
+        ensure!(self.attention_head_dim != Some(0), "attention_head_dim must be at least 1");
+        // The channel counts every block sees, as the layout derives them.
+        let layout = UNetLayout::new(self);
+        for n in layout.norms() {
             ensure!(
-                groups > 0 && c % groups == 0,
-                "{what} has {c} channels, not divisible by norm_num_groups = {groups}"
+                n.channels.is_multiple_of(n.groups),
+                "{} has {} channels, not divisible by {} = {}",
+                n.name,
+                n.channels,
+                n.key,
+                n.groups
             );
         }
-        for &c in &self.block_out_channels {
-            ensure!(
-                c % attn_groups == 0,
-                "attention over {c} channels is not divisible by attn_norm_num_groups = {attn_groups}"
-            );
-            if let Some(d) = self.attention_head_dim {
-                ensure!(d > 0 && c % d == 0, "{c} channels do not split into heads of attention_head_dim = {d}");
+        if let Some(d) = self.attention_head_dim {
+            for a in layout.attentions() {
+                ensure!(
+                    a.channels.is_multiple_of(d),
+                    "{} has {} channels, which do not split into heads of attention_head_dim = {d}",
+                    a.prefix,
+                    a.channels
+                );
             }
         }
         if let Some(size) = self.sample_size {
@@ -177,34 +198,5 @@ impl UNetConfig {
             "the sinusoidal embedding needs an even block_out_channels[0]"
         );
         Ok(())
-    }
-
-    /// Every channel count a GroupNorm sees, named for error messages.
-    fn norm_channel_counts(&self) -> Vec<(String, usize)> {
-        let ch = &self.block_out_channels;
-        let levels = ch.len();
-        let mut out = Vec::new();
-        let mut output = ch[0];
-        for (i, &c) in ch.iter().enumerate() {
-            let input = output;
-            output = c;
-            for j in 0..self.layers_per_block {
-                out.push((format!("down_blocks.{i}.resnets.{j}.norm1"), if j == 0 { input } else { output }));
-                out.push((format!("down_blocks.{i}.resnets.{j}.norm2"), output));
-            }
-        }
-        let rev: Vec<usize> = ch.iter().rev().copied().collect();
-        let mut output = rev[0];
-        for i in 0..levels {
-            let prev = output;
-            output = rev[i];
-            let input = rev[(i + 1).min(levels - 1)];
-            for j in 0..=self.layers_per_block {
-                let skip = if j == self.layers_per_block { input } else { output };
-                let resnet_in = if j == 0 { prev } else { output };
-                out.push((format!("up_blocks.{i}.resnets.{j}.norm1"), resnet_in + skip));
-            }
-        }
-        out
     }
 }

@@ -49,6 +49,16 @@ pub struct AttnBlock {
     pub groups: usize,
 }
 
+/// One GroupNorm of the network, for validation.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NormSpec {
+    pub name: String,
+    pub channels: usize,
+    pub groups: usize,
+    /// The config key `groups` comes from, for messages.
+    pub key: &'static str,
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct DownLevel {
     pub resnets: Vec<ResBlock>,
@@ -84,7 +94,10 @@ pub struct UNetLayout {
 }
 
 impl UNetLayout {
-    /// Mirrors the channel bookkeeping of diffusers' `UNet2DModel.__init__`.
+    /// Mirrors the channel bookkeeping of diffusers' `UNet2DModel.__init__`:
+    /// the one place the network's shapes are derived (config validation,
+    /// the parameter table and the forward pass all read it). Needs a
+    /// config that passes [`UNetConfig::validate`]'s structural checks.
     pub fn new(config: &UNetConfig) -> UNetLayout {
         let ch = &config.block_out_channels;
         let levels = ch.len();
@@ -156,6 +169,36 @@ impl UNetLayout {
             up.push(UpLevel { resnets, attentions, upsample, channels: output });
         }
         UNetLayout { config: config.clone(), down, mid, up }
+    }
+
+    /// Every residual block, in forward order.
+    pub fn resnets(&self) -> impl Iterator<Item = &ResBlock> {
+        let mid = self.mid.iter().flat_map(|m| [&m.resnet_in, &m.resnet_out]);
+        self.down.iter().flat_map(|l| &l.resnets).chain(mid).chain(self.up.iter().flat_map(|l| &l.resnets))
+    }
+
+    /// Every attention block, in forward order.
+    pub fn attentions(&self) -> impl Iterator<Item = &AttnBlock> {
+        let mid = self.mid.iter().flat_map(|m| &m.attention);
+        self.down.iter().flat_map(|l| &l.attentions).chain(mid).chain(self.up.iter().flat_map(|l| &l.attentions))
+    }
+
+    /// Every GroupNorm: its diffusers name, channels, groups, and the config
+    /// key the groups come from.
+    pub fn norms(&self) -> Vec<NormSpec> {
+        let groups = self.config.norm_num_groups;
+        let norm = |name: String, channels: usize| NormSpec { name, channels, groups, key: "norm_num_groups" };
+        let mut out = Vec::new();
+        for r in self.resnets() {
+            out.push(norm(format!("{}.norm1", r.prefix), r.c_in));
+            out.push(norm(format!("{}.norm2", r.prefix), r.c_out));
+        }
+        for a in self.attentions() {
+            let name = format!("{}.group_norm", a.prefix);
+            out.push(NormSpec { name, channels: a.channels, groups: a.groups, key: "attn_norm_num_groups" });
+        }
+        out.push(norm("conv_norm_out".into(), self.config.block_out_channels[0]));
+        out
     }
 
     /// Every parameter with its diffusers name, PyTorch shape and initial
