@@ -6,8 +6,9 @@
 //! contains one of the words. Results go to `target/bench-results.json`.
 //! BENCH_REPEATS sets the timed runs per case (default 5; median reported).
 
+mod ceiling;
+
 use anyhow::Result;
-use ddpm_wgpu::ceiling;
 use ddpm_wgpu::ops::conv2d::{self, Conv2dGeometry};
 use ddpm_wgpu::ops::ddpm::{self, DdpmTables, NoiseKey};
 use ddpm_wgpu::ops::group_norm::GroupNorm;

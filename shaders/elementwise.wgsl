@@ -4,7 +4,6 @@
 // Entry points (bindings in order; outputs first):
 //   fill(out)                       out = s
 //   add(out, x, y)                  out = x + y
-//   sub(out, x, y)                  out = x - y
 //   mul(out, x, y)                  out = x * y
 //   scale(out, x)                   out = s * x
 //   axpy(out, x, y)                 out = x + s * y
@@ -12,7 +11,6 @@
 //   silu(out, x)                    out = x * sigmoid(x)
 //   silu_backward(out, dy, x)       out = dy * sigmoid(x) * (1 + x * (1 - sigmoid(x)))
 //   add_channel(out, x, v)          out[n,c,h,w] = x[n,c,h,w] + v[c]
-//   mul_channel(out, x, v)          out[n,c,h,w] = x[n,c,h,w] * v[c]
 //   out, x, y: (len) f32, read as vec4 (bindings are padded to 16 bytes);
 //   only the `len` elements of `out` are written, never its padding, so an
 //   output may be a view inside a larger buffer (parameter gradients).
@@ -65,14 +63,6 @@ fn add(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     let i = slot(wid, nwg, li);
     if i < vec4_count() {
         store(i, x[i] + y[i]);
-    }
-}
-
-@compute @workgroup_size(WG)
-fn sub(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-    let i = slot(wid, nwg, li);
-    if i < vec4_count() {
-        store(i, x[i] - y[i]);
     }
 }
 
@@ -150,10 +140,3 @@ fn add_channel(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     }
 }
 
-@compute @workgroup_size(WG)
-fn mul_channel(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-    let i = slot(wid, nwg, li);
-    if i < vec4_count() {
-        store(i, x[i] * channel_values(i));
-    }
-}

@@ -4,11 +4,13 @@
 //! CPU backward against central finite differences in f64.
 
 mod common;
+mod gradcheck;
 
 use common::{assert_close, each_path, rng, uniform};
 use ddpm_wgpu::gpu::{Caps, Shader};
 use ddpm_wgpu::ops;
 use ddpm_wgpu::ops::conv2d::{self, cpu, Conv2dGeometry, ForwardPlan, GradInputPlan, GradWeightPlan};
+use gradcheck::numeric_grad;
 
 /// Conv of x (n, c_in, h, w) by `k` x `k` weights.
 fn geom([n, c_in, h, w]: [usize; 4], c_out: usize, k: usize, stride: usize, pad: [usize; 4]) -> Conv2dGeometry {
@@ -166,22 +168,6 @@ fn geometry_sizes() {
     assert!(matches!(conv2d::grad_input_plan(&pointwise, caps), GradInputPlan::Pointwise(_)));
     let strided_pointwise = geom([1, 1, 5, 5], 1, 1, 2, [0; 4]);
     assert!(matches!(conv2d::forward_plan(&strided_pointwise, false, caps), ForwardPlan::Direct(_)));
-}
-
-/// d(sum(r * y))/d(input) by central differences in f64.
-fn numeric_grad(v: &[f64], loss: impl Fn(&[f64]) -> f64) -> Vec<f64> {
-    let eps = 1e-6;
-    let mut probe = v.to_vec();
-    (0..v.len())
-        .map(|i| {
-            probe[i] = v[i] + eps;
-            let up = loss(&probe);
-            probe[i] = v[i] - eps;
-            let down = loss(&probe);
-            probe[i] = v[i];
-            (up - down) / (2.0 * eps)
-        })
-        .collect()
 }
 
 fn assert_close_f64(what: &str, got: &[f64], want: &[f64]) {

@@ -29,10 +29,9 @@ fn steady_state_loop_allocates_nothing_after_first_pass() {
         "the loop must compute something: {losses:?}"
     );
     let stats = gpu.pool_stats();
-    assert!(
-        stats.peak_live_bytes >= stats.live_bytes
-            && stats.reserved_bytes >= stats.peak_live_bytes.min(stats.reserved_bytes)
-    );
+    // The pool owns every live buffer, and the peak was reached.
+    assert!(stats.reserved_bytes >= stats.live_bytes && stats.peak_live_bytes >= stats.live_bytes, "{stats:?}");
+    assert!(stats.peak_live_bytes > 0, "{stats:?}");
 }
 
 #[test]

@@ -49,7 +49,8 @@ fn samples_do_not_depend_on_batch_size_and_seeds_reproduce() {
         let other = run(2, 12);
         let differing = few.iter().zip(&other).filter(|(a, b)| a != b).count();
         assert!(differing > per, "{sampler:?}: another seed must give other samples");
-        assert!(few.iter().all(|v| (-1.0..=1.0).contains(v)));
+        // Clamped to [-1, 1] by the sampler; an untrained model's samples are not all at the bounds.
+        assert!(few.iter().filter(|v| v.abs() < 0.99).count() > per / 4, "{sampler:?}: samples saturated");
     }
 }
 

@@ -57,10 +57,6 @@ pub fn add(gpu: &Gpu, x: &Tensor, y: &Tensor) -> Result<Tensor> {
     binary(gpu, "add", x, y, 0.0)
 }
 
-pub fn sub(gpu: &Gpu, x: &Tensor, y: &Tensor) -> Result<Tensor> {
-    binary(gpu, "sub", x, y, 0.0)
-}
-
 pub fn mul(gpu: &Gpu, x: &Tensor, y: &Tensor) -> Result<Tensor> {
     binary(gpu, "mul", x, y, 0.0)
 }
@@ -109,11 +105,6 @@ fn channel_op(gpu: &Gpu, entry: &'static str, x: &Tensor, v: &Tensor) -> Result<
 /// `x[n, c, ...] + v[c]` (a bias).
 pub fn add_channel(gpu: &Gpu, x: &Tensor, v: &Tensor) -> Result<Tensor> {
     channel_op(gpu, "add_channel", x, v)
-}
-
-/// `x[n, c, ...] * v[c]` (a per-channel scale).
-pub fn mul_channel(gpu: &Gpu, x: &Tensor, v: &Tensor) -> Result<Tensor> {
-    channel_op(gpu, "mul_channel", x, v)
 }
 
 /// CPU twins.

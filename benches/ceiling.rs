@@ -1,11 +1,12 @@
 //! The adapter's own ceilings, measured by the benchmarks on the same device
 //! as every kernel: peak FP32 FMA rate and storage-buffer copy bandwidth.
-//! Kernels: `shaders/ceiling.wgsl`.
+//! Kernels: `shaders/ceiling.wgsl` (registered with the others, so the naga
+//! check translates it; launched only from here).
 
 use anyhow::{ensure, Result};
 use bytemuck::{Pod, Zeroable};
 
-use crate::gpu::{Access, Gpu, Kernel, Shader, Tensor};
+use ddpm_wgpu::gpu::{Access, Gpu, Kernel, Shader, Tensor};
 
 /// Mirrors `Params` in `shaders/ceiling.wgsl`.
 #[repr(C)]
