@@ -140,3 +140,45 @@ fn every_kernel_a_plan_names_is_translated() {
     }
     assert!(named > 50_000, "only {named} kernels named");
 }
+
+/// Each `Params` struct the Rust launchers upload, against the shader's own
+/// `Params` as naga lays it out: the same size, and every named field at the
+/// same offset with the same width (padding fields, `_`-prefixed, may be
+/// split differently).
+#[test]
+fn every_params_struct_matches_its_shader() {
+    use ddpm_wgpu::gpu::Shader;
+    let layouts = ops::params_layouts();
+    for &shader in ALL_SHADERS {
+        let Some((_, rust)) = layouts.iter().find(|(s, _)| *s == shader) else {
+            // The ceiling kernels are launched only by the benchmarks.
+            assert_eq!(shader, Shader::Ceiling, "{} has no Params layout in ops::params_layouts", shader.file_name());
+            continue;
+        };
+        let source = shader.expand(&ops::variants(shader)[0]).unwrap();
+        let module = naga::front::wgsl::parse_str(&source).unwrap();
+        let mut layouter = naga::proc::Layouter::default();
+        layouter.update(module.to_ctx()).unwrap();
+        let (members, span) = module
+            .types
+            .iter()
+            .find_map(|(_, ty)| match &ty.inner {
+                naga::TypeInner::Struct { members, span } if ty.name.as_deref() == Some("Params") => {
+                    Some((members.clone(), *span))
+                }
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("{} declares no struct Params", shader.file_name()));
+        let name = shader.file_name();
+        assert_eq!(rust.size, span as usize, "{name}: Params is {} bytes in Rust, {span} in WGSL", rust.size);
+        let named = |n: &str| !n.starts_with('_');
+        let wgsl: Vec<(String, usize, usize)> = members
+            .iter()
+            .map(|m| (m.name.clone().unwrap(), m.offset as usize, layouter[m.ty].size as usize))
+            .filter(|(n, _, _)| named(n))
+            .collect();
+        let rust: Vec<(String, usize, usize)> =
+            rust.fields.iter().filter(|f| named(f.0)).map(|&(n, o, s)| (n.to_string(), o, s)).collect();
+        assert_eq!(rust, wgsl, "{name}: Params fields (name, offset, bytes) differ between Rust and WGSL");
+    }
+}

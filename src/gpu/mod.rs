@@ -33,6 +33,35 @@ const PARAM_RING_SLOTS: u64 = 4096;
 /// WebGPU's per-dimension dispatch limit; larger grids fold into `y`.
 pub const MAX_WORKGROUPS_PER_DIM: u32 = 65535;
 
+/// A kernel's launch parameters as laid out in memory: the struct's size
+/// and each field's (name, byte offset, bytes), to compare with the WGSL
+/// struct the kernel declares.
+#[derive(Clone, Copy, Debug)]
+pub struct ParamsLayout {
+    pub size: usize,
+    pub fields: &'static [(&'static str, usize, usize)],
+}
+
+/// Declares a kernel's `Params` (the `#[repr(C)]` uniform struct its WGSL
+/// mirrors) and, beside it, `PARAMS_LAYOUT`: its [`ParamsLayout`].
+macro_rules! kernel_params {
+    ($(#[$meta:meta])* struct $name:ident { $($(#[$field_meta:meta])* $field:ident: $ty:ty),* $(,)? }) => {
+        $(#[$meta])*
+        #[repr(C)]
+        #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+        struct $name {
+            $($(#[$field_meta])* $field: $ty),*
+        }
+
+        /// The layout of `Params`, for the test against the shader's struct.
+        pub const PARAMS_LAYOUT: $crate::gpu::ParamsLayout = $crate::gpu::ParamsLayout {
+            size: std::mem::size_of::<$name>(),
+            fields: &[$((stringify!($field), std::mem::offset_of!($name, $field), std::mem::size_of::<$ty>())),*],
+        };
+    };
+}
+pub(crate) use kernel_params;
+
 /// How to pick an adapter. `None` fields defer to `WGPU_BACKEND` and
 /// `WGPU_ADAPTER_NAME`.
 #[derive(Clone, Debug, Default)]

@@ -10,23 +10,22 @@
 //! (At 16x16 = 256 tokens and batch 32 the matrix is 8 MiB.)
 
 use anyhow::{ensure, Result};
-use bytemuck::{Pod, Zeroable};
 
-use crate::gpu::{Access, Gpu, Kernel, Shader, Tensor};
+use crate::gpu::{kernel_params, Access, Gpu, Kernel, Shader, Tensor};
 use crate::ops::matmul::{gemm, Gemm};
 
 /// The most bytes the (B*heads, T, T) probabilities may take: one storage
 /// binding on adapters with WebGPU's default limit.
 pub const MAX_PROBS_BYTES: u64 = 128 << 20;
 
-/// Mirrors `Params` in `shaders/attention.wgsl`.
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct Params {
-    rows: u32,
-    cols: u32,
-    _pad0: u32,
-    _pad1: u32,
+kernel_params! {
+    /// Mirrors `Params` in `shaders/attention.wgsl`.
+    struct Params {
+        rows: u32,
+        cols: u32,
+        _pad0: u32,
+        _pad1: u32,
+    }
 }
 
 /// Items (vec4 or floats) per lane kept in registers: 8 lanes x 8 vec4

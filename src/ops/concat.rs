@@ -2,22 +2,21 @@
 //! backward, `split`. Kernel: `shaders/concat.wgsl`.
 
 use anyhow::{ensure, Result};
-use bytemuck::{Pod, Zeroable};
 
-use crate::gpu::{Access, Gpu, Kernel, Shader, Tensor};
+use crate::gpu::{kernel_params, Access, Gpu, Kernel, Shader, Tensor};
 
-/// Mirrors `Params` in `shaders/concat.wgsl`.
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct Params {
-    plane: u32,
-    dst_channels: u32,
-    src_channels: u32,
-    offset: u32,
-    len: u32,
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
+kernel_params! {
+    /// Mirrors `Params` in `shaders/concat.wgsl`.
+    struct Params {
+        plane: u32,
+        dst_channels: u32,
+        src_channels: u32,
+        offset: u32,
+        len: u32,
+        _pad0: u32,
+        _pad1: u32,
+        _pad2: u32,
+    }
 }
 
 const CONCAT_BINDINGS: &[Access] = &[Access::ReadWrite, Access::Read, Access::Read];

@@ -20,12 +20,11 @@
 //! grad-bias is `reduce::sum` over (N, H, W).
 
 use anyhow::{ensure, Result};
-use bytemuck::{Pod, Zeroable};
 
 use super::elementwise;
 use super::matmul::{gemm, gemm_plan, Gemm};
 use super::reduce;
-use crate::gpu::{Access, Caps, Gpu, Kernel, Shader, Tensor};
+use crate::gpu::{kernel_params, Access, Caps, Gpu, Kernel, Shader, Tensor};
 
 /// Shapes of one convolution: x (n, c_in, h, w), w (c_out, c_in, kh, kw),
 /// y (n, c_out, out_h, out_w); `pad` is zero padding as [top, bottom, left,
@@ -132,29 +131,29 @@ impl Conv2dGeometry {
     }
 }
 
-/// Mirrors `Params` in `shaders/conv2d.wgsl`.
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct Params {
-    n: u32,
-    c_in: u32,
-    h: u32,
-    w: u32,
-    c_out: u32,
-    kh: u32,
-    kw: u32,
-    stride: u32,
-    pad_top: u32,
-    pad_left: u32,
-    out_h: u32,
-    out_w: u32,
-    row_groups: u32,
-    q: u32,
-    n0: u32,
-    count: u32,
-    flip: u32,
-    splits: u32,
-    _pad: [u32; 2],
+kernel_params! {
+    /// Mirrors `Params` in `shaders/conv2d.wgsl`.
+    struct Params {
+        n: u32,
+        c_in: u32,
+        h: u32,
+        w: u32,
+        c_out: u32,
+        kh: u32,
+        kw: u32,
+        stride: u32,
+        pad_top: u32,
+        pad_left: u32,
+        out_h: u32,
+        out_w: u32,
+        row_groups: u32,
+        q: u32,
+        n0: u32,
+        count: u32,
+        flip: u32,
+        splits: u32,
+        _pad: [u32; 2],
+    }
 }
 
 impl Params {

@@ -2,18 +2,17 @@
 //! and its gradient. Kernel: `shaders/cross_entropy.wgsl`.
 
 use anyhow::{ensure, Result};
-use bytemuck::{Pod, Zeroable};
 
-use crate::gpu::{Access, Gpu, Kernel, Shader, Tensor};
+use crate::gpu::{kernel_params, Access, Gpu, Kernel, Shader, Tensor};
 
-/// Mirrors `Params` in `shaders/cross_entropy.wgsl`.
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct Params {
-    rows: u32,
-    classes: u32,
-    inv_rows: f32,
-    _pad0: u32,
+kernel_params! {
+    /// Mirrors `Params` in `shaders/cross_entropy.wgsl`.
+    struct Params {
+        rows: u32,
+        classes: u32,
+        inv_rows: f32,
+        _pad0: u32,
+    }
 }
 
 const FORWARD_BINDINGS: &[Access] = &[Access::ReadWrite, Access::ReadWrite, Access::Read, Access::Read];

@@ -13,28 +13,28 @@
 //! a chunk of a larger batch draws the same noise as that batch's rows.
 
 use anyhow::{ensure, Result};
-use bytemuck::{Pod, Zeroable};
 
-use crate::gpu::{Access, Gpu, Kernel, Shader, Tensor};
+use crate::gpu::{kernel_params, Access, Gpu, Kernel, Shader, Tensor};
 use crate::schedule::{PredictionType, Schedule};
 
-/// Mirrors `Params` in `shaders/ddpm.wgsl`.
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable, Default)]
-struct Params {
-    batch: u32,
-    dim: u32,
-    steps: u32,
-    clip: u32,
-    clip_range: f32,
-    seed_lo: u32,
-    seed_hi: u32,
-    noise_step: u32,
-    counter: [u32; 4],
-    first_sample: u32,
-    /// to_epsilon: 1 = v_prediction, 2 = sample.
-    prediction: u32,
-    _pad: [u32; 2],
+kernel_params! {
+    /// Mirrors `Params` in `shaders/ddpm.wgsl`.
+    #[derive(Default)]
+    struct Params {
+        batch: u32,
+        dim: u32,
+        steps: u32,
+        clip: u32,
+        clip_range: f32,
+        seed_lo: u32,
+        seed_hi: u32,
+        noise_step: u32,
+        counter: [u32; 4],
+        first_sample: u32,
+        /// to_epsilon: 1 = v_prediction, 2 = sample.
+        prediction: u32,
+        _pad: [u32; 2],
+    }
 }
 
 // WGSL rounds the struct up to its vec4 alignment: 64 bytes.

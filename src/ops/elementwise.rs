@@ -2,18 +2,17 @@
 //! `shaders/elementwise.wgsl`, one vec4 per invocation.
 
 use anyhow::{ensure, Result};
-use bytemuck::{Pod, Zeroable};
 
-use crate::gpu::{Access, Gpu, Kernel, Shader, Tensor};
+use crate::gpu::{kernel_params, Access, Gpu, Kernel, Shader, Tensor};
 
-/// Mirrors `Params` in `shaders/elementwise.wgsl`.
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct Params {
-    len: u32,
-    spatial: u32,
-    channels: u32,
-    s: f32,
+kernel_params! {
+    /// Mirrors `Params` in `shaders/elementwise.wgsl`.
+    struct Params {
+        len: u32,
+        spatial: u32,
+        channels: u32,
+        s: f32,
+    }
 }
 
 const WORKGROUP: u32 = 64;

@@ -2,9 +2,8 @@
 //! Kernel: `shaders/embedding.wgsl`. No backward: timesteps are not trained.
 
 use anyhow::{ensure, Result};
-use bytemuck::{Pod, Zeroable};
 
-use crate::gpu::{Access, Gpu, Kernel, Shader, Tensor};
+use crate::gpu::{kernel_params, Access, Gpu, Kernel, Shader, Tensor};
 
 /// Settings of diffusers' `get_timestep_embedding` (its `scale` is 1).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -31,18 +30,18 @@ impl TimestepEmbedding {
     }
 }
 
-/// Mirrors `Params` in `shaders/embedding.wgsl`.
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct Params {
-    batch: u32,
-    dim: u32,
-    half: u32,
-    flip_sin_to_cos: u32,
-    freq_coef: f32,
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
+kernel_params! {
+    /// Mirrors `Params` in `shaders/embedding.wgsl`.
+    struct Params {
+        batch: u32,
+        dim: u32,
+        half: u32,
+        flip_sin_to_cos: u32,
+        freq_coef: f32,
+        _pad0: u32,
+        _pad1: u32,
+        _pad2: u32,
+    }
 }
 
 const BINDINGS: &[Access] = &[Access::ReadWrite, Access::Read];

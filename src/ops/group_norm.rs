@@ -3,9 +3,8 @@
 //! instead of two each way). Kernel: `shaders/group_norm.wgsl`.
 
 use anyhow::{ensure, Result};
-use bytemuck::{Pod, Zeroable};
 
-use crate::gpu::{Access, Gpu, Kernel, Shader, Tensor};
+use crate::gpu::{kernel_params, Access, Gpu, Kernel, Shader, Tensor};
 
 /// `y = gamma * (x - mean) / sqrt(var + eps) + beta` over `groups` groups of
 /// channels per image (then `silu(y)` when `fuse_silu`).
@@ -26,18 +25,18 @@ pub struct GroupNormGrads {
     pub dbeta: Tensor,
 }
 
-/// Mirrors `Params` in `shaders/group_norm.wgsl`.
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct Params {
-    hw: u32,
-    channels: u32,
-    groups: u32,
-    cpg: u32,
-    group_len: u32,
-    n_groups_total: u32,
-    batch: u32,
-    eps: f32,
+kernel_params! {
+    /// Mirrors `Params` in `shaders/group_norm.wgsl`.
+    struct Params {
+        hw: u32,
+        channels: u32,
+        groups: u32,
+        cpg: u32,
+        group_len: u32,
+        n_groups_total: u32,
+        batch: u32,
+        eps: f32,
+    }
 }
 
 const WORKGROUP: u32 = 64;

@@ -3,21 +3,20 @@
 //! (what training logs per timestep). Kernel: `shaders/loss.wgsl`.
 
 use anyhow::{ensure, Result};
-use bytemuck::{Pod, Zeroable};
 
-use crate::gpu::{Access, Gpu, Kernel, Shader, Tensor};
+use crate::gpu::{kernel_params, Access, Gpu, Kernel, Shader, Tensor};
 
-/// Mirrors `Params` in `shaders/loss.wgsl`.
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct Params {
-    /// Elements averaged: all of them, or one row's for the per-sample loss.
-    n: u32,
-    inv_n: f32,
-    /// Rows of the per-sample loss and of the weights (1 otherwise).
-    rows: u32,
-    /// Elements per row of the weights.
-    row_len: u32,
+kernel_params! {
+    /// Mirrors `Params` in `shaders/loss.wgsl`.
+    struct Params {
+        /// Elements averaged: all of them, or one row's for the per-sample loss.
+        n: u32,
+        inv_n: f32,
+        /// Rows of the per-sample loss and of the weights (1 otherwise).
+        rows: u32,
+        /// Elements per row of the weights.
+        row_len: u32,
+    }
 }
 
 /// The per-sample loss binds its output as scalars, the weighted loss binds

@@ -2,9 +2,8 @@
 //! attention, GEMMs inside convolutions). Kernel: `shaders/matmul.wgsl`.
 
 use anyhow::{ensure, Result};
-use bytemuck::{Pod, Zeroable};
 
-use crate::gpu::{Access, Caps, Gpu, Kernel, Shader, Tensor};
+use crate::gpu::{kernel_params, Access, Caps, Gpu, Kernel, Shader, Tensor};
 
 /// `C[z] = alpha * op(A[z]) op(B[z]) + beta * C[z]`, with contiguous row-major
 /// matrices: A is (M, K), or (K, M) when `trans_a`; B is (K, N), or (N, K) when
@@ -75,22 +74,22 @@ impl Gemm {
     }
 }
 
-/// Mirrors `Params` in `shaders/matmul.wgsl`.
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct Params {
-    m: u32,
-    n: u32,
-    k: u32,
-    lda: u32,
-    ldb: u32,
-    ldc: u32,
-    stride_a: u32,
-    stride_b: u32,
-    stride_c: u32,
-    alpha: f32,
-    beta: f32,
-    _pad: u32,
+kernel_params! {
+    /// Mirrors `Params` in `shaders/matmul.wgsl`.
+    struct Params {
+        m: u32,
+        n: u32,
+        k: u32,
+        lda: u32,
+        ldb: u32,
+        ldc: u32,
+        stride_a: u32,
+        stride_b: u32,
+        stride_c: u32,
+        alpha: f32,
+        beta: f32,
+        _pad: u32,
+    }
 }
 
 /// Register tile of one invocation: TM rows by 4*TN4 columns.

@@ -19,7 +19,7 @@ pub mod reduce;
 pub mod upsample;
 pub mod vlb;
 
-use crate::gpu::Shader;
+use crate::gpu::{ParamsLayout, Shader};
 
 /// Every define set the engine may launch `shader` with, enumerated from
 /// each family's launch plans; the naga test translates each one for every
@@ -37,4 +37,26 @@ pub fn variants(shader: Shader) -> Vec<Vec<(&'static str, i64)>> {
         Shader::Upsample => upsample::variants(),
         _ => vec![vec![]],
     }
+}
+
+/// Every kernel family's launch-parameter layout, for the test that
+/// compares each with the `Params` struct of its shader.
+pub fn params_layouts() -> Vec<(Shader, ParamsLayout)> {
+    vec![
+        (Shader::Attention, attention::PARAMS_LAYOUT),
+        (Shader::Concat, concat::PARAMS_LAYOUT),
+        (Shader::Conv2d, conv2d::PARAMS_LAYOUT),
+        (Shader::CrossEntropy, cross_entropy::PARAMS_LAYOUT),
+        (Shader::Ddpm, ddpm::PARAMS_LAYOUT),
+        (Shader::Elementwise, elementwise::PARAMS_LAYOUT),
+        (Shader::Embedding, embedding::PARAMS_LAYOUT),
+        (Shader::GroupNorm, group_norm::PARAMS_LAYOUT),
+        (Shader::Loss, loss::PARAMS_LAYOUT),
+        (Shader::Matmul, matmul::PARAMS_LAYOUT),
+        (Shader::Optimizer, optimizer::PARAMS_LAYOUT),
+        (Shader::Permute, permute::PARAMS_LAYOUT),
+        (Shader::Reduce, reduce::PARAMS_LAYOUT),
+        (Shader::Upsample, upsample::PARAMS_LAYOUT),
+        (Shader::Vlb, vlb::PARAMS_LAYOUT),
+    ]
 }

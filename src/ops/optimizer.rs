@@ -6,26 +6,26 @@
 //! are limited to 128 MiB on many adapters) whatever the number of tensors.
 
 use anyhow::{ensure, Result};
-use bytemuck::{Pod, Zeroable};
 
-use crate::gpu::{Access, Gpu, Kernel, Shader, Tensor};
+use crate::gpu::{kernel_params, Access, Gpu, Kernel, Shader, Tensor};
 
-/// Mirrors `Params` in `shaders/optimizer.wgsl`.
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable, Default)]
-struct Params {
-    len: u32,
-    decoupled: u32,
-    lr: f32,
-    beta1: f32,
-    beta2: f32,
-    eps: f32,
-    weight_decay: f32,
-    bias_correction1: f32,
-    bias_correction2: f32,
-    max_norm: f32,
-    decay: f32,
-    _pad: u32,
+kernel_params! {
+    /// Mirrors `Params` in `shaders/optimizer.wgsl`.
+    #[derive(Default)]
+    struct Params {
+        len: u32,
+        decoupled: u32,
+        lr: f32,
+        beta1: f32,
+        beta2: f32,
+        eps: f32,
+        weight_decay: f32,
+        bias_correction1: f32,
+        bias_correction2: f32,
+        max_norm: f32,
+        decay: f32,
+        _pad: u32,
+    }
 }
 
 /// Elements per dispatch: 64 MiB, a multiple of the view alignment.

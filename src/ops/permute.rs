@@ -1,18 +1,17 @@
 //! Axis swaps between layouts. Kernel: `shaders/permute.wgsl`.
 
 use anyhow::{ensure, Result};
-use bytemuck::{Pod, Zeroable};
 
-use crate::gpu::{Access, Gpu, Kernel, Shader, Tensor};
+use crate::gpu::{kernel_params, Access, Gpu, Kernel, Shader, Tensor};
 
-/// Mirrors `Params` in `shaders/permute.wgsl`.
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct Params {
-    a: u32,
-    b: u32,
-    c: u32,
-    d: u32,
+kernel_params! {
+    /// Mirrors `Params` in `shaders/permute.wgsl`.
+    struct Params {
+        a: u32,
+        b: u32,
+        c: u32,
+        d: u32,
+    }
 }
 
 const WORKGROUP: usize = 64;

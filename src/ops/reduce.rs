@@ -2,22 +2,21 @@
 //! `shaders/reduce.wgsl`.
 
 use anyhow::{ensure, Result};
-use bytemuck::{Pod, Zeroable};
 
-use crate::gpu::{Access, Gpu, Kernel, Shader, Tensor};
+use crate::gpu::{kernel_params, Access, Gpu, Kernel, Shader, Tensor};
 
-/// Mirrors `Params` in `shaders/reduce.wgsl`.
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct Params {
-    kept_size: [u32; 4],
-    kept_stride: [u32; 4],
-    red_size: [u32; 4],
-    red_stride: [u32; 4],
-    n_out: u32,
-    n_red: u32,
-    scale: f32,
-    _pad: u32,
+kernel_params! {
+    /// Mirrors `Params` in `shaders/reduce.wgsl`.
+    struct Params {
+        kept_size: [u32; 4],
+        kept_stride: [u32; 4],
+        red_size: [u32; 4],
+        red_stride: [u32; 4],
+        n_out: u32,
+        n_red: u32,
+        scale: f32,
+        _pad: u32,
+    }
 }
 
 /// Axes of `shape` split into kept and reduced groups: (size, stride) lists,

@@ -2,18 +2,17 @@
 //! `shaders/upsample.wgsl`.
 
 use anyhow::{ensure, Result};
-use bytemuck::{Pod, Zeroable};
 
-use crate::gpu::{Access, Gpu, Kernel, Shader, Tensor};
+use crate::gpu::{kernel_params, Access, Gpu, Kernel, Shader, Tensor};
 
-/// Mirrors `Params` in `shaders/upsample.wgsl`.
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct Params {
-    h: u32,
-    w: u32,
-    len: u32,
-    _pad: u32,
+kernel_params! {
+    /// Mirrors `Params` in `shaders/upsample.wgsl`.
+    struct Params {
+        h: u32,
+        w: u32,
+        len: u32,
+        _pad: u32,
+    }
 }
 
 const BINDINGS: &[Access] = &[Access::ReadWrite, Access::Read];

@@ -15,23 +15,23 @@
 //! scheduler's `variance_type` ([`model_log_variance`]).
 
 use anyhow::{ensure, Result};
-use bytemuck::{Pod, Zeroable};
 
-use crate::gpu::{Access, Gpu, Kernel, Shader, Tensor};
+use crate::gpu::{kernel_params, Access, Gpu, Kernel, Shader, Tensor};
 use crate::schedule::{Schedule, VarianceType};
 
-/// Mirrors `Params` in `shaders/vlb.wgsl`.
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable, Default)]
-struct Params {
-    batch: u32,
-    dim: u32,
-    steps: u32,
-    clip: u32,
-    clip_range: f32,
-    inv_dim: f32,
-    prior_scale: f32,
-    prior_const: f32,
+kernel_params! {
+    /// Mirrors `Params` in `shaders/vlb.wgsl`.
+    #[derive(Default)]
+    struct Params {
+        batch: u32,
+        dim: u32,
+        steps: u32,
+        clip: u32,
+        clip_range: f32,
+        inv_dim: f32,
+        prior_scale: f32,
+        prior_const: f32,
+    }
 }
 
 /// What a kernel writes for a sample whose inputs hold a NaN or an infinity,
