@@ -166,17 +166,33 @@ impl Dataset {
     }
 }
 
+/// Image files under `dir`: regular files (or links to them) with an image
+/// extension, in subfolders too. Links to folders are not followed (no
+/// cycles), and FIFOs, sockets and unreadable subfolders are skipped with a
+/// warning naming them.
 fn collect_images(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
-    for entry in std::fs::read_dir(dir).with_context(|| format!("reading folder {}", dir.display()))? {
-        let path = entry?.path();
-        if path.is_dir() {
-            collect_images(&path, out)?;
-        } else if path
-            .extension()
+    let is_image = |p: &Path| {
+        p.extension()
             .and_then(|e| e.to_str())
             .is_some_and(|e| ["png", "jpg", "jpeg", "bmp", "gif", "webp"].contains(&e.to_lowercase().as_str()))
-        {
-            out.push(path);
+    };
+    for entry in std::fs::read_dir(dir).with_context(|| format!("reading folder {}", dir.display()))? {
+        let entry = entry?;
+        let path = entry.path();
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            if let Err(e) = collect_images(&path, out) {
+                eprintln!("warning: skipping folder {}: {e:#}", path.display());
+            }
+        } else if kind.is_symlink() && path.is_dir() {
+            eprintln!("warning: not following the folder link {}", path.display());
+        } else if is_image(&path) {
+            // Follows a link to its target; a FIFO or socket is not a regular file.
+            if path.metadata().is_ok_and(|m| m.is_file()) {
+                out.push(path);
+            } else {
+                eprintln!("warning: skipping {}: not a regular file", path.display());
+            }
         }
     }
     Ok(())

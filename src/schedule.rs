@@ -113,6 +113,10 @@ impl fmt::Display for VarianceType {
     }
 }
 
+/// The longest schedule accepted: diffusers' models use 1000 steps; a
+/// config asking for millions is refused before its tables are built.
+pub const MAX_TRAIN_TIMESTEPS: usize = 100_000;
+
 /// The keys of diffusers' `DDPMScheduler` config that this crate supports
 /// (no thresholding). Defaults are diffusers' defaults.
 #[derive(Clone, Debug, PartialEq)]
@@ -148,6 +152,8 @@ impl SchedulerConfig {
     /// diffusers' `scheduler_config.json`. Keys this crate does not use are
     /// ignored; settings it cannot honour (another prediction type, custom
     /// betas, thresholding) are errors.
+    /// Parse diffusers' `scheduler_config.json`; the schedule it describes is
+    /// checked (and refused with its numbers) before anything is allocated.
     pub fn from_json(text: &str) -> Result<SchedulerConfig> {
         let v: serde_json::Value =
             serde_json::from_str(text).map_err(|e| anyhow::anyhow!("parsing scheduler config: {e}"))?;
@@ -166,7 +172,11 @@ impl SchedulerConfig {
             clip_sample_range: num("clip_sample_range", d.clip_sample_range),
             prediction_type: text_of("prediction_type").map_or(Ok(d.prediction_type), str::parse)?,
         };
-        ensure!(config.num_train_timesteps >= 1, "num_train_timesteps must be at least 1");
+        ensure!(
+            (2..=MAX_TRAIN_TIMESTEPS).contains(&config.num_train_timesteps),
+            "num_train_timesteps must be between 2 and {MAX_TRAIN_TIMESTEPS}, got {}",
+            config.num_train_timesteps
+        );
         Ok(config)
     }
 
@@ -241,7 +251,11 @@ fn betas_for(config: &SchedulerConfig) -> Vec<f64> {
 
 impl Schedule {
     pub fn new(config: SchedulerConfig) -> Result<Schedule> {
-        ensure!(config.num_train_timesteps >= 2, "schedule: num_train_timesteps must be >= 2");
+        ensure!(
+            (2..=MAX_TRAIN_TIMESTEPS).contains(&config.num_train_timesteps),
+            "schedule: num_train_timesteps must be between 2 and {MAX_TRAIN_TIMESTEPS}, got {}",
+            config.num_train_timesteps
+        );
         ensure!(
             config.clip_sample_range > 0.0,
             "schedule: clip_sample_range must be positive, got {}",

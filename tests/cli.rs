@@ -424,3 +424,114 @@ fn eval_every_logs_sample_quality_and_eval_nll_reports_bits_per_dim() {
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("--eval-samples 20"));
     std::fs::remove_dir_all(&run).unwrap();
 }
+
+/// A tiny config's checkpoint folder (config, weights, scheduler), with
+/// `edit` applied to the weights, config JSON and scheduler JSON.
+fn checkpoint_with(dir: &Path, edit: impl FnOnce(&mut Vec<f32>, &mut String, &mut String)) {
+    use ddpm_wgpu::unet::{UNet, UNetConfig};
+    std::fs::create_dir_all(dir).unwrap();
+    let config = UNetConfig::load(Path::new(&config())).unwrap();
+    let unet = UNet::new(&config).unwrap();
+    let mut weights = unet.table.init(0);
+    let mut config_json = config.to_json();
+    let mut scheduler = ddpm_wgpu::schedule::SchedulerConfig::default().to_json();
+    edit(&mut weights, &mut config_json, &mut scheduler);
+    unet.table.save(&weights, &dir.join("diffusion_pytorch_model.safetensors")).unwrap();
+    std::fs::write(dir.join("config.json"), config_json).unwrap();
+    std::fs::write(dir.join("scheduler_config.json"), scheduler).unwrap();
+}
+
+#[test]
+fn hostile_input_is_refused_before_any_work() {
+    let dir = temp("hostile");
+    std::fs::create_dir_all(&dir).unwrap();
+    let d = dir.to_str().unwrap();
+    let out = |name: &str| format!("{d}/{name}");
+    fails_with(&["train", "--limit", "0", "--out", &out("o1")], "--limit must be at least 1");
+    fails_with(&["train", "--channels", "5", "--out", &out("o2")], "--channels must be 1 without --data");
+    fails_with(&["train", "--channels", "0", "--out", &out("o3")], "in_channels and out_channels must be at least 1");
+    fails_with(&["train", "--resolution", "0", "--out", &out("o4")], "--resolution must be between 1 and");
+    fails_with(&["train", "--lr", "NaN", "--steps", "1", "--out", &out("o5")], "--lr must be a positive number");
+    fails_with(&["train", "--lr=-1", "--steps", "1", "--out", &out("o6")], "--lr must be a positive number");
+    fails_with(&["train", "--grid-ddim-steps", "0", "--out", &out("o7")], "--grid-samples and --grid-ddim-steps");
+    fails_with(&["train", "--grid-eta=-1", "--out", &out("o8")], "--grid-eta must be");
+    fails_with(&["train", "--resume", &out("o1"), "--out", &out("o9")], "--out (the run stays in its folder)");
+    // Checkpoints people download: non-finite weights, a bad config, an absurd schedule.
+    let ckpt = |name: &str| format!("{d}/ckpt-{name}");
+    checkpoint_with(Path::new(&ckpt("nan")), |w, _, _| {
+        let middle = w.len() / 2;
+        w[middle] = f32::NAN;
+    });
+    fails_with(&["sample", "--checkpoint", &ckpt("nan"), "--num", "1", "--out", &out("s.png")], "holds NaN");
+    let set = |json: &mut String, key: &str, value: serde_json::Value| {
+        let mut v: serde_json::Value = serde_json::from_str(json).unwrap();
+        v[key] = value;
+        *json = v.to_string();
+    };
+    checkpoint_with(Path::new(&ckpt("eps")), |_, c, _| set(c, "norm_eps", (-1.0).into()));
+    fails_with(&["sample", "--checkpoint", &ckpt("eps"), "--out", &out("s.png")], "norm_eps must be a positive");
+    checkpoint_with(Path::new(&ckpt("long")), |_, _, s| set(s, "num_train_timesteps", 100_000_000.into()));
+    fails_with(
+        &["sample", "--checkpoint", &ckpt("long"), "--out", &out("s.png")],
+        "num_train_timesteps must be between 2 and 100000, got 100000000",
+    );
+    // Options and output paths are checked before sampling.
+    fails_with(&["sample", "--checkpoint", &ckpt("nan"), "--eta", "inf"], "--eta must be a finite number");
+    fails_with(&["sample", "--checkpoint", &ckpt("nan"), "--out", d], "is a folder");
+    std::fs::write(dir.join("file"), b"x").unwrap();
+    fails_with(&["sample", "--checkpoint", &ckpt("nan"), "--individual", &out("file")], "cannot create output folder");
+    assert!(!dir.join("s.png").exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn the_data_walk_skips_fifos_and_folder_links_and_a_second_run_is_refused() {
+    let dir = temp("walk");
+    let data = dir.join("data");
+    std::fs::create_dir_all(data.join("sub")).unwrap();
+    image::GrayImage::from_fn(28, 28, |x, y| image::Luma([((x * y) % 256) as u8]))
+        .save(data.join("sub/a.png"))
+        .unwrap();
+    // A FIFO named like an image, and folder links that would loop.
+    assert!(Command::new("mkfifo").arg(data.join("pipe.png")).status().unwrap().success());
+    std::os::unix::fs::symlink(".", data.join("self")).unwrap();
+    std::os::unix::fs::symlink("..", data.join("sub/up")).unwrap();
+    let run = dir.join("run");
+    let (data_s, run_s, config) = (data.to_str().unwrap(), run.to_str().unwrap(), config());
+    let args = |steps: &'static str| {
+        let mut a = vec!["train", "--config", &config, "--data", data_s, "--channels", "1", "--resolution", "28"];
+        a.extend(["--batch-size", "1", "--steps", steps, "--sample-every", "0", "--grid-samples", "1"]);
+        a.extend(["--grid-ddim-steps", "1", "--out", run_s]);
+        a
+    };
+    let first = ddpm(&args("1"));
+    let stderr = String::from_utf8_lossy(&first.stderr);
+    assert!(first.status.success(), "{stderr}");
+    assert!(stderr.contains("data: 1 images"), "the walk found other than the one image: {stderr}");
+    assert!(stderr.contains("pipe.png: not a regular file") && stderr.contains("not following the folder link"));
+    // While one run holds the folder, a second is refused with its pid.
+    let mut holder = Command::new(env!("CARGO_BIN_EXE_ddpm"))
+        .args(args("100000").iter().map(|a| {
+            if *a == run_s {
+                dir.join("long").to_str().unwrap().to_string()
+            } else {
+                a.to_string()
+            }
+        }))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let lock = dir.join("long/.lock");
+    let started = std::time::Instant::now();
+    while std::fs::read_to_string(&lock).map_or(true, |pid| pid.trim() != holder.id().to_string()) {
+        assert!(started.elapsed().as_secs() < 60, "the first run never took its lock");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let long = dir.join("long");
+    let second: Vec<&str> =
+        args("1").into_iter().map(|a| if a == run_s { long.to_str().unwrap() } else { a }).collect();
+    fails_with(&second, &format!("another `ddpm train` (pid {}) is writing to", holder.id()));
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}

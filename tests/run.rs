@@ -171,3 +171,16 @@ fn an_interruption_logs_and_saves_every_step_then_the_run_resumes_to_the_end() {
     assert!(observer.readouts.iter().all(|r| r.smoothed_loss.is_finite() && r.images_per_second > 0.0));
     std::fs::remove_dir_all(&out).unwrap();
 }
+
+#[test]
+fn a_run_folder_takes_one_run_at_a_time() {
+    let out = temp("lock");
+    std::fs::create_dir_all(&out).unwrap();
+    let settings = settings(out.clone(), 1);
+    let held = settings.lock().unwrap();
+    let err = settings.lock().unwrap_err().to_string();
+    assert!(err.contains(&format!("(pid {})", std::process::id())) && err.contains("is writing to"), "{err}");
+    drop(held);
+    drop(settings.lock().expect("the lock is free once its holder is gone"));
+    std::fs::remove_dir_all(&out).unwrap();
+}

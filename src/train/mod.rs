@@ -150,6 +150,17 @@ pub struct DataSpec {
 
 impl DataSpec {
     pub fn load(&self) -> Result<Dataset> {
+        ensure!(self.limit != Some(0), "--limit must be at least 1");
+        ensure!(
+            (1..=MAX_RESOLUTION).contains(&self.resolution),
+            "--resolution must be between 1 and {MAX_RESOLUTION}, got {}",
+            self.resolution
+        );
+        ensure!(
+            self.folder.is_some() || self.channels == 1,
+            "the MNIST digits are grey: --channels must be 1 without --data, got {}",
+            self.channels
+        );
         Ok(match &self.folder {
             Some(dir) => {
                 let data = Dataset::from_folder(dir, self.resolution, self.channels)?;
@@ -162,6 +173,10 @@ impl DataSpec {
         })
     }
 }
+
+/// The largest training image side accepted (beyond it one image's
+/// activations outgrow any adapter's storage binding).
+pub const MAX_RESOLUTION: usize = 1024;
 
 /// What a checkpoint records besides tensors.
 #[derive(Clone, Debug, Serialize, Deserialize)]

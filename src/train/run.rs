@@ -85,6 +85,30 @@ impl RunSettings {
         self.out.join("metrics.csv")
     }
 
+    /// An exclusive lock on `out/.lock` (naming the holder's pid), held
+    /// while the returned file lives and released by the OS when the
+    /// process ends, however it ends; a second run into `out` is refused.
+    pub fn lock(&self) -> Result<std::fs::File> {
+        use std::io::{Read, Seek, Write};
+        let path = self.out.join(".lock");
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        if file.try_lock().is_err() {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            bail!("another `ddpm train` (pid {}) is writing to {}", holder.trim(), self.out.display());
+        }
+        file.set_len(0)?;
+        file.rewind()?;
+        write!(file, "{}", std::process::id())?;
+        Ok(file)
+    }
+
     /// Everything that could fail later in the run, checked before step 1.
     pub fn validate(&self, data: &Dataset) -> Result<()> {
         let g = &self.grid;

@@ -161,6 +161,11 @@ impl UNetConfig {
             "class-conditional UNets are not supported"
         );
         ensure!(self.downsample_padding <= 1, "downsample_padding must be 0 (TF 'SAME', as the DDPM paper) or 1");
+        ensure!(
+            self.norm_eps.is_finite() && self.norm_eps > 0.0,
+            "norm_eps must be a positive number, got {}",
+            self.norm_eps
+        );
         ensure!(self.norm_num_groups > 0, "norm_num_groups must be at least 1");
         ensure!(self.attn_norm_num_groups != Some(0), "attn_norm_num_groups must be at least 1");
         ensure!(self.attention_head_dim != Some(0), "attention_head_dim must be at least 1");

@@ -110,8 +110,12 @@ impl ParamTable {
             if t.dtype() != safetensors::Dtype::F32 {
                 bail!("tensor '{}' is {:?}; only F32 checkpoints are supported", e.name, t.dtype());
             }
-            for (dst, chunk) in flat[e.offset..e.offset + e.len()].iter_mut().zip(t.data().chunks_exact(4)) {
+            let values = &mut flat[e.offset..e.offset + e.len()];
+            for (dst, chunk) in values.iter_mut().zip(t.data().chunks_exact(4)) {
                 *dst = f32::from_le_bytes(chunk.try_into().unwrap());
+            }
+            if let Some(bad) = values.iter().find(|v| !v.is_finite()) {
+                bail!("tensor '{}' holds {bad} (the weights of a diverged run?)", e.name);
             }
         }
         if !missing.is_empty() {

@@ -59,9 +59,9 @@ pub struct TrainArgs {
     /// 2022) or sample (x_0); saved in scheduler_config.json [default: the preset's].
     #[arg(long, value_enum)]
     pub prediction_type: Option<Prediction>,
-    /// Where checkpoints, sample grids, metrics.csv and loss.png go.
-    #[arg(long, default_value = "runs/mnist")]
-    pub out: PathBuf,
+    /// Where checkpoints, sample grids, metrics.csv and loss.png go [default: runs/mnist].
+    #[arg(long)]
+    pub out: Option<PathBuf>,
     /// Continue the run whose output folder is this (same seed and data).
     #[arg(long)]
     pub resume: Option<PathBuf>,
@@ -226,6 +226,7 @@ impl TrainArgs {
             ("--prediction-type", self.prediction_type.is_some()),
             ("--flip", self.flip),
             ("--seed", self.seed.is_some()),
+            ("--out (the run stays in its folder)", self.out.is_some()),
         ];
         let given: Vec<&str> = fixed.iter().filter(|(_, set)| *set).map(|(name, _)| *name).collect();
         if !given.is_empty() {

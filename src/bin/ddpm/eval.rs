@@ -19,6 +19,9 @@ pub fn eval_command(options: &GpuOptions, args: EvalArgs) -> Result<()> {
     if args.batch_size == Some(0) {
         bail!("--batch-size must be at least 1");
     }
+    if !(args.eta.is_finite() && args.eta >= 0.0) {
+        bail!("--eta must be a finite number >= 0, got {}", args.eta);
+    }
     if args.nll && args.checkpoint.is_none() {
         bail!("--nll needs --checkpoint (the bound is a property of a model, not of samples)");
     }

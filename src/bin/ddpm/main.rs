@@ -3,6 +3,7 @@
 //! builds the runs and prints.
 
 mod args;
+mod devices;
 mod eval;
 mod sample;
 
@@ -14,7 +15,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use args::{EvalArgs, SampleArgs, TrainArgs};
 use clap::{Parser, Subcommand};
-use ddpm_wgpu::gpu::{enumerate_adapters, Gpu, GpuOptions};
+use ddpm_wgpu::gpu::{Gpu, GpuOptions};
 use ddpm_wgpu::train::{existing_checkpoint, read_state, run, DataSpec, Observer, Outcome, Readout, Trainer};
 use ddpm_wgpu::unet::UNetConfig;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -52,7 +53,7 @@ fn main() {
     let options =
         GpuOptions { backend: cli.backend.clone(), adapter_name: cli.adapter.clone(), ..GpuOptions::default() };
     let result = match cli.command {
-        Command::Devices => devices(&options),
+        Command::Devices => devices::devices(&options),
         Command::Train(args) => train(&options, args),
         Command::Sample(args) => sample::sample_command(&options, args),
         Command::Eval(args) => eval::eval_command(&options, args),
@@ -61,45 +62,6 @@ fn main() {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
-}
-
-fn devices(options: &GpuOptions) -> Result<()> {
-    let adapters = enumerate_adapters(options)?;
-    if adapters.is_empty() {
-        // Gpu::new explains how to get an adapter.
-        Gpu::new(options)?;
-    }
-    // Listed even when the requested adapter is missing; that error comes after the list.
-    let opened = Gpu::new(options).map(|g| g.info().clone());
-    let chosen = opened.as_ref().ok();
-    for adapter in &adapters {
-        let info = adapter.get_info();
-        let limits = adapter.limits();
-        let features = adapter.features();
-        let is_chosen = chosen.as_ref().is_some_and(|c| c.name == info.name && c.backend == info.backend);
-        println!("{} {} [{:?}]", if is_chosen { "*" } else { " " }, info.name, info.backend);
-        println!("    type: {:?}, driver: {} {}", info.device_type, info.driver, info.driver_info);
-        let has = |f: wgpu::Features| if features.contains(f) { "yes" } else { "no" };
-        println!(
-            "    subgroups: {} (size {}-{}), timestamps: {}, f16: {}",
-            has(wgpu::Features::SUBGROUP),
-            info.subgroup_min_size,
-            info.subgroup_max_size,
-            has(wgpu::Features::TIMESTAMP_QUERY),
-            has(wgpu::Features::SHADER_F16)
-        );
-        println!(
-            "    max storage binding: {} MiB, max buffer: {} MiB, workgroup storage: {} KiB, invocations/workgroup: {}, storage buffers/stage: {}",
-            limits.max_storage_buffer_binding_size >> 20,
-            limits.max_buffer_size >> 20,
-            limits.max_compute_workgroup_storage_size >> 10,
-            limits.max_compute_invocations_per_workgroup,
-            limits.max_storage_buffers_per_shader_stage
-        );
-    }
-    opened?;
-    println!("* = the adapter the engine uses with these settings");
-    Ok(())
 }
 
 pub(crate) fn progress_bar(len: u64) -> ProgressBar {
@@ -125,9 +87,11 @@ fn train(options: &GpuOptions, args: TrainArgs) -> Result<()> {
     if args.resume.is_some() {
         args.check_resume()?;
     }
-    let out = args.resume.clone().unwrap_or_else(|| args.out.clone());
+    let out = args.resume.clone().or_else(|| args.out.clone()).unwrap_or_else(|| "runs/mnist".into());
     ensure_writable(&out)?;
+    // Held until the process ends (a kill included): a second run into `out` is refused.
     let settings = args.run_settings(out.clone());
+    let _lock = settings.lock()?;
     let checkpoint_dir = settings.checkpoint_dir();
     // A resumed run keeps its config and data; a new one takes them from the recipe and flags.
     let (config, spec) = match &args.resume {
@@ -175,10 +139,18 @@ fn train(options: &GpuOptions, args: TrainArgs) -> Result<()> {
     let parameters = trainer.unet.table.count() as f64 / 1e6;
     eprintln!("UNet: {parameters:.2}M parameters; batch {}, {} steps, lr {}", o.batch_size, o.steps, o.lr);
 
-    // Ctrl-C and SIGTERM stop the run after the current step, with a checkpoint.
+    // Ctrl-C and SIGTERM stop the run after the current step, with a
+    // checkpoint; a second one stops at once (the last complete checkpoint
+    // stays: saves are swapped in whole).
     let interrupted = Arc::new(AtomicBool::new(false));
     let flag = interrupted.clone();
-    ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst)).context("installing the Ctrl-C handler")?;
+    ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            eprintln!("\ninterrupted again: stopping now");
+            std::process::exit(130);
+        }
+    })
+    .context("installing the Ctrl-C handler")?;
     let mut progress = ProgressOutput { bar: progress_bar(trainer.options.steps) };
     progress.bar.set_position(trainer.step);
     let (start_step, started) = (trainer.step, Instant::now());

@@ -18,8 +18,20 @@ pub fn sample_command(options: &GpuOptions, args: SampleArgs) -> Result<()> {
     if args.batch_size == Some(0) {
         bail!("--batch-size must be at least 1");
     }
-    if let Some(parent) = args.out.parent().filter(|p| !p.as_os_str().is_empty()) {
-        ensure_writable(parent)?;
+    // Every output path is checked before sampling, which may take minutes.
+    if !(args.eta.is_finite() && args.eta >= 0.0) {
+        bail!("--eta must be a finite number >= 0, got {}", args.eta);
+    }
+    if args.out.is_dir() {
+        bail!("--out {} is a folder: give the grid's file name", args.out.display());
+    }
+    for file in std::iter::once(&args.out).chain(&args.strip) {
+        if let Some(parent) = file.parent().filter(|p| !p.as_os_str().is_empty()) {
+            ensure_writable(parent)?;
+        }
+    }
+    if let Some(dir) = &args.individual {
+        ensure_writable(dir)?;
     }
     let gpu = Gpu::new(options)?;
     eprintln!("adapter: {}", gpu.info());
@@ -49,12 +61,14 @@ pub fn sample_command(options: &GpuOptions, args: SampleArgs) -> Result<()> {
         bar.set_message(format!("{rate:.2} steps/s"));
     })?;
     bar.finish();
+    if images.iter().any(|v| !v.is_finite()) {
+        bail!("the samples hold NaN or infinite values; nothing was written");
+    }
     let channels = config.in_channels;
     let cols = (args.num as f64).sqrt().ceil() as usize;
     save_grid(&args.out, &images, channels, resolution, cols, grid_scale(resolution))?;
     eprintln!("wrote {} ({} samples in {:.1} s)", args.out.display(), args.num, started.elapsed().as_secs_f64());
     if let Some(dir) = &args.individual {
-        ensure_writable(dir)?;
         let len = channels * resolution * resolution;
         for (i, img) in images.chunks_exact(len).enumerate() {
             save_image(&dir.join(format!("sample_{i:04}.png")), img, channels, resolution)?;
