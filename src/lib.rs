@@ -1,6 +1,7 @@
 //! A hand-written GPU compute engine for DDPM diffusion models: WGSL kernels
 //! in `shaders/`, launched through wgpu on Vulkan, Metal, DX12 or GL.
 
+pub mod checkpoint;
 pub mod data;
 pub mod eval;
 pub mod gpu;

@@ -45,6 +45,15 @@ impl Model {
     /// `dir/scheduler` or beside the weights (the default DDPM scheduler
     /// when there is none).
     pub fn load(gpu: &Gpu, dir: &Path) -> Result<Model> {
+        // A training checkpoint whose save was cut short is beside `dir`.
+        let found = crate::checkpoint::newest(dir);
+        let dir = match &found {
+            Some(found) if !dir.is_dir() => {
+                eprintln!("note: {} is missing; using {} (a save was cut short)", dir.display(), found.display());
+                found.as_path()
+            }
+            _ => dir,
+        };
         if !dir.is_dir() {
             bail!("checkpoint folder {} does not exist", dir.display());
         }

@@ -184,3 +184,55 @@ fn a_run_folder_takes_one_run_at_a_time() {
     drop(settings.lock().expect("the lock is free once its holder is gone"));
     std::fs::remove_dir_all(&out).unwrap();
 }
+
+#[test]
+fn a_save_cut_short_at_any_step_leaves_a_checkpoint_that_loads_and_resumes() {
+    use ddpm_wgpu::checkpoint::{self, SaveStep};
+    use ddpm_wgpu::sample::Model;
+    let (_turn, gpu) = common::gpu();
+    let data = digits(None);
+    let out = temp("crash");
+    let dir = out.join("checkpoint");
+    let mut trainer =
+        Trainer::new(&gpu, &tiny_config(), SchedulerConfig::default(), options(100), [1, 28, 28]).unwrap();
+    trainer.train_step(&data).unwrap();
+    trainer.save_checkpoint(&dir, &spec()).unwrap();
+    let steps = [
+        SaveStep::Recover,
+        SaveStep::ClearNew,
+        SaveStep::Write,
+        SaveStep::ClearOld,
+        SaveStep::Demote,
+        SaveStep::Promote,
+        SaveStep::ClearDemoted,
+    ];
+    // Every crash point once, then each again on top of the state the first
+    // crash at the riskiest point (between the renames) left behind.
+    let plan = steps.iter().map(|&s| (SaveStep::Demote, s)).chain(steps.iter().map(|&s| (s, s)));
+    for (first, second) in plan {
+        for crash in [first, second] {
+            let before = checkpoint::completed_step(&checkpoint::newest(&dir).unwrap()).unwrap();
+            trainer.train_step(&data).unwrap();
+            let mut at = |step: SaveStep| if step == crash { anyhow::bail!("crash at {step:?}") } else { Ok(()) };
+            assert!(trainer.save_checkpoint_with(&dir, &spec(), &mut at).is_err());
+            if crash == SaveStep::Write {
+                // A kill in the middle of writing leaves a partial folder.
+                std::fs::create_dir_all(checkpoint::sibling(&dir, "new").join("unet")).unwrap();
+            }
+            let case = format!("crash at {crash:?} (after {first:?})");
+            let newest = checkpoint::newest(&dir).unwrap_or_else(|| panic!("{case}: no complete checkpoint left"));
+            let step = checkpoint::completed_step(&newest).unwrap();
+            assert!(step == before || step == trainer.step, "{case}: newest is step {step}");
+            let (resumed, _) = Trainer::resume(&gpu, &dir, None, [1, 28, 28]).unwrap();
+            assert_eq!(resumed.step, step, "{case}");
+            Model::load(&gpu, &dir).unwrap_or_else(|e| panic!("{case}: sampling cannot load it: {e:#}"));
+        }
+        // The resumed run saves cleanly over whatever was left.
+        let (resumed, _) = Trainer::resume(&gpu, &dir, None, [1, 28, 28]).unwrap();
+        trainer = resumed;
+        trainer.save_checkpoint(&dir, &spec()).unwrap();
+        assert!(!checkpoint::sibling(&dir, "new").exists() && !checkpoint::sibling(&dir, "old").exists());
+        assert_eq!(checkpoint::completed_step(&dir), Some(trainer.step));
+    }
+    std::fs::remove_dir_all(&out).unwrap();
+}

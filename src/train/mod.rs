@@ -13,6 +13,7 @@ use rand::seq::SliceRandom;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
+use crate::checkpoint::{self, SaveStep};
 use crate::data::Dataset;
 use crate::gpu::{Gpu, Tensor, VIEW_ALIGN_ELEMS};
 use crate::ops::ddpm::{self, DdpmTables, NoiseKey};
@@ -20,7 +21,7 @@ use crate::ops::loss;
 use crate::ops::optimizer::{self, Adam};
 use crate::schedule::{BetaSchedule, PredictionType, Schedule, SchedulerConfig};
 use crate::tape::Tape;
-use crate::unet::params::ParamStore;
+use crate::unet::params::{write_atomically, ParamStore};
 use crate::unet::{ParamVars, UNet, UNetConfig};
 
 mod run;
@@ -520,44 +521,53 @@ impl<'g> Trainer<'g> {
 
     /// Write a resumable checkpoint to `dir`: a diffusers DDPMPipeline
     /// folder (EMA weights in `unet/`, `scheduler/`) plus `training/` with
-    /// the raw weights, Adam moments and state. Written to a temporary
-    /// folder first, then swapped in, so an interruption leaves the previous
-    /// checkpoint whole.
+    /// the raw weights, Adam moments and state. Crash-safe at every point:
+    /// see [`checkpoint`](crate::checkpoint).
     pub fn save_checkpoint(&self, dir: &Path, data: &DataSpec) -> Result<()> {
+        self.save_checkpoint_with(dir, data, &mut |_| Ok(()))
+    }
+
+    /// [`Trainer::save_checkpoint`], running `before` before each step of
+    /// the swap (a test's crash points).
+    pub fn save_checkpoint_with(
+        &self,
+        dir: &Path,
+        data: &DataSpec,
+        before: &mut dyn FnMut(SaveStep) -> Result<()>,
+    ) -> Result<()> {
         let gpu = self.gpu;
         let table = &self.unet.table;
-        let tmp = sibling(dir, "new");
-        let _ = std::fs::remove_dir_all(&tmp);
-        for sub in ["unet", "scheduler", "training"] {
-            std::fs::create_dir_all(tmp.join(sub)).with_context(|| format!("creating {}", tmp.join(sub).display()))?;
-        }
-        let model_index = serde_json::json!({
-            "_class_name": "DDPMPipeline",
-            "scheduler": ["diffusers", "DDPMScheduler"],
-            "unet": ["diffusers", "UNet2DModel"],
-        });
-        std::fs::write(tmp.join("model_index.json"), serde_json::to_string_pretty(&model_index)?)?;
-        std::fs::write(tmp.join("unet/config.json"), self.unet.config().to_json())?;
-        table.save(&gpu.read(&self.ema)?, &tmp.join("unet/diffusion_pytorch_model.safetensors"))?;
-        std::fs::write(tmp.join("scheduler/scheduler_config.json"), self.scheduler.to_json())?;
-        table.save(&gpu.read(&self.weights.flat)?, &tmp.join("training/weights.safetensors"))?;
-        table.save(&gpu.read(&self.exp_avg)?, &tmp.join("training/exp_avg.safetensors"))?;
-        table.save(&gpu.read(&self.exp_avg_sq)?, &tmp.join("training/exp_avg_sq.safetensors"))?;
-        let state = TrainState {
-            step: self.step,
-            options: self.options.clone(),
-            data: data.clone(),
-            adapter: gpu.info().to_string(),
+        // Everything is read back before the swap starts.
+        let ema = gpu.read(&self.ema)?;
+        let weights = gpu.read(&self.weights.flat)?;
+        let (exp_avg, exp_avg_sq) = (gpu.read(&self.exp_avg)?, gpu.read(&self.exp_avg_sq)?);
+        let write = |tmp: &Path| -> Result<()> {
+            for sub in ["unet", "scheduler", "training"] {
+                std::fs::create_dir_all(tmp.join(sub))
+                    .with_context(|| format!("creating {}", tmp.join(sub).display()))?;
+            }
+            let model_index = serde_json::json!({
+                "_class_name": "DDPMPipeline",
+                "scheduler": ["diffusers", "DDPMScheduler"],
+                "unet": ["diffusers", "UNet2DModel"],
+            });
+            std::fs::write(tmp.join("model_index.json"), serde_json::to_string_pretty(&model_index)?)?;
+            std::fs::write(tmp.join("unet/config.json"), self.unet.config().to_json())?;
+            table.save(&ema, &tmp.join("unet/diffusion_pytorch_model.safetensors"))?;
+            std::fs::write(tmp.join("scheduler/scheduler_config.json"), self.scheduler.to_json())?;
+            table.save(&weights, &tmp.join("training/weights.safetensors"))?;
+            table.save(&exp_avg, &tmp.join("training/exp_avg.safetensors"))?;
+            table.save(&exp_avg_sq, &tmp.join("training/exp_avg_sq.safetensors"))?;
+            let state = TrainState {
+                step: self.step,
+                options: self.options.clone(),
+                data: data.clone(),
+                adapter: gpu.info().to_string(),
+            };
+            // Last: its presence marks the folder complete.
+            write_atomically(&tmp.join("training/state.json"), serde_json::to_string_pretty(&state)?.as_bytes())
         };
-        std::fs::write(tmp.join("training/state.json"), serde_json::to_string_pretty(&state)?)?;
-        let old = sibling(dir, "old");
-        let _ = std::fs::remove_dir_all(&old);
-        if dir.exists() {
-            std::fs::rename(dir, &old).with_context(|| format!("moving the previous checkpoint {}", dir.display()))?;
-        }
-        std::fs::rename(&tmp, dir).with_context(|| format!("moving the new checkpoint into {}", dir.display()))?;
-        let _ = std::fs::remove_dir_all(&old);
-        Ok(())
+        checkpoint::replace(dir, write, before)
     }
 
     /// Continue the run saved in checkpoint `dir`. `steps` may extend it.
@@ -646,19 +656,10 @@ pub fn decile_means(losses: &[f32], t: &[usize], steps: usize) -> ([f32; DECILES
     (mean, count)
 }
 
-/// `dir`, or the previous checkpoint kept beside it if a save was cut short.
+/// The newest complete checkpoint: `dir`, or one a cut-short save left beside it.
 pub fn existing_checkpoint(dir: &Path) -> Result<PathBuf> {
-    for candidate in [dir.to_path_buf(), sibling(dir, "old")] {
-        if candidate.join("training/state.json").is_file() {
-            return Ok(candidate);
-        }
-    }
-    bail!("no resumable checkpoint in {} (expected training/state.json)", dir.display())
-}
-
-fn sibling(dir: &Path, suffix: &str) -> PathBuf {
-    let name = dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "checkpoint".into());
-    dir.with_file_name(format!("{name}.{suffix}"))
+    checkpoint::newest(dir)
+        .with_context(|| format!("no resumable checkpoint in {} (expected training/state.json)", dir.display()))
 }
 
 /// The generator for step `s`'s host-side choices (flips, timesteps).
@@ -753,5 +754,5 @@ pub fn resume_metrics(out: &Path, step: u64) -> Result<()> {
         kept.push_str(&row.join(","));
         kept.push('\n');
     }
-    crate::unet::params::write_atomically(&path, kept.as_bytes())
+    write_atomically(&path, kept.as_bytes())
 }
