@@ -63,6 +63,7 @@ impl Model {
             .with_context(|| format!("no config.json in {} or {}/unet", dir.display(), dir.display()))?;
         let config = UNetConfig::load(&unet_dir.join("config.json"))?;
         let unet = UNet::new(&config)?;
+        unet.table.check_fits(gpu)?;
         let weights = unet.table.load(&unet_dir.join("diffusion_pytorch_model.safetensors"))?;
         let scheduler_file: Option<PathBuf> = [dir.join("scheduler"), dir.to_path_buf(), unet_dir.clone()]
             .into_iter()

@@ -448,7 +448,7 @@ fn hostile_input_is_refused_before_any_work() {
     let d = dir.to_str().unwrap();
     let out = |name: &str| format!("{d}/{name}");
     fails_with(&["train", "--limit", "0", "--out", &out("o1")], "--limit must be at least 1");
-    fails_with(&["train", "--channels", "5", "--out", &out("o2")], "--channels must be 1 without --data");
+    fails_with(&["train", "--channels", "5", "--out", &out("o2")], "the MNIST digits are grey, but this run has 5");
     fails_with(&["train", "--channels", "0", "--out", &out("o3")], "in_channels and out_channels must be at least 1");
     fails_with(&["train", "--resolution", "0", "--out", &out("o4")], "--resolution must be between 1 and");
     fails_with(&["train", "--lr", "NaN", "--steps", "1", "--out", &out("o5")], "--lr must be a positive number");
@@ -533,5 +533,75 @@ fn the_data_walk_skips_fifos_and_folder_links_and_a_second_run_is_refused() {
     fails_with(&second, &format!("another `ddpm train` (pid {}) is writing to", holder.id()));
     holder.kill().unwrap();
     holder.wait().unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn sigterm_saves_every_step_and_a_config_beyond_the_adapter_is_refused_before_allocating() {
+    let dir = temp("term");
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join("run");
+    let config = config();
+    let run = Command::new(env!("CARGO_BIN_EXE_ddpm"))
+        .args(["train", "--config", &config, "--limit", "8", "--batch-size", "1", "--steps", "100000"])
+        .args(["--checkpoint-every", "1000000", "--sample-every", "0", "--out", out.to_str().unwrap()])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Past the first readback (10 steps), then SIGTERM, as `docker stop` sends.
+    let started = std::time::Instant::now();
+    while std::fs::read_to_string(out.join("metrics.csv")).map_or(0, |t| t.lines().count()) < 2 {
+        assert!(started.elapsed().as_secs() < 120, "the run logged no step");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert!(Command::new("kill").args(["-TERM", &run.id().to_string()]).status().unwrap().success());
+    let result = run.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert!(result.status.success() && stderr.contains("interrupted at step"), "{stderr}");
+    let state = std::fs::read_to_string(out.join("checkpoint/training/state.json")).unwrap();
+    let step: serde_json::Value = serde_json::from_str(&state).unwrap();
+    let step = step["step"].as_u64().unwrap();
+    assert_eq!(losses(&out).len() as u64, step, "metrics.csv must have a row for each of the {step} steps");
+
+    // A second Ctrl-C during the (long) final grid stops at once.
+    let grid_run = dir.join("grid");
+    let mut run = Command::new(env!("CARGO_BIN_EXE_ddpm"))
+        .args(["train", "--config", &config, "--limit", "8", "--batch-size", "1", "--steps", "10"])
+        .args(["--grid-samples", "256", "--grid-ddim-steps", "1000", "--out", grid_run.to_str().unwrap()])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while std::fs::read_to_string(grid_run.join("checkpoint/training/state.json")).is_err() {
+        assert!(started.elapsed().as_secs() < 120, "the run saved no checkpoint");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let stopping = std::time::Instant::now();
+    for _ in 0..2 {
+        assert!(Command::new("kill").args(["-INT", &run.id().to_string()]).status().unwrap().success());
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let status = run.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "a second Ctrl-C must stop the run");
+    assert!(stopping.elapsed().as_secs() < 10, "stopping took {:?}", stopping.elapsed());
+
+    // 2048-channel convs: 0.6G parameters, each 3x3 weight 144 MiB.
+    let huge = dir.join("huge");
+    std::fs::create_dir_all(&huge).unwrap();
+    let json = r#"{"block_out_channels": [2048], "layers_per_block": 1, "down_block_types": ["DownBlock2D"], "up_block_types": ["UpBlock2D"], "sample_size": 32, "in_channels": 1, "out_channels": 1}"#;
+    std::fs::write(huge.join("config.json"), json).unwrap();
+    std::fs::write(huge.join("diffusion_pytorch_model.safetensors"), b"").unwrap();
+    // Which limit refuses it depends on the adapter; on lavapipe the whole buffer (2.4 GiB).
+    let info = ddpm_wgpu::Gpu::new(&Default::default()).unwrap().info().clone();
+    let flat_bytes =
+        ddpm_wgpu::unet::UNet::new(&ddpm_wgpu::unet::UNetConfig::from_json(json).unwrap()).unwrap().table.flat_len
+            as u64
+            * 4;
+    let expected = match () {
+        _ if flat_bytes > info.max_buffer_size => "largest buffer",
+        _ if info.max_storage_binding < 2048 * 2048 * 9 * 4 => "largest storage binding",
+        _ => "truncated or corrupt",
+    };
+    fails_with(&["sample", "--checkpoint", huge.to_str().unwrap(), "--num", "1"], expected);
     std::fs::remove_dir_all(&dir).unwrap();
 }

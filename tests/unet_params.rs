@@ -116,3 +116,19 @@ fn ddpm_cifar10_parameter_count() {
     let count = ParamTable::new(&UNetLayout::new(&config).params()).count();
     assert!((35_700_000..35_800_000).contains(&count), "{count}");
 }
+
+#[test]
+fn oversized_configs_and_files_are_refused_before_reading_them() {
+    let huge = r#"{"block_out_channels": [8192, 8192], "down_block_types": ["DownBlock2D", "DownBlock2D"], "up_block_types": ["UpBlock2D", "UpBlock2D"]}"#;
+    let err = UNetConfig::from_json(huge).map(|_| ()).unwrap_err().to_string();
+    assert!(err.contains("G parameters; the engine takes at most"), "{err}");
+    // A weights file far larger than the config's tensors is refused by its size.
+    let (config, _) = tiny();
+    let table = ParamTable::new(&UNetLayout::new(&config).params());
+    let path = std::env::temp_dir().join(format!("ddpm-oversized-{}.safetensors", std::process::id()));
+    let file = std::fs::File::create(&path).unwrap();
+    file.set_len((table.flat_len * 4 + (32 << 20)) as u64).unwrap();
+    let err = format!("{:#}", table.load(&path).unwrap_err());
+    assert!(err.contains("MiB but this config's weights take"), "{err}");
+    std::fs::remove_file(&path).unwrap();
+}

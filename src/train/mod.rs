@@ -159,7 +159,8 @@ impl DataSpec {
         );
         ensure!(
             self.folder.is_some() || self.channels == 1,
-            "the MNIST digits are grey: --channels must be 1 without --data, got {}",
+            "the MNIST digits are grey, but this run has {} channels (--channels, or the config's in_channels): \
+             use 1, or give colour images with --data",
             self.channels
         );
         Ok(match &self.folder {
@@ -295,6 +296,7 @@ impl<'g> Trainer<'g> {
         sample_shape: [usize; 3],
     ) -> Result<Trainer<'g>> {
         let unet = UNet::new(config)?;
+        unet.table.check_fits(gpu)?;
         let init = unet.table.init(options.seed);
         Trainer::with_weights(gpu, unet, scheduler, options, sample_shape, &init, &init, None)
     }
@@ -586,6 +588,7 @@ impl<'g> Trainer<'g> {
         let config = UNetConfig::from_json(&read("unet/config.json")?)?;
         let scheduler = SchedulerConfig::from_json(&read("scheduler/scheduler_config.json")?)?;
         let unet = UNet::new(&config)?;
+        unet.table.check_fits(gpu)?;
         let table = unet.table.clone();
         let weights = table.load(&dir.join("training/weights.safetensors"))?;
         let ema = table.load(&dir.join("unet/diffusion_pytorch_model.safetensors"))?;

@@ -8,6 +8,11 @@ use serde::{Deserialize, Serialize};
 
 use super::layout::UNetLayout;
 
+/// The most parameters a config may have (4 GiB of f32 weights, 20 GiB with
+/// gradients, Adam moments and EMA): a downloaded config asking for more is
+/// refused before anything is allocated.
+pub const MAX_PARAMETERS: usize = 1 << 30;
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct UNetConfig {
@@ -171,6 +176,13 @@ impl UNetConfig {
         ensure!(self.attention_head_dim != Some(0), "attention_head_dim must be at least 1");
         // The channel counts every block sees, as the layout derives them.
         let layout = UNetLayout::new(self);
+        let parameters: usize = layout.params().iter().map(|p| p.shape.iter().product::<usize>()).sum();
+        ensure!(
+            parameters <= MAX_PARAMETERS,
+            "this config has {:.1}G parameters; the engine takes at most {:.1}G",
+            parameters as f64 / 1e9,
+            MAX_PARAMETERS as f64 / 1e9
+        );
         for n in layout.norms() {
             ensure!(
                 n.channels.is_multiple_of(n.groups),

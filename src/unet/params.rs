@@ -82,9 +82,44 @@ impl ParamTable {
         flat
     }
 
+    /// Refuse, before any allocation, a table whose flat buffer exceeds the
+    /// adapter's largest buffer, or with a tensor no kernel could bind.
+    pub fn check_fits(&self, gpu: &crate::gpu::Gpu) -> Result<()> {
+        let info = gpu.info();
+        let bytes = (self.flat_len * 4) as u64;
+        if bytes > info.max_buffer_size {
+            bail!(
+                "the weights take {} MiB, more than this adapter's largest buffer ({} MiB)",
+                bytes >> 20,
+                info.max_buffer_size >> 20
+            );
+        }
+        if let Some(e) = self.entries.iter().find(|e| (e.len() * 4) as u64 > info.max_storage_binding) {
+            bail!(
+                "tensor '{}' {:?} takes {} MiB, more than this adapter's largest storage binding ({} MiB)",
+                e.name,
+                e.shape,
+                (e.len() * 4) >> 20,
+                info.max_storage_binding >> 20
+            );
+        }
+        Ok(())
+    }
+
     /// Read a safetensors file whose tensors must be exactly this table's
     /// (same names, same shapes, f32) into a flat vector.
     pub fn load(&self, path: &Path) -> Result<Vec<f32>> {
+        // Sized before it is read: the tensors plus a header of at most 16 MiB.
+        let len = std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?.len();
+        let expected = (self.flat_len * 4) as u64;
+        if len > expected + (16 << 20) {
+            bail!(
+                "{} is {} MiB but this config's weights take {} MiB (checkpoint from another config?)",
+                path.display(),
+                len >> 20,
+                expected >> 20
+            );
+        }
         let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
         self.load_bytes(&bytes).with_context(|| format!("loading weights from {}", path.display()))
     }
