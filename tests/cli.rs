@@ -536,25 +536,42 @@ fn the_data_walk_skips_fifos_and_folder_links_and_a_second_run_is_refused() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// A tiny training run into `out` in the background (stderr captured when `capture`).
+fn spawn_train(config: &str, steps: &str, extra: &[&str], out: &Path, capture: bool) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_ddpm"))
+        .args(["train", "--config", config, "--limit", "8", "--batch-size", "1", "--steps", steps])
+        .args(extra)
+        .args(["--out", out.to_str().unwrap()])
+        .stderr(if capture { std::process::Stdio::piped() } else { std::process::Stdio::null() })
+        .spawn()
+        .unwrap()
+}
+
+/// Poll `ready` for up to two minutes.
+fn wait_for(what: &str, ready: impl Fn() -> bool) {
+    let started = std::time::Instant::now();
+    while !ready() {
+        assert!(started.elapsed().as_secs() < 120, "timed out waiting for {what}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+fn signal(child: &std::process::Child, which: &str) {
+    assert!(Command::new("kill").args([which, &child.id().to_string()]).status().unwrap().success());
+}
+
 #[test]
 fn sigterm_saves_every_step_and_a_config_beyond_the_adapter_is_refused_before_allocating() {
     let dir = temp("term");
     std::fs::create_dir_all(&dir).unwrap();
     let out = dir.join("run");
     let config = config();
-    let run = Command::new(env!("CARGO_BIN_EXE_ddpm"))
-        .args(["train", "--config", &config, "--limit", "8", "--batch-size", "1", "--steps", "100000"])
-        .args(["--checkpoint-every", "1000000", "--sample-every", "0", "--out", out.to_str().unwrap()])
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let run = spawn_train(&config, "100000", &["--checkpoint-every", "1000000", "--sample-every", "0"], &out, true);
     // Past the first readback (10 steps), then SIGTERM, as `docker stop` sends.
-    let started = std::time::Instant::now();
-    while std::fs::read_to_string(out.join("metrics.csv")).map_or(0, |t| t.lines().count()) < 2 {
-        assert!(started.elapsed().as_secs() < 120, "the run logged no step");
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
-    assert!(Command::new("kill").args(["-TERM", &run.id().to_string()]).status().unwrap().success());
+    wait_for("a logged step", || {
+        std::fs::read_to_string(out.join("metrics.csv")).is_ok_and(|t| t.lines().count() >= 2)
+    });
+    signal(&run, "-TERM");
     let result = run.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&result.stderr);
     assert!(result.status.success() && stderr.contains("interrupted at step"), "{stderr}");
@@ -565,20 +582,11 @@ fn sigterm_saves_every_step_and_a_config_beyond_the_adapter_is_refused_before_al
 
     // A second Ctrl-C during the (long) final grid stops at once.
     let grid_run = dir.join("grid");
-    let mut run = Command::new(env!("CARGO_BIN_EXE_ddpm"))
-        .args(["train", "--config", &config, "--limit", "8", "--batch-size", "1", "--steps", "10"])
-        .args(["--grid-samples", "256", "--grid-ddim-steps", "1000", "--out", grid_run.to_str().unwrap()])
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let started = std::time::Instant::now();
-    while std::fs::read_to_string(grid_run.join("checkpoint/training/state.json")).is_err() {
-        assert!(started.elapsed().as_secs() < 120, "the run saved no checkpoint");
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    let mut run = spawn_train(&config, "10", &["--grid-samples", "256", "--grid-ddim-steps", "1000"], &grid_run, false);
+    wait_for("the last checkpoint", || grid_run.join("checkpoint/training/state.json").is_file());
     let stopping = std::time::Instant::now();
     for _ in 0..2 {
-        assert!(Command::new("kill").args(["-INT", &run.id().to_string()]).status().unwrap().success());
+        signal(&run, "-INT");
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
     let status = run.wait().unwrap();
