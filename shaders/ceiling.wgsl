@@ -1,12 +1,15 @@
 // What this adapter can do at best, measured on the same device as every
 // kernel figure: peak f32 FMA rate and storage-buffer copy bandwidth.
-// Launchers: src/ceiling.rs.
+// Launchers: benches/ceiling.rs.
 //
 // Entry points:
 //   peak_fma(out)   out: (invocations * 4) f32; each invocation runs
-//                   `iterations` rounds of 8 independent vec4 FMA chains
-//                   (enough independent work to fill a SIMD pipeline) and
-//                   writes their sum so the compiler cannot drop them.
+//                   `iterations` loop iterations of UNROLL rounds of 8
+//                   independent vec4 FMA chains (enough independent work to
+//                   fill a SIMD pipeline; unrolled so the loop's own
+//                   compare and branch cost little) and writes their sum so
+//                   the compiler cannot drop them. The harness runs UNROLL 4
+//                   and 8: agreeing figures show the overhead is gone.
 //   copy(out, x)    out = x, (len) f32 with len a multiple of 16; each
 //                   invocation copies a contiguous run of 4 vec4.
 
@@ -32,8 +35,10 @@ fn peak_fma(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
     var a4 = v + 4.0; var a5 = v + 5.0; var a6 = v + 6.0; var a7 = v + 7.0;
     let iterations = p.iterations;
     for (var k = 0u; k < iterations; k++) {
+//@for u in 0..UNROLL
         a0 = fma(a0, m, v); a1 = fma(a1, m, v); a2 = fma(a2, m, v); a3 = fma(a3, m, v);
         a4 = fma(a4, m, v); a5 = fma(a5, m, v); a6 = fma(a6, m, v); a7 = fma(a7, m, v);
+//@end
     }
     out[i] = a0 + a1 + a2 + a3 + a4 + a5 + a6 + a7;
 }

@@ -21,6 +21,10 @@ pub mod vlb;
 
 use crate::gpu::{ParamsLayout, Shader};
 
+/// The unrollings the benchmarks' peak-FMA kernel (`benches/ceiling.rs`)
+/// is measured at.
+pub const CEILING_UNROLLS: [i64; 2] = [4, 8];
+
 /// Every define set the engine may launch `shader` with, enumerated from
 /// each family's launch plans; the naga test translates each one for every
 /// backend.
@@ -35,6 +39,7 @@ pub fn variants(shader: Shader) -> Vec<Vec<(&'static str, i64)>> {
         Shader::Matmul => matmul::variants(),
         Shader::Reduce => reduce::variants(),
         Shader::Upsample => upsample::variants(),
+        Shader::Ceiling => CEILING_UNROLLS.iter().map(|&u| vec![("UNROLL", u)]).collect(),
         _ => vec![vec![]],
     }
 }
