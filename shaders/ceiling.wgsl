@@ -11,7 +11,7 @@
 //                   the compiler cannot drop them. The harness runs UNROLL 4
 //                   and 8: agreeing figures show the overhead is gone.
 //   copy(out, x)    out = x, (len) f32 with len a multiple of 16; each
-//                   invocation copies a contiguous run of 4 vec4.
+//                   invocation copies 4 vec4, one grid's width apart.
 
 struct Params {
     iterations: u32,
@@ -45,12 +45,14 @@ fn peak_fma(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
 
 @compute @workgroup_size(WG)
 fn copy(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let first = (gid.x + gid.y * nwg.x * WG) * 4u;
-    if first >= p.vec4_len {
-        return;
+    // Four vec4 per invocation, a whole grid apart: neighbouring lanes touch
+    // neighbouring vec4 (as the elementwise kernels do).
+    let lanes = nwg.x * nwg.y * WG;
+    let first = gid.x + gid.y * nwg.x * WG;
+    for (var k = 0u; k < 4u; k++) {
+        let i = first + k * lanes;
+        if i < p.vec4_len {
+            out[i] = x[i];
+        }
     }
-    out[first] = x[first];
-    out[first + 1u] = x[first + 1u];
-    out[first + 2u] = x[first + 2u];
-    out[first + 3u] = x[first + 3u];
 }
