@@ -575,9 +575,7 @@ fn sigterm_saves_every_step_and_a_config_beyond_the_adapter_is_refused_before_al
     let result = run.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&result.stderr);
     assert!(result.status.success() && stderr.contains("interrupted at step"), "{stderr}");
-    let state = std::fs::read_to_string(out.join("checkpoint/training/state.json")).unwrap();
-    let step: serde_json::Value = serde_json::from_str(&state).unwrap();
-    let step = step["step"].as_u64().unwrap();
+    let step = ddpm_wgpu::checkpoint::completed_step(&out.join("checkpoint")).expect("a checkpoint after SIGTERM");
     assert_eq!(losses(&out).len() as u64, step, "metrics.csv must have a row for each of the {step} steps");
 
     // A second Ctrl-C during the (long) final grid stops at once.

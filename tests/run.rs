@@ -80,9 +80,7 @@ impl Observer for Recorder<'_> {
 }
 
 fn saved_step(out: &Path) -> Option<u64> {
-    let text = std::fs::read_to_string(out.join("checkpoint/training/state.json")).ok()?;
-    let state: serde_json::Value = serde_json::from_str(&text).unwrap();
-    Some(state["step"].as_u64().unwrap())
+    ddpm_wgpu::checkpoint::completed_step(&out.join("checkpoint"))
 }
 
 /// The steps metrics.csv has rows for.

@@ -105,7 +105,7 @@ impl Pool {
         let size = buffer.size();
         let mut p = pool.lock().unwrap();
         p.stats.live_bytes -= size;
-        let serial = p.serials.get(&buffer).copied().unwrap_or(u64::MAX);
+        let serial = *p.serials.get(&buffer).expect("every pooled buffer was made by `take`");
         p.free.entry((size, kind)).or_default().insert(serial, buffer);
     }
 

@@ -454,8 +454,8 @@ pub enum ForwardPlan {
     Pointwise(Gemm),
     /// Weights packed, then the direct kernel.
     Direct(DirectVariant),
-    /// im2col and a batched GEMM per chunk of `chunk` images, then the bias.
-    Im2col { chunk: usize, gemm: Gemm },
+    /// im2col and a batched GEMM per chunk of `gemm.batch` images, then the bias.
+    Im2col(Gemm),
 }
 
 /// How `conv2d_grad_input` runs.
@@ -468,20 +468,19 @@ pub enum GradInputPlan {
     Flipped { conv: Conv2dGeometry, variant: DirectVariant },
     /// Stride 2: the direct kernel's TRANSPOSED form.
     Transposed(DirectVariant),
-    /// A GEMM to columns per chunk of `chunk` images, then col2im.
-    Col2im { chunk: usize, gemm: Gemm },
+    /// A GEMM to columns per chunk of `gemm.batch` images, then col2im.
+    Col2im(Gemm),
 }
 
 /// How `conv2d_grad_weight` runs.
 #[derive(Clone, Debug, PartialEq)]
 pub enum GradWeightPlan {
-    /// The direct kernel, its pixel sum cut into `splits` slices
-    /// (`workgroup_slices` along the grid's z, times 8 when the lanes split
-    /// it too) whose partial dw are summed afterwards when there is more
-    /// than one.
-    Direct { variant: DirectVariant, splits: usize, workgroup_slices: usize },
-    /// im2col and a batched GEMM per chunk of `chunk` images, then sums.
-    Im2col { chunk: usize, gemm: Gemm },
+    /// The direct kernel on `grid`, its pixel sum cut into `splits` slices
+    /// (the grid's z, times 8 when the lanes split it too) whose partial dw
+    /// are summed afterwards when there is more than one.
+    Direct { variant: DirectVariant, splits: usize, grid: [u32; 3] },
+    /// im2col and a batched GEMM per chunk of `gemm.batch` images, then sums.
+    Im2col(Gemm),
 }
 
 pub fn forward_plan(g: &Conv2dGeometry, bias: bool, caps: Caps) -> ForwardPlan {
@@ -495,7 +494,7 @@ pub fn forward_plan(g: &Conv2dGeometry, bias: bool, caps: Caps) -> ForwardPlan {
         let chunk = chunk_images(g, g.pixels_out() * ck);
         // y[z] (c_out, pixels) = w (c_out, ck) cols[z]^T, cols[z] stored (pixels, ck).
         let gemm = Gemm { batch: chunk, trans_b: true, shared_a: true, ..Gemm::new(g.c_out, g.pixels_out(), ck) };
-        ForwardPlan::Im2col { chunk, gemm }
+        ForwardPlan::Im2col(gemm)
     }
 }
 
@@ -515,7 +514,7 @@ pub fn grad_input_plan(g: &Conv2dGeometry, caps: Caps) -> GradInputPlan {
     let chunk = chunk_images(g, g.pixels_out() * ck);
     // dcols[z] (ck, pixels) = w^T dy[z]; w stored (c_out, ck).
     let gemm = Gemm { batch: chunk, trans_a: true, shared_a: true, ..Gemm::new(ck, g.pixels_out(), g.c_out) };
-    GradInputPlan::Col2im { chunk, gemm }
+    GradInputPlan::Col2im(gemm)
 }
 
 pub fn grad_weight_plan(g: &Conv2dGeometry, caps: Caps) -> GradWeightPlan {
@@ -530,11 +529,13 @@ pub fn grad_weight_plan(g: &Conv2dGeometry, caps: Caps) -> GradWeightPlan {
         let pixel_groups = g.n * g.out_h() * g.out_w().div_ceil(PIXELS_PER_LANE);
         let workgroup_slices =
             GW_MIN_WORKGROUPS.div_ceil(tiles).min(pixel_groups.div_ceil(GW_MIN_SLICE * lane_slices)).max(1);
-        return GradWeightPlan::Direct { variant, splits: workgroup_slices * lane_slices, workgroup_slices };
+        let grid =
+            [g.c_out.div_ceil(co_per_workgroup) as u32, g.c_in.div_ceil(variant.tci) as u32, workgroup_slices as u32];
+        return GradWeightPlan::Direct { variant, splits: workgroup_slices * lane_slices, grid };
     }
     let ck = g.c_in * g.taps();
     let chunk = chunk_images(g, (g.pixels_out() + g.c_out) * ck);
-    GradWeightPlan::Im2col { chunk, gemm: Gemm { batch: chunk, ..Gemm::new(g.c_out, ck, g.pixels_out()) } }
+    GradWeightPlan::Im2col(Gemm { batch: chunk, ..Gemm::new(g.c_out, ck, g.pixels_out()) })
 }
 
 impl ForwardPlan {
@@ -544,7 +545,7 @@ impl ForwardPlan {
             ForwardPlan::Pointwise(gemm) => vec![gemm_plan(gemm, caps, false).kernel],
             ForwardPlan::Direct(v) => vec![helper_kernel("conv2d_pack_weights"), v.kernel()],
             // The bias is an elementwise pass.
-            ForwardPlan::Im2col { gemm, .. } => {
+            ForwardPlan::Im2col(gemm) => {
                 vec![helper_kernel("conv2d_im2col"), gemm_plan(gemm, caps, false).kernel]
             }
         }
@@ -558,7 +559,7 @@ impl GradInputPlan {
             GradInputPlan::Flipped { variant, .. } | GradInputPlan::Transposed(variant) => {
                 vec![helper_kernel("conv2d_pack_weights"), variant.kernel()]
             }
-            GradInputPlan::Col2im { gemm, .. } => {
+            GradInputPlan::Col2im(gemm) => {
                 vec![gemm_plan(gemm, caps, false).kernel, helper_kernel("conv2d_col2im")]
             }
         }
@@ -575,7 +576,7 @@ impl GradWeightPlan {
                 }
                 out
             }
-            GradWeightPlan::Im2col { gemm, .. } => {
+            GradWeightPlan::Im2col(gemm) => {
                 vec![helper_kernel("conv2d_im2col"), gemm_plan(gemm, caps, false).kernel]
             }
         }
@@ -727,15 +728,15 @@ fn im2col(gpu: &Gpu, g: &Conv2dGeometry, x: &Tensor, n0: usize, count: usize) ->
 fn forward_im2col(
     gpu: &Gpu,
     g: &Conv2dGeometry,
-    (chunk, mm): (usize, &Gemm),
+    mm: &Gemm,
     x: &Tensor,
     w: &Tensor,
     bias: Option<&Tensor>,
 ) -> Result<Tensor> {
     let y = gpu.uninit(&g.y_shape())?;
     let per_image = g.c_out * g.pixels_out();
-    for n0 in (0..g.n).step_by(chunk) {
-        let count = chunk.min(g.n - n0);
+    for n0 in (0..g.n).step_by(mm.batch) {
+        let count = mm.batch.min(g.n - n0);
         let cols = im2col(gpu, g, x, n0, count)?;
         let mm = Gemm { batch: count, ..*mm };
         if count == g.n {
@@ -768,7 +769,7 @@ pub fn conv2d_forward(gpu: &Gpu, g: &Conv2dGeometry, x: &Tensor, w: &Tensor, bia
             Ok(y)
         }
         ForwardPlan::Direct(v) => direct(gpu, g, &v, x, w, bias, Packing::Plain),
-        ForwardPlan::Im2col { chunk, gemm } => forward_im2col(gpu, g, (chunk, &gemm), x, w, bias),
+        ForwardPlan::Im2col(mm) => forward_im2col(gpu, g, &mm, x, w, bias),
     }
 }
 
@@ -777,7 +778,7 @@ pub fn conv2d_grad_input(gpu: &Gpu, g: &Conv2dGeometry, dy: &Tensor, w: &Tensor)
     g.validate()?;
     g.check("conv2d_grad_input", "dy", dy, &g.y_shape())?;
     g.check("conv2d_grad_input", "w", w, &g.w_shape())?;
-    let (chunk, mm) = match grad_input_plan(g, gpu.caps()) {
+    let mm = match grad_input_plan(g, gpu.caps()) {
         GradInputPlan::Pointwise(mm) => {
             let dx = gpu.uninit(&g.x_shape())?;
             gemm(gpu, &mm, &dx, w, dy, None)?;
@@ -785,11 +786,11 @@ pub fn conv2d_grad_input(gpu: &Gpu, g: &Conv2dGeometry, dy: &Tensor, w: &Tensor)
         }
         GradInputPlan::Flipped { conv, variant } => return direct(gpu, &conv, &variant, dy, w, None, Packing::Flipped),
         GradInputPlan::Transposed(variant) => return grad_input_transposed(gpu, g, &variant, dy, w),
-        GradInputPlan::Col2im { chunk, gemm } => (chunk, gemm),
+        GradInputPlan::Col2im(mm) => mm,
     };
     let dx = gpu.uninit(&g.x_shape())?;
-    for n0 in (0..g.n).step_by(chunk) {
-        let count = chunk.min(g.n - n0);
+    for n0 in (0..g.n).step_by(mm.batch) {
+        let count = mm.batch.min(g.n - n0);
         let dy_chunk = if count == g.n { dy.clone() } else { slice_images(gpu, dy, n0, count)? };
         let dcols = gpu.uninit(&[count, g.c_in * g.taps(), g.pixels_out()])?;
         gemm(gpu, &Gemm { batch: count, ..mm }, &dcols, w, &dy_chunk, None)?;
@@ -823,26 +824,20 @@ pub fn conv2d_grad_weight_into(gpu: &Gpu, g: &Conv2dGeometry, dy: &Tensor, x: &T
     g.check("conv2d_grad_weight", "dy", dy, &g.y_shape())?;
     g.check("conv2d_grad_weight", "x", x, &g.x_shape())?;
     g.check("conv2d_grad_weight", "dw", dw, &g.w_shape())?;
-    let (chunk, mm) = match grad_weight_plan(g, gpu.caps()) {
-        GradWeightPlan::Direct { variant, splits, workgroup_slices } => {
+    let mm = match grad_weight_plan(g, gpu.caps()) {
+        GradWeightPlan::Direct { variant, splits, grid } => {
             let params = Params { splits: splits as u32, ..Params::new(g) };
             let partials = if splits == 1 { dw.clone() } else { gpu.uninit(&[splits * g.c_out, g.c_in, g.kh, g.kw])? };
-            let co_per_workgroup = if variant.lane_slices { variant.q } else { 8 * variant.q };
-            let grid = [
-                g.c_out.div_ceil(co_per_workgroup) as u32,
-                g.c_in.div_ceil(variant.tci) as u32,
-                workgroup_slices as u32,
-            ];
             gpu.launch(&variant.kernel(), &params, &[&partials, x, dy], grid)?;
             if splits > 1 {
                 launch_helper(gpu, "conv2d_sum_splits", &params, dw, &partials, dw.len())?;
             }
             return Ok(());
         }
-        GradWeightPlan::Im2col { chunk, gemm } => (chunk, gemm),
+        GradWeightPlan::Im2col(mm) => mm,
     };
-    for n0 in (0..g.n).step_by(chunk) {
-        let count = chunk.min(g.n - n0);
+    for n0 in (0..g.n).step_by(mm.batch) {
+        let count = mm.batch.min(g.n - n0);
         let cols = im2col(gpu, g, x, n0, count)?;
         let dy_chunk = if count == g.n { dy.clone() } else { slice_images(gpu, dy, n0, count)? };
         let partial = gpu.uninit(&[count, g.c_out, g.c_in * g.taps()])?;

@@ -17,7 +17,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use super::{append_metrics, resume_metrics, DataSpec, StepLog, Trainer};
 use crate::data::{grid_scale, save_grid, Dataset};
 use crate::eval::classifier::DigitClassifier;
-use crate::eval::{evaluate, EvalReport, FeatureExtractor, Images};
+use crate::eval::{evaluate, EvalReport, Images};
 use crate::plot::{read_curves, training_plot, EvalPoint, TrainingCurves};
 use crate::sample::{default_sample_batch, sample, SampleRequest, Sampler};
 
@@ -216,11 +216,11 @@ pub fn run(
         }
         let logs = state.read_logs()?;
         let report = match &evaluator {
-            Some((classifier, real)) if due.eval => state.evaluate(classifier, real).unwrap_or_else(|e| {
-                // A failed evaluation is reported, not fatal: the run and its checkpoints go on.
-                observer.note(&format!("warning: evaluation at step {step} failed: {e:#}"));
-                None
-            }),
+            // A failed evaluation is reported, not fatal: the run and its checkpoints go on.
+            Some((classifier, real)) if due.eval => state
+                .evaluate(classifier, real)
+                .inspect_err(|e| observer.note(&format!("warning: evaluation at step {step} failed: {e:#}")))
+                .ok(),
             _ => None,
         };
         state.record(&logs, report.as_ref(), observer)?;
@@ -327,10 +327,9 @@ impl RunState<'_, '_> {
         save_grid(&path, &self.draw(count)?, channels, resolution, cols, grid_scale(resolution))
     }
 
-    fn evaluate(&self, classifier: &DigitClassifier, real: &Images) -> Result<Option<EvalReport>> {
+    fn evaluate(&self, classifier: &DigitClassifier, real: &Images) -> Result<EvalReport> {
         let [channels, resolution, _] = self.trainer.sample_shape();
-        classifier.accepts(channels, resolution)?;
         let samples = Images { channels, resolution, pixels: self.draw(self.settings.eval_samples)? };
-        Ok(Some(evaluate(self.trainer.gpu(), classifier, &samples, real, self.trainer.options.seed)?))
+        evaluate(self.trainer.gpu(), classifier, &samples, real, self.trainer.options.seed)
     }
 }

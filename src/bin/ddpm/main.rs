@@ -121,7 +121,6 @@ fn train(options: &GpuOptions, args: TrainArgs) -> Result<()> {
         }
     };
     let data = spec.load()?;
-    settings.validate(&data)?;
     let gpu = Gpu::new(options)?;
     eprintln!("adapter: {}", gpu.info());
     let (channels, resolution) = (spec.channels, spec.resolution);
