@@ -136,8 +136,16 @@ pub fn sample_with(
     let chunk = batch_size.min(count);
     let schedule = Schedule::new(scheduler.clone())?;
     let (indices, stride) = match sampler {
-        Sampler::Ddpm => ((0..schedule.len()).rev().collect::<Vec<_>>(), 1),
-        Sampler::Ddim { steps, .. } => ddim_timesteps(schedule.len(), steps)?,
+        Sampler::Ddpm => {
+            // diffusers' set_timesteps(T) would add the offset and index past the table.
+            ensure!(
+                scheduler.steps_offset == 0,
+                "the DDPM sampler visits every timestep, so steps_offset must be 0 (the config has {}): use DDIM",
+                scheduler.steps_offset
+            );
+            ((0..schedule.len()).rev().collect::<Vec<_>>(), 1)
+        }
+        Sampler::Ddim { steps, .. } => ddim_timesteps(scheduler, steps)?,
     };
     let ddpm_tables = DdpmTables::new(gpu, &schedule)?;
     let ddim_tables = match sampler {

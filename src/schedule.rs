@@ -15,13 +15,19 @@
 use std::fmt;
 use std::str::FromStr;
 
-use anyhow::{bail, ensure, Result};
+use anyhow::{bail, ensure, Context, Result};
 
-/// How betas are spaced over the timesteps (diffusers' `beta_schedule`).
+/// How betas are spaced over the timesteps (diffusers' `beta_schedule`;
+/// `trained_betas` in the config replaces any of them).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BetaSchedule {
     /// `betas = linspace(beta_start, beta_end, T)` (the DDPM paper: 1e-4..0.02).
     Linear,
+    /// `betas = linspace(sqrt(beta_start), sqrt(beta_end), T)²` (latent diffusion's).
+    ScaledLinear,
+    /// `betas = sigmoid(linspace(-6, 6, T)) (beta_end - beta_start) + beta_start`
+    /// (GeoDiff's; diffusers' DDPMScheduler only).
+    Sigmoid,
     /// Cosine schedule of Nichol & Dhariwal: `abar(s) = cos²((s + 0.008) / 1.008 · π/2)`,
     /// `beta_i = min(1 - abar((i+1)/T) / abar(i/T), 0.999)`.
     SquaredCosCapV2,
@@ -78,8 +84,10 @@ impl FromStr for BetaSchedule {
     fn from_str(s: &str) -> Result<Self> {
         match s {
             "linear" => Ok(BetaSchedule::Linear),
+            "scaled_linear" => Ok(BetaSchedule::ScaledLinear),
+            "sigmoid" => Ok(BetaSchedule::Sigmoid),
             "squaredcos_cap_v2" => Ok(BetaSchedule::SquaredCosCapV2),
-            other => bail!("unknown beta_schedule '{other}': use linear or squaredcos_cap_v2"),
+            other => bail!("unknown beta_schedule '{other}': use linear, scaled_linear, sigmoid or squaredcos_cap_v2"),
         }
     }
 }
@@ -88,7 +96,45 @@ impl fmt::Display for BetaSchedule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             BetaSchedule::Linear => "linear",
+            BetaSchedule::ScaledLinear => "scaled_linear",
+            BetaSchedule::Sigmoid => "sigmoid",
             BetaSchedule::SquaredCosCapV2 => "squaredcos_cap_v2",
+        })
+    }
+}
+
+/// Where `set_timesteps(n)` puts the n sampling timesteps among the T
+/// training ones (diffusers' `timestep_spacing`, Table 2 of Lin et al. 2023).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum TimestepSpacing {
+    /// `i · (T / n) + steps_offset` for i in 0..n: never reaches T - 1 (the
+    /// noisiest step) unless n = T.
+    #[default]
+    Leading,
+    /// `round(T - i · T / n) - 1`: starts at T - 1.
+    Trailing,
+    /// `round(linspace(0, T - 1, n))`.
+    Linspace,
+}
+
+impl FromStr for TimestepSpacing {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "leading" => Ok(TimestepSpacing::Leading),
+            "trailing" => Ok(TimestepSpacing::Trailing),
+            "linspace" => Ok(TimestepSpacing::Linspace),
+            other => bail!("unknown timestep_spacing '{other}': use leading, trailing or linspace"),
+        }
+    }
+}
+
+impl fmt::Display for TimestepSpacing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TimestepSpacing::Leading => "leading",
+            TimestepSpacing::Trailing => "trailing",
+            TimestepSpacing::Linspace => "linspace",
         })
     }
 }
@@ -117,20 +163,75 @@ impl fmt::Display for VarianceType {
 /// config asking for millions is refused before its tables are built.
 pub const MAX_TRAIN_TIMESTEPS: usize = 100_000;
 
-/// The keys of diffusers' `DDPMScheduler` config that this crate supports
-/// (no thresholding). Defaults are diffusers' defaults.
+/// The keys of diffusers' `DDPMScheduler` / `DDIMScheduler` configs. Every
+/// key a config file may hold is either one of these or refused by
+/// [`SchedulerConfig::from_json`] (see [`SCHEDULER_KEYS`]). Defaults are
+/// diffusers' defaults.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SchedulerConfig {
     pub num_train_timesteps: usize,
     pub beta_start: f64,
     pub beta_end: f64,
     pub beta_schedule: BetaSchedule,
+    /// Explicit betas, one per training timestep, used instead of `beta_schedule`.
+    pub trained_betas: Option<Vec<f64>>,
     pub variance_type: VarianceType,
     /// Clip the predicted `x_0` to `[-clip_sample_range, clip_sample_range]`
     /// before forming the posterior mean.
     pub clip_sample: bool,
     pub clip_sample_range: f64,
     pub prediction_type: PredictionType,
+    /// DDIM's timesteps (the DDPM sampler visits all T).
+    pub timestep_spacing: TimestepSpacing,
+    /// Added to `Leading` timesteps.
+    pub steps_offset: usize,
+    /// DDIM's `abar` after its last step: 1 (`true`, x_0 itself) or `abar`
+    /// at index 0 (`false`, as Stable Diffusion's configs).
+    pub set_alpha_to_one: bool,
+}
+
+/// What [`SchedulerConfig::from_json`] does with each key diffusers may
+/// write: read (into a field of the same name), accepted as unused (they
+/// only act with thresholding, which is refused), or refused unless off.
+/// Keys starting with `_` are metadata; any other key is refused by name.
+pub const SCHEDULER_KEYS: &[(&str, KeyUse)] = &[
+    ("num_train_timesteps", KeyUse::Read),
+    ("beta_start", KeyUse::Read),
+    ("beta_end", KeyUse::Read),
+    ("beta_schedule", KeyUse::Read),
+    ("trained_betas", KeyUse::Read),
+    ("variance_type", KeyUse::Read),
+    ("clip_sample", KeyUse::Read),
+    ("clip_sample_range", KeyUse::Read),
+    ("prediction_type", KeyUse::Read),
+    ("timestep_spacing", KeyUse::Read),
+    ("steps_offset", KeyUse::Read),
+    ("set_alpha_to_one", KeyUse::Read),
+    ("thresholding", KeyUse::RefusedUnless(Off::False)),
+    ("dynamic_thresholding_ratio", KeyUse::UnusedWithout("thresholding")),
+    ("sample_max_value", KeyUse::UnusedWithout("thresholding")),
+    ("rescale_betas_zero_snr", KeyUse::RefusedUnless(Off::False)),
+];
+
+/// The keys of [`SCHEDULER_KEYS`], for messages.
+fn key_list() -> String {
+    SCHEDULER_KEYS.iter().map(|(k, _)| *k).collect::<Vec<_>>().join(", ")
+}
+
+/// See [`SCHEDULER_KEYS`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyUse {
+    Read,
+    /// Meaningful only with the named key on (which is refused).
+    UnusedWithout(&'static str),
+    /// Not implemented: accepted only at its "off" value.
+    RefusedUnless(Off),
+}
+
+/// The value at which a refused key does nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Off {
+    False,
 }
 
 impl Default for SchedulerConfig {
@@ -144,40 +245,105 @@ impl Default for SchedulerConfig {
             clip_sample: true,
             clip_sample_range: 1.0,
             prediction_type: PredictionType::Epsilon,
+            trained_betas: None,
+            timestep_spacing: TimestepSpacing::Leading,
+            steps_offset: 0,
+            set_alpha_to_one: true,
         }
     }
 }
 
 impl SchedulerConfig {
-    /// diffusers' `scheduler_config.json`. Keys this crate does not use are
-    /// ignored; settings it cannot honour (another prediction type, custom
-    /// betas, thresholding) are errors.
-    /// Parse diffusers' `scheduler_config.json`; the schedule it describes is
-    /// checked (and refused with its numbers) before anything is allocated.
+    /// Parse diffusers' `scheduler_config.json` (DDPMScheduler's or
+    /// DDIMScheduler's keys): every key is read or refused by name (see
+    /// [`SCHEDULER_KEYS`]), and the schedule it describes is checked (and
+    /// refused with its numbers) before anything is allocated.
     pub fn from_json(text: &str) -> Result<SchedulerConfig> {
         let v: serde_json::Value =
             serde_json::from_str(text).map_err(|e| anyhow::anyhow!("parsing scheduler config: {e}"))?;
+        let Some(object) = v.as_object() else { bail!("the scheduler config is not a JSON object") };
+        for (key, value) in object {
+            if key.starts_with('_') {
+                continue;
+            }
+            match SCHEDULER_KEYS.iter().find(|(k, _)| k == key).map(|(_, u)| *u) {
+                None => bail!("unknown scheduler key '{key}' (= {value}): this engine reads {}", key_list()),
+                Some(KeyUse::RefusedUnless(Off::False)) if !value.is_null() && value != &serde_json::json!(false) => {
+                    bail!("scheduler key {key} = {value} is not supported (only false)")
+                }
+                _ => {}
+            }
+        }
         let d = SchedulerConfig::default();
-        let num = |k: &str, default: f64| v.get(k).and_then(|x| x.as_f64()).unwrap_or(default);
-        let text_of = |k: &str| v.get(k).and_then(|x| x.as_str());
-        ensure!(v.get("trained_betas").is_none_or(|b| b.is_null()), "trained_betas are not supported");
-        ensure!(!v.get("thresholding").and_then(|b| b.as_bool()).unwrap_or(false), "thresholding is not supported");
-        let config = SchedulerConfig {
-            num_train_timesteps: num("num_train_timesteps", d.num_train_timesteps as f64) as usize,
-            beta_start: num("beta_start", d.beta_start),
-            beta_end: num("beta_end", d.beta_end),
-            beta_schedule: text_of("beta_schedule").map_or(Ok(d.beta_schedule), str::parse)?,
-            variance_type: text_of("variance_type").map_or(Ok(d.variance_type), str::parse)?,
-            clip_sample: v.get("clip_sample").and_then(|x| x.as_bool()).unwrap_or(d.clip_sample),
-            clip_sample_range: num("clip_sample_range", d.clip_sample_range),
-            prediction_type: text_of("prediction_type").map_or(Ok(d.prediction_type), str::parse)?,
+        let present = |k: &str| v.get(k).filter(|x| !x.is_null());
+        let number = |k: &str, default: f64| -> Result<f64> {
+            present(k).map_or(Ok(default), |x| x.as_f64().with_context(|| format!("{k} must be a number, got {x}")))
         };
-        ensure!(
-            (2..=MAX_TRAIN_TIMESTEPS).contains(&config.num_train_timesteps),
-            "num_train_timesteps must be between 2 and {MAX_TRAIN_TIMESTEPS}, got {}",
-            config.num_train_timesteps
-        );
+        let count = |k: &str, default: usize| -> Result<usize> {
+            present(k).map_or(Ok(default), |x| {
+                x.as_u64().map(|n| n as usize).with_context(|| format!("{k} must be a whole number >= 0, got {x}"))
+            })
+        };
+        let flag = |k: &str, default: bool| -> Result<bool> {
+            present(k)
+                .map_or(Ok(default), |x| x.as_bool().with_context(|| format!("{k} must be true or false, got {x}")))
+        };
+        let name = |k: &str| -> Result<Option<&str>> {
+            present(k).map(|x| x.as_str().with_context(|| format!("{k} must be a string, got {x}"))).transpose()
+        };
+        let trained_betas = match present("trained_betas") {
+            None => None,
+            Some(list) => Some(
+                list.as_array()
+                    .and_then(|a| a.iter().map(|b| b.as_f64()).collect::<Option<Vec<f64>>>())
+                    .with_context(|| "trained_betas must be a list of numbers")?,
+            ),
+        };
+        let config = SchedulerConfig {
+            num_train_timesteps: count("num_train_timesteps", d.num_train_timesteps)?,
+            beta_start: number("beta_start", d.beta_start)?,
+            beta_end: number("beta_end", d.beta_end)?,
+            beta_schedule: name("beta_schedule")?.map_or(Ok(d.beta_schedule), str::parse)?,
+            trained_betas,
+            variance_type: name("variance_type")?.map_or(Ok(d.variance_type), str::parse)?,
+            clip_sample: flag("clip_sample", d.clip_sample)?,
+            clip_sample_range: number("clip_sample_range", d.clip_sample_range)?,
+            prediction_type: name("prediction_type")?.map_or(Ok(d.prediction_type), str::parse)?,
+            timestep_spacing: name("timestep_spacing")?.map_or(Ok(d.timestep_spacing), str::parse)?,
+            steps_offset: count("steps_offset", d.steps_offset)?,
+            set_alpha_to_one: flag("set_alpha_to_one", d.set_alpha_to_one)?,
+        };
+        config.check()?;
         Ok(config)
+    }
+
+    /// The bounds [`Schedule::new`] relies on, with the offending value.
+    fn check(&self) -> Result<()> {
+        ensure!(
+            (2..=MAX_TRAIN_TIMESTEPS).contains(&self.num_train_timesteps),
+            "num_train_timesteps must be between 2 and {MAX_TRAIN_TIMESTEPS}, got {}",
+            self.num_train_timesteps
+        );
+        if let Some(b) = &self.trained_betas {
+            ensure!(
+                b.len() == self.num_train_timesteps,
+                "trained_betas has {} values for num_train_timesteps = {}",
+                b.len(),
+                self.num_train_timesteps
+            );
+        }
+        ensure!(
+            self.clip_sample_range.is_finite() && self.clip_sample_range > 0.0,
+            "clip_sample_range must be positive, got {}",
+            self.clip_sample_range
+        );
+        ensure!(
+            self.steps_offset < self.num_train_timesteps,
+            "steps_offset {} is not below num_train_timesteps {}",
+            self.steps_offset,
+            self.num_train_timesteps
+        );
+        Ok(())
     }
 
     pub fn to_json(&self) -> String {
@@ -191,6 +357,10 @@ impl SchedulerConfig {
             "clip_sample": self.clip_sample,
             "clip_sample_range": self.clip_sample_range,
             "prediction_type": self.prediction_type.to_string(),
+            "trained_betas": self.trained_betas,
+            "timestep_spacing": self.timestep_spacing.to_string(),
+            "steps_offset": self.steps_offset,
+            "set_alpha_to_one": self.set_alpha_to_one,
         });
         serde_json::to_string_pretty(&v).expect("config serialises")
     }
@@ -226,15 +396,20 @@ pub struct Schedule {
     pub posterior_mean_coef2: Vec<f64>,
 }
 
+/// diffusers computes betas in float32 (`torch.linspace(..., dtype=torch.float32)`);
+/// these are the same formulas in f64, within f32 rounding of them.
 fn betas_for(config: &SchedulerConfig) -> Vec<f64> {
     let steps = config.num_train_timesteps;
+    if let Some(b) = &config.trained_betas {
+        return b.clone();
+    }
+    let (start, end) = (config.beta_start, config.beta_end);
+    let linspace = |a: f64, b: f64| (0..steps).map(move |i| a + (b - a) * i as f64 / (steps - 1) as f64);
     match config.beta_schedule {
-        BetaSchedule::Linear => {
-            let (start, end) = (config.beta_start, config.beta_end);
-            if steps == 1 {
-                return vec![start];
-            }
-            (0..steps).map(|i| start + (end - start) * i as f64 / (steps - 1) as f64).collect()
+        BetaSchedule::Linear => linspace(start, end).collect(),
+        BetaSchedule::ScaledLinear => linspace(start.sqrt(), end.sqrt()).map(|b| b * b).collect(),
+        BetaSchedule::Sigmoid => {
+            linspace(-6.0, 6.0).map(|x| 1.0 / (1.0 + (-x).exp()) * (end - start) + start).collect()
         }
         BetaSchedule::SquaredCosCapV2 => {
             const MAX_BETA: f64 = 0.999;
@@ -251,16 +426,7 @@ fn betas_for(config: &SchedulerConfig) -> Vec<f64> {
 
 impl Schedule {
     pub fn new(config: SchedulerConfig) -> Result<Schedule> {
-        ensure!(
-            (2..=MAX_TRAIN_TIMESTEPS).contains(&config.num_train_timesteps),
-            "schedule: num_train_timesteps must be between 2 and {MAX_TRAIN_TIMESTEPS}, got {}",
-            config.num_train_timesteps
-        );
-        ensure!(
-            config.clip_sample_range > 0.0,
-            "schedule: clip_sample_range must be positive, got {}",
-            config.clip_sample_range
-        );
+        config.check().context("schedule")?;
         let betas = betas_for(&config);
         ensure!(
             betas.iter().all(|&b| b > 0.0 && b < 1.0),
@@ -332,9 +498,18 @@ impl Schedule {
         }
     }
 
+    /// DDIM's `abar` past the last step ([`SchedulerConfig::set_alpha_to_one`]).
+    pub fn final_alpha_cumprod(&self) -> f64 {
+        if self.config.set_alpha_to_one {
+            1.0
+        } else {
+            self.alphas_cumprod[0]
+        }
+    }
+
     /// DDIM step coefficients for every index `i` when each step jumps from
-    /// `i` to `i - stride` (diffusers' `DDIMScheduler.step`, with
-    /// `set_alpha_to_one`: `abar` of a negative index is 1):
+    /// `i` to `i - stride` (diffusers' `DDIMScheduler.step`: `abar` of a
+    /// negative index is [`Schedule::final_alpha_cumprod`]):
     /// `x_prev = coef_x0 · x0_hat + coef_eps · eps + sigma · z` with
     /// `coef_x0 = sqrt(abar_prev)`, `sigma = eta · sqrt((1 - abar_prev)/(1 - abar_t) · (1 - abar_t/abar_prev))`,
     /// `coef_eps = sqrt(1 - abar_prev - sigma²)`.
@@ -344,7 +519,7 @@ impl Schedule {
         let mut c = DdimCoefficients { stride, eta, coef_x0: vec![], coef_eps: vec![], sigma: vec![] };
         for i in 0..self.len() {
             let abar = self.alphas_cumprod[i];
-            let abar_prev = if i >= stride { self.alphas_cumprod[i - stride] } else { 1.0 };
+            let abar_prev = if i >= stride { self.alphas_cumprod[i - stride] } else { self.final_alpha_cumprod() };
             let variance = (1.0 - abar_prev) / (1.0 - abar) * (1.0 - abar / abar_prev);
             let sigma = eta * variance.sqrt();
             c.coef_x0.push(abar_prev.sqrt());
@@ -367,15 +542,35 @@ pub struct DdimCoefficients {
 }
 
 /// The DDIM sampling indices, largest first, for `num_inference_steps` out
-/// of `num_train_timesteps` (diffusers' default "leading" spacing:
-/// `i · (T / steps)` for `i` in `0..steps`), and the stride between them.
-pub fn ddim_timesteps(num_train_timesteps: usize, num_inference_steps: usize) -> Result<(Vec<usize>, usize)> {
+/// of the config's `num_train_timesteps` T, placed by its
+/// `timestep_spacing` (and `steps_offset`) as diffusers'
+/// `DDIMScheduler.set_timesteps`; and the stride `T / steps` (integer
+/// division) each step moves back by, as diffusers' `step` does whatever the
+/// spacing.
+pub fn ddim_timesteps(config: &SchedulerConfig, num_inference_steps: usize) -> Result<(Vec<usize>, usize)> {
+    let t = config.num_train_timesteps;
+    let n = num_inference_steps;
+    ensure!((1..=t).contains(&n), "ddim: {n} inference steps for {t} training timesteps");
+    let steps: Vec<usize> = match config.timestep_spacing {
+        TimestepSpacing::Leading => (0..n).rev().map(|i| i * (t / n) + config.steps_offset).collect(),
+        TimestepSpacing::Trailing => {
+            let ratio = t as f64 / n as f64;
+            // np.round(np.arange(T, 0, -ratio)) - 1; round half to even, as numpy.
+            (0..n).map(|i| (t as f64 - i as f64 * ratio).round_ties_even() as usize - 1).collect()
+        }
+        TimestepSpacing::Linspace => (0..n)
+            .rev()
+            .map(|i| if n == 1 { 0.0 } else { i as f64 * (t - 1) as f64 / (n - 1) as f64 }.round_ties_even() as usize)
+            .collect(),
+    };
     ensure!(
-        (1..=num_train_timesteps).contains(&num_inference_steps),
-        "ddim: {num_inference_steps} inference steps for {num_train_timesteps} training timesteps"
+        steps[0] < t,
+        "ddim: timestep_spacing {} with steps_offset {} puts a step at t = {} of {t} training timesteps",
+        config.timestep_spacing,
+        config.steps_offset,
+        steps[0]
     );
-    let stride = num_train_timesteps / num_inference_steps;
-    Ok(((0..num_inference_steps).rev().map(|i| i * stride).collect(), stride))
+    Ok((steps, t / n))
 }
 
 #[cfg(test)]
@@ -433,7 +628,7 @@ mod tests {
             assert!((c.sigma[i] - s.posterior_variance[i].sqrt()).abs() < 1e-12, "i={i}");
             assert!((c.coef_x0[i] - s.alphas_cumprod_prev[i].sqrt()).abs() < 1e-15);
         }
-        let (steps, stride) = ddim_timesteps(1000, 50).unwrap();
+        let (steps, stride) = ddim_timesteps(&SchedulerConfig::default(), 50).unwrap();
         assert_eq!((steps[0], steps[49], stride), (980, 0, 20));
     }
 }

@@ -347,12 +347,18 @@ impl<'g> Tape<'g> {
     /// Gradients of the (1)-element `loss` with respect to every value that
     /// needs one.
     pub fn backward(self, loss: &Var) -> Result<Grads> {
+        self.backward_scaled(loss, 1.0)
+    }
+
+    /// Gradients of `scale · loss` (gradient accumulation: each of k
+    /// micro-batches' mean loss weighs 1/k).
+    pub fn backward_scaled(self, loss: &Var, scale: f32) -> Result<Grads> {
         ensure!(loss.value.len() == 1, "backward: the loss must have one element, got {:?}", loss.shape());
         let gpu = self.gpu;
         let mut grads: Vec<Option<Tensor>> = vec![None; self.next_id];
         // Filled by a kernel, not uploaded: an upload would submit the step so far.
         let seed = gpu.uninit(&[1])?;
-        ew::fill_into(gpu, &seed, 1.0)?;
+        ew::fill_into(gpu, &seed, scale)?;
         grads[loss.id] = Some(seed);
         let mut unwritten = self.grad_into;
         let mut written: HashMap<usize, Tensor> = HashMap::new();

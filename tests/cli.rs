@@ -90,22 +90,32 @@ fn checked_metrics(dir: &Path) -> Vec<Vec<String>> {
 
 #[test]
 fn train_resume_and_sample() {
-    // The default recipe (model, x_0 prediction, cosine schedule), at a tiny scale.
+    // The default recipe (model, x_0 prediction, cosine schedule), at a tiny
+    // scale, with two micro-batches per step and a decaying learning rate.
+    let extra = ["--grad-accum", "2", "--lr-schedule", "cosine", "--adam-beta1", "0.95", "--weight-decay", "1e-6"];
     let whole = temp("whole");
     let whole_s = whole.to_str().unwrap();
-    assert!(ddpm(&train_args(whole_s, None, "5")).status.success());
+    assert!(ddpm(&[train_args(whole_s, None, "5"), extra.to_vec()].concat()).status.success());
 
     let split = temp("split");
     let split_s = split.to_str().unwrap();
-    assert!(ddpm(&train_args(split_s, None, "3")).status.success());
+    assert!(ddpm(&[train_args(split_s, None, "3"), extra.to_vec()].concat()).status.success());
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(split.join("checkpoint/training/state.json")).unwrap()).unwrap();
+    let o = &state["options"];
+    assert_eq!((o["grad_accum"].as_u64(), o["lr_schedule"].as_str()), (Some(2), Some("cosine")), "{o}");
+    assert_eq!((o["adam_beta1"].as_f64(), o["weight_decay"].as_f64()), (Some(0.95), Some(1e-6)));
     let scheduler = std::fs::read_to_string(split.join("checkpoint/scheduler/scheduler_config.json")).unwrap();
     assert!(scheduler.contains("\"prediction_type\": \"sample\""), "{scheduler}");
     assert!(scheduler.contains("\"beta_schedule\": \"squaredcos_cap_v2\""), "{scheduler}");
     assert!(split.join("checkpoint/unet/diffusion_pytorch_model.safetensors").is_file());
     assert!(split.join("checkpoint/scheduler/scheduler_config.json").is_file());
+    // `latest`: the run in --out.
     let resumed = ddpm(&[
         "train",
         "--resume",
+        "latest",
+        "--out",
         split_s,
         "--steps",
         "5",
@@ -241,6 +251,10 @@ fn bad_input_gets_a_clear_error() {
         "--preset, --lr cannot change on --resume",
     );
     fails_with(&["train", "--preset", "fast", "--out", &format!("{d}/o4")], "invalid value 'fast'");
+    fails_with(&["train", "--grad-accum", "0", "--out", &format!("{d}/o5")], "--grad-accum must be at least 1");
+    fails_with(&["train", "--adam-beta2", "1", "--out", &format!("{d}/o6")], "--adam-beta2 must be in [0, 1)");
+    fails_with(&["train", "--weight-decay=-1", "--out", &format!("{d}/o7")], "--weight-decay must be 0");
+    fails_with(&["train", "--resume", "latest", "--out", &format!("{d}/o8")], "no resumable checkpoint");
     // A learning rate that blows the weights up at once: training stops at the
     // first non-finite loss (step 2), before the checkpoint due at step 5,
     // and says that no checkpoint was saved.

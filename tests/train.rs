@@ -190,3 +190,58 @@ fn a_training_step_is_one_submission_copies_no_gradient_and_reuses_its_bind_grou
         step(s >= 12);
     }
 }
+
+#[test]
+fn gradient_accumulation_gives_the_gradient_of_one_large_batch() {
+    let (_turn, gpu) = common::gpu();
+    let config = tiny_config();
+    let data = Dataset::mnist(28, Some(40)).unwrap();
+    let first_step = |batch_size: usize, grad_accum: usize, min_snr_gamma: f32| {
+        let options =
+            TrainOptions { batch_size, grad_accum, steps: 10, warmup: 0, min_snr_gamma, ..TrainOptions::default() };
+        let mut trainer = Trainer::new(&gpu, &config, SchedulerConfig::default(), options, [1, 28, 28]).unwrap();
+        trainer.train_step(&data).unwrap();
+        let log = trainer.read_logs().unwrap()[0];
+        (trainer.read_gradients().unwrap(), log)
+    };
+    for gamma in [0.0, 5.0] {
+        let (whole, whole_log) = first_step(16, 1, gamma);
+        let (accumulated, accumulated_log) = first_step(4, 4, gamma);
+        let norm = |g: &[f32]| g.iter().map(|&v| (v as f64).powi(2)).sum::<f64>().sqrt();
+        let diff: Vec<f32> = whole.iter().zip(&accumulated).map(|(a, b)| a - b).collect();
+        let rel = norm(&diff) / norm(&whole);
+        // f32 sums over 16 samples against four sums of four.
+        assert!(norm(&whole) > 0.0 && rel < 1e-5, "gamma {gamma}: gradients differ by {rel:e} relative");
+        let max_diff = diff.iter().fold(0f32, |m, d| m.max(d.abs()));
+        let max = whole.iter().fold(0f32, |m, d| m.max(d.abs()));
+        assert!(max_diff <= 1e-5 * max, "gamma {gamma}: largest difference {max_diff:e} of {max:e}");
+        let close = |a: f32, b: f32| ((a - b) / b).abs() < 1e-5;
+        assert!(close(accumulated_log.loss, whole_log.loss), "{accumulated_log:?} vs {whole_log:?}");
+        assert!(close(accumulated_log.grad_norm, whole_log.grad_norm), "{accumulated_log:?} vs {whole_log:?}");
+        assert_eq!(accumulated_log.decile_count, whole_log.decile_count);
+    }
+}
+
+#[test]
+fn learning_rate_schedules_follow_diffusers_after_the_warm_up() {
+    use ddpm_wgpu::train::LrSchedule::{Constant, Cosine, Linear};
+    let (lr, warmup, steps) = (1e-3f32, 10, 110);
+    for schedule in [Constant, Cosine, Linear] {
+        // Warm-up: step s (0-based) trains at lr (s + 1) / warmup.
+        assert_eq!(schedule.lr_at(lr, 0, warmup, steps), lr / 10.0);
+        assert_eq!(schedule.lr_at(lr, 9, warmup, steps), lr);
+        assert_eq!(schedule.lr_at(lr, 10, warmup, steps), lr, "{schedule:?} starts its decay from lr");
+    }
+    let close = |a: f32, b: f32| (a - b).abs() <= 1e-6 * lr;
+    // diffusers: progress = (s - warmup) / (steps - warmup); cosine 0.5 (1 + cos(pi progress)).
+    assert!(close(Cosine.lr_at(lr, 60, warmup, steps), 0.5 * lr));
+    assert!(close(Cosine.lr_at(lr, 35, warmup, steps), lr * (0.5 + 0.5 * std::f32::consts::FRAC_1_SQRT_2)));
+    assert!(close(Linear.lr_at(lr, 35, warmup, steps), 0.75 * lr));
+    assert!(close(Linear.lr_at(lr, 110, warmup, steps), 0.0) && close(Cosine.lr_at(lr, 110, warmup, steps), 0.0));
+    assert_eq!(Constant.lr_at(lr, 109, warmup, steps), lr);
+    for schedule in [Cosine, Linear] {
+        let lrs: Vec<f32> = (warmup..steps).map(|s| schedule.lr_at(lr, s, warmup, steps)).collect();
+        assert!(lrs.windows(2).all(|w| w[1] < w[0]), "{schedule:?} does not decrease: {lrs:?}");
+        assert!(*lrs.last().unwrap() > 0.0, "{schedule:?}: the last step trains at lr 0");
+    }
+}

@@ -85,6 +85,13 @@ fn configs_that_cannot_work_are_refused() {
             "down_blocks.1.attentions.0.group_norm has 32 channels, not divisible by attn_norm_num_groups = 12",
         ),
         (r#""attention_head_dim": 12"#, "down_blocks.1.attentions.0 has 32 channels"),
+        // Keys the engine does not implement, by name and value.
+        (r#""resnet_num_groups": 8"#, "unknown UNet2DModel key 'resnet_num_groups' (= 8)"),
+        (r#""mid_block_scale_factor": 1.5"#, "mid_block_scale_factor 1.5 is not supported"),
+        (r#""center_input_sample": true"#, "center_input_sample = true is not supported"),
+        (r#""time_embedding_type": "fourier""#, "unsupported time_embedding_type 'fourier'"),
+        (r#""resnet_time_scale_shift": "scale_shift""#, "unsupported resnet_time_scale_shift 'scale_shift'"),
+        (r#""class_embed_type": "timestep""#, "class-conditional UNets are not supported"),
     ] {
         let groups = if extra.contains("norm_num_groups\": ") && !extra.contains("attn") {
             ""
@@ -96,10 +103,13 @@ fn configs_that_cannot_work_are_refused() {
         assert!(err.contains(expected), "{extra}: {err}");
     }
     assert!(UNetConfig::from_json(&format!(r#"{{{base}, "norm_num_groups": 8}}"#)).is_ok());
+    // Metadata and keys at their implemented values load.
+    let fine = r#", "norm_num_groups": 8, "_diffusers_version": "0.42.1", "_name_or_path": "x", "mid_block_scale_factor": 1, "center_input_sample": false, "num_train_timesteps": null"#;
+    UNetConfig::from_json(&format!("{{{base}{fine}}}")).unwrap();
 }
 
 #[test]
-fn config_round_trips_with_unknown_keys() {
+fn config_round_trips_with_its_metadata_keys() {
     let (config, _) = tiny();
     let again = UNetConfig::from_json(&config.to_json()).unwrap();
     assert_eq!(config, again);

@@ -21,6 +21,9 @@ ap.add_argument("--ema", type=float, default=0.99); ap.add_argument("--pred", de
 ap.add_argument("--snr", type=float, default=0.0); ap.add_argument("--schedule", default="linear")
 ap.add_argument("--num", type=int, default=512); ap.add_argument("--ddim", type=int, default=50)
 ap.add_argument("--eta", type=float, default=1.0); ap.add_argument("--seed", type=int, default=0)
+ap.add_argument("--decay", default="constant", help="learning rate after warm-up: constant | cosine")
+ap.add_argument("--patch", type=int, default=1, help="pixel-unshuffle the images by this factor before the UNet")
+ap.add_argument("--channels", default=None, help="override block_out_channels, e.g. 32,64,64")
 a = ap.parse_args()
 torch.set_num_threads(2); torch.manual_seed(a.seed); np.random.seed(a.seed)
 out = f"runs/screen/{a.name}"; os.makedirs(out + "/samples", exist_ok=True)
@@ -33,6 +36,10 @@ data[:, 0, pad:pad + 28, pad:pad + 28] = tiles / 127.5 - 1
 data = torch.from_numpy(data)
 keys = {k: v for k, v in cfg.items() if not k.startswith("_") and k != "dropout"}
 keys["attention_head_dim"] = keys.get("attention_head_dim")
+if a.channels: keys["block_out_channels"] = [int(c) for c in a.channels.split(",")]
+if a.patch > 1:
+    data = torch.nn.functional.pixel_unshuffle(data, a.patch)
+    keys.update(in_channels=a.patch ** 2, out_channels=a.patch ** 2, sample_size=res // a.patch)
 model = UNet2DModel(**keys); ema = UNet2DModel(**keys); ema.load_state_dict(model.state_dict())
 sched_kw = dict(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2" if a.schedule == "cosine" else "linear",
                 clip_sample=True, prediction_type=a.pred)
@@ -57,6 +64,8 @@ for s in range(a.steps):
         per = per * w
     loss = per.mean()
     lr = a.lr * min(1.0, (s + 1) / a.warmup) if a.warmup else a.lr
+    if a.decay == "cosine" and s >= a.warmup:
+        lr = a.lr * 0.5 * (1 + np.cos(np.pi * (s - a.warmup) / max(1, a.steps - a.warmup)))
     for g in opt.param_groups: g["lr"] = lr
     opt.zero_grad(); loss.backward(); torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0); opt.step()
     d = min(a.ema, (1 + s) / (10 + s))
@@ -69,10 +78,10 @@ g = torch.Generator().manual_seed(1)
 t1 = time.time(); imgs = []
 with torch.no_grad():
     for c in range(0, a.num, 256):
-        x = torch.randn((min(256, a.num - c), 1, res, res), generator=g)
+        x = torch.randn((min(256, a.num - c), a.patch ** 2, res // a.patch, res // a.patch), generator=g)
         for t in ddim.timesteps:
             x = ddim.step(ema(x, t).sample, t, x, eta=a.eta, generator=g).prev_sample
-        imgs.append(x)
+        imgs.append(torch.nn.functional.pixel_shuffle(x, a.patch) if a.patch > 1 else x)
 x = torch.cat(imgs).clamp(-1, 1)
 for i, im in enumerate(((x[:, 0] + 1) * 127.5).round().byte().numpy()):
     Image.fromarray(im, "L").save(f"{out}/samples/s{i:04d}.png")

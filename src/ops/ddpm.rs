@@ -449,7 +449,7 @@ pub mod cpu {
             .collect()
     }
 
-    /// diffusers `DDIMScheduler.step` (epsilon prediction, `set_alpha_to_one`,
+    /// diffusers `DDIMScheduler.step` (epsilon prediction, its `set_alpha_to_one`,
     /// `use_clipped_model_output = False`) from index t to t - stride.
     pub fn ddim_step(
         s: &Schedule,
@@ -465,7 +465,7 @@ pub mod cpu {
             .map(|i| {
                 let ti = t[i / dim];
                 let abar = s.alphas_cumprod[ti];
-                let abar_prev = if ti >= stride { s.alphas_cumprod[ti - stride] } else { 1.0 };
+                let abar_prev = if ti >= stride { s.alphas_cumprod[ti - stride] } else { s.final_alpha_cumprod() };
                 let x0 = predicted_x0(s, abar, xt[i] as f64, eps[i] as f64);
                 let variance = (1.0 - abar_prev) / (1.0 - abar) * (1.0 - abar / abar_prev);
                 let std_dev = eta * variance.sqrt();

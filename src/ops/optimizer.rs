@@ -63,6 +63,16 @@ fn grid(len: usize) -> [u32; 3] {
     Gpu::grid_1d(len.div_ceil(4).div_ceil(WORKGROUP) as u32)
 }
 
+/// `total += grads` over flat buffers, chunk by chunk (gradient
+/// accumulation: a micro-batch's gradients into the step's).
+pub fn accumulate_grads(gpu: &Gpu, total: &Tensor, grads: &Tensor) -> Result<()> {
+    ensure!(total.len() == grads.len(), "accumulate_grads: {} gradients into {}", grads.len(), total.len());
+    for (start, len) in chunks(grads.len()) {
+        crate::ops::elementwise::accumulate(gpu, &total.view(start, &[len])?, 1.0, &grads.view(start, &[len])?)?;
+    }
+    Ok(())
+}
+
 /// Squared L2 norm of `grads` as a (1) tensor, computed deterministically
 /// (fixed chunks, fixed-order sums) and left on the GPU for `adam_step`.
 pub fn grad_norm_sq(gpu: &Gpu, grads: &Tensor) -> Result<Tensor> {

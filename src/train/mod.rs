@@ -42,12 +42,80 @@ pub struct TrainOptions {
     pub grad_clip: f32,
     /// Random horizontal flips of training images.
     pub flip: bool,
+    /// AdamW's decoupled weight decay (0: plain Adam).
     pub weight_decay: f32,
+    /// Adam's moment decays and denominator epsilon (PyTorch's defaults
+    /// 0.9, 0.999, 1e-8; diffusers' training script uses beta1 0.95).
+    #[serde(default = "default_beta1")]
+    pub adam_beta1: f32,
+    #[serde(default = "default_beta2")]
+    pub adam_beta2: f32,
+    #[serde(default = "default_adam_epsilon")]
+    pub adam_epsilon: f32,
+    /// The learning rate after warm-up.
+    #[serde(default)]
+    pub lr_schedule: LrSchedule,
+    /// Micro-batches of `batch_size` whose gradients are averaged into one
+    /// optimiser step: a step sees `batch_size · grad_accum` images.
+    #[serde(default = "default_grad_accum")]
+    pub grad_accum: usize,
     /// Min-SNR-gamma loss weighting (Hang et al. 2023): each sample's loss is
     /// weighted by min(SNR_t, gamma) / SNR_t, so the many nearly clean
     /// timesteps stop dominating the gradient; 0 is the paper's L_simple.
     #[serde(default)]
     pub min_snr_gamma: f32,
+}
+
+impl TrainOptions {
+    /// Images one optimiser step sees: the batch times the micro-batches.
+    pub fn images_per_step(&self) -> usize {
+        self.batch_size * self.grad_accum
+    }
+}
+
+fn default_beta1() -> f32 {
+    Adam::default().beta1
+}
+fn default_beta2() -> f32 {
+    Adam::default().beta2
+}
+fn default_adam_epsilon() -> f32 {
+    Adam::default().eps
+}
+fn default_grad_accum() -> usize {
+    1
+}
+
+/// How the learning rate moves after warm-up (diffusers' `get_scheduler`
+/// names, all with the linear warm-up of [`TrainOptions::warmup`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LrSchedule {
+    /// Stays at `lr` (diffusers' `constant_with_warmup`).
+    #[default]
+    Constant,
+    /// Half a cosine from `lr` down to 0 at the last step.
+    Cosine,
+    /// A straight line from `lr` down to 0 at the last step.
+    Linear,
+}
+
+impl LrSchedule {
+    /// The learning rate of step `s` (0-based) of a `steps`-step run with
+    /// `warmup` warm-up steps and peak `lr`.
+    pub fn lr_at(self, lr: f32, s: u64, warmup: u64, steps: u64) -> f32 {
+        if s < warmup {
+            return lr * (s + 1) as f32 / warmup as f32;
+        }
+        // diffusers' progress: 0 at the end of warm-up, 1 at `steps`.
+        let progress = (s - warmup) as f64 / (steps.saturating_sub(warmup)).max(1) as f64;
+        let factor = match self {
+            LrSchedule::Constant => 1.0,
+            LrSchedule::Cosine => 0.5 * (1.0 + (std::f64::consts::PI * progress.min(1.0)).cos()),
+            LrSchedule::Linear => (1.0 - progress).max(0.0),
+        };
+        lr * factor as f32
+    }
 }
 
 impl Default for TrainOptions {
@@ -92,6 +160,11 @@ impl Default for Recipe {
                 grad_clip: 1.0,
                 flip: false,
                 weight_decay: 0.0,
+                adam_beta1: 0.9,
+                adam_beta2: 0.999,
+                adam_epsilon: 1e-8,
+                lr_schedule: LrSchedule::Constant,
+                grad_accum: 1,
                 min_snr_gamma: 0.0,
             },
         }
@@ -125,6 +198,11 @@ impl Recipe {
                 grad_clip: 1.0,
                 flip: false,
                 weight_decay: 0.0,
+                adam_beta1: 0.9,
+                adam_beta2: 0.999,
+                adam_epsilon: 1e-8,
+                lr_schedule: LrSchedule::Constant,
+                grad_accum: 1,
                 min_snr_gamma: 0.0,
             },
         }
@@ -221,15 +299,21 @@ pub struct Trainer<'g> {
     loss_weights: Option<LossWeights>,
     weights: ParamStore,
     grads: Tensor,
+    /// Where micro-batches after the first put their gradients before they
+    /// are added to `grads` (only with gradient accumulation).
+    micro_grads: Option<Tensor>,
     exp_avg: Tensor,
     exp_avg_sq: Tensor,
     ema: Tensor,
     /// Steps completed.
     pub step: u64,
-    x0: Tensor,
+    /// Each micro-batch's images (all written before the step's first command).
+    x0: Vec<Tensor>,
+    /// (LOG_SLOTS · grad_accum) micro-batch losses, one per view slot.
     loss_log: Tensor,
     norm_log: Tensor,
-    /// (LOG_SLOTS, row) per-sample losses, row = batch rounded up to a view boundary.
+    /// (LOG_SLOTS · grad_accum, row) per-sample losses, row = batch rounded
+    /// up to a view boundary.
     sample_log: Tensor,
     /// Steps whose loss is in the logs but not yet read, with each sample's
     /// timestep index.
@@ -337,6 +421,26 @@ impl<'g> Trainer<'g> {
             "--min-snr-gamma must be 0 (off) or positive, got {}",
             options.min_snr_gamma
         );
+        ensure!(options.grad_accum >= 1, "--grad-accum must be at least 1");
+        ensure!(
+            options.batch_size.checked_mul(options.grad_accum).is_some_and(|n| n <= u32::MAX as usize),
+            "--batch-size x --grad-accum ({} x {}) is too large",
+            options.batch_size,
+            options.grad_accum
+        );
+        for (flag, beta) in [("--adam-beta1", options.adam_beta1), ("--adam-beta2", options.adam_beta2)] {
+            ensure!((0.0..1.0).contains(&beta), "{flag} must be in [0, 1), got {beta}");
+        }
+        ensure!(
+            options.adam_epsilon.is_finite() && options.adam_epsilon > 0.0,
+            "--adam-epsilon must be positive, got {}",
+            options.adam_epsilon
+        );
+        ensure!(
+            options.weight_decay.is_finite() && options.weight_decay >= 0.0,
+            "--weight-decay must be 0 (off) or positive, got {}",
+            options.weight_decay
+        );
         let factor = 1 << (c.block_out_channels.len() - 1);
         ensure!(h % factor == 0 && w % factor == 0, "resolution {h}x{w} must be a multiple of {factor} for this UNet");
         let flat = unet.table.flat_len;
@@ -351,23 +455,26 @@ impl<'g> Trainer<'g> {
             0.0 => None,
             gamma => Some(LossWeights {
                 per_timestep: min_snr_weights(&schedule, gamma),
-                batch: gpu.uninit(&[options.batch_size])?,
+                batch: (0..options.grad_accum).map(|_| gpu.uninit(&[options.batch_size])).collect::<Result<_>>()?,
             }),
         };
+        let accum = options.grad_accum;
         Ok(Trainer {
             gpu,
             tables,
             loss_weights,
             grads: gpu.zeros(&[flat])?,
+            // Zeros: the padding between parameters is never written, and is summed.
+            micro_grads: if accum > 1 { Some(gpu.zeros(&[flat])?) } else { None },
             exp_avg,
             exp_avg_sq,
             ema: gpu.upload(&[flat], ema)?,
             weights,
             step: 0,
-            x0: gpu.uninit(&[options.batch_size, channels, h, w])?,
-            loss_log: gpu.zeros(&[LOG_SLOTS * VIEW_ALIGN_ELEMS])?,
+            x0: (0..accum).map(|_| gpu.uninit(&[options.batch_size, channels, h, w])).collect::<Result<_>>()?,
+            loss_log: gpu.zeros(&[LOG_SLOTS * accum * VIEW_ALIGN_ELEMS])?,
             norm_log: gpu.zeros(&[LOG_SLOTS * VIEW_ALIGN_ELEMS])?,
-            sample_log: gpu.zeros(&[LOG_SLOTS * sample_log_row(options.batch_size)])?,
+            sample_log: gpu.zeros(&[LOG_SLOTS * accum * sample_log_row(options.batch_size)])?,
             pending: Vec::new(),
             unet,
             scheduler,
@@ -375,14 +482,11 @@ impl<'g> Trainer<'g> {
         })
     }
 
-    /// Learning rate of step `s` (0-based): linear warm-up, then constant.
+    /// Learning rate of step `s` (0-based): linear warm-up, then the run's
+    /// [`LrSchedule`].
     pub fn lr_at(&self, s: u64) -> f32 {
         let o = &self.options;
-        if s < o.warmup {
-            o.lr * (s + 1) as f32 / o.warmup as f32
-        } else {
-            o.lr
-        }
+        o.lr_schedule.lr_at(o.lr, s, o.warmup, o.steps)
     }
 
     /// EMA decay of step `s`, warmed up as diffusers' EMAModel does so early
@@ -391,62 +495,82 @@ impl<'g> Trainer<'g> {
         self.options.ema_decay.min((1 + s) as f32 / (10 + s) as f32)
     }
 
-    /// Record and submit one training step on a batch from `data`.
+    /// Record and submit one training step on a batch from `data`: with
+    /// `grad_accum` k, k micro-batches of `batch_size` whose mean gradient
+    /// is that of one batch of k · `batch_size` (same images, timesteps and
+    /// noise: every draw is made for the whole step, the noise keyed by the
+    /// sample's index in it).
     pub fn train_step(&mut self, data: &Dataset) -> Result<()> {
         let gpu = self.gpu;
         let s = self.step;
         let o = &self.options;
+        let (micro, accum) = (o.batch_size, o.grad_accum);
         let mut rng = step_rng(o.seed, s);
-        let indices = batch_indices(o.seed, s, o.batch_size, data.len());
+        let indices = batch_indices(o.seed, s, micro * accum, data.len());
         let batch = data.batch(&indices, o.flip, &mut rng);
-        gpu.write(&self.x0, &batch)?;
-        let t_indices: Vec<usize> = (0..o.batch_size).map(|_| rng.random_range(0..self.tables.steps)).collect();
+        let t_indices: Vec<usize> = (0..micro * accum).map(|_| rng.random_range(0..self.tables.steps)).collect();
         // Every upload comes before the first command, so the step is one submission.
-        if let Some(w) = &self.loss_weights {
-            let weights: Vec<f32> = t_indices.iter().map(|&i| w.per_timestep[i]).collect();
-            gpu.write(&w.batch, &weights)?;
+        let image_floats = batch.len() / indices.len();
+        for (x0, images) in self.x0.iter().zip(batch.chunks(micro * image_floats)) {
+            gpu.write(x0, images)?;
         }
-        let t = ddpm::timesteps(gpu, &t_indices)?;
-        let (xt, eps) = ddpm::q_sample(
-            gpu,
-            &self.tables,
-            &self.x0,
-            &t,
-            NoiseKey { seed: o.seed, step: s as u32, first_sample: 0 },
-        )?;
+        if let Some(w) = &self.loss_weights {
+            for (dest, t) in w.batch.iter().zip(t_indices.chunks(micro)) {
+                let weights: Vec<f32> = t.iter().map(|&i| w.per_timestep[i]).collect();
+                gpu.write(dest, &weights)?;
+            }
+        }
+        let ts: Vec<Tensor> = t_indices.chunks(micro).map(|t| ddpm::timesteps(gpu, t)).collect::<Result<_>>()?;
 
-        let mut tape = Tape::new(gpu);
-        let p = ParamVars::with_grads_into(&mut tape, &self.weights, &self.grads)?;
-        let target = ddpm::training_target(gpu, &self.tables, self.scheduler.prediction_type, &self.x0, &eps, &t)?;
-        let x = tape.input(xt);
-        let target = tape.input(target);
-        let pred = self.unet.forward(&mut tape, &p, &x, &t)?;
-        let loss = match &self.loss_weights {
-            Some(w) => tape.weighted_mse_loss(&pred, &target, &w.batch)?,
-            None => tape.mse_loss(&pred, &target)?,
-        };
-        // Each sample's loss, straight into its log slot (no gradient).
-        let row = sample_log_row(o.batch_size);
-        let slot = self.sample_log.view(self.pending.len() * row, &[o.batch_size])?;
-        loss::mse_loss_per_sample_into(gpu, &pred.value, &target.value, &slot)?;
-        // The gradients land in `self.grads`.
-        drop(tape.backward(&loss)?);
+        let row = sample_log_row(micro);
+        for (j, t) in ts.iter().enumerate() {
+            let x0 = &self.x0[j];
+            let key = NoiseKey { seed: o.seed, step: s as u32, first_sample: (j * micro) as u32 };
+            let (xt, eps) = ddpm::q_sample(gpu, &self.tables, x0, t, key)?;
+            let grads = match (j, &self.micro_grads) {
+                (0, _) | (_, None) => &self.grads,
+                (_, Some(g)) => g,
+            };
+            let mut tape = Tape::new(gpu);
+            let p = ParamVars::with_grads_into(&mut tape, &self.weights, grads)?;
+            let target = ddpm::training_target(gpu, &self.tables, self.scheduler.prediction_type, x0, &eps, t)?;
+            let x = tape.input(xt);
+            let target = tape.input(target);
+            let pred = self.unet.forward(&mut tape, &p, &x, t)?;
+            let loss = match &self.loss_weights {
+                Some(w) => tape.weighted_mse_loss(&pred, &target, &w.batch[j])?,
+                None => tape.mse_loss(&pred, &target)?,
+            };
+            // Each sample's loss, straight into its log slot (no gradient).
+            let slot = self.pending.len() * accum + j;
+            loss::mse_loss_per_sample_into(
+                gpu,
+                &pred.value,
+                &target.value,
+                &self.sample_log.view(slot * row, &[micro])?,
+            )?;
+            gpu.copy(&loss.value, &self.loss_log.view(slot * VIEW_ALIGN_ELEMS, &[1])?)?;
+            drop(tape.backward_scaled(&loss, 1.0 / accum as f32)?);
+            if j > 0 {
+                optimizer::accumulate_grads(gpu, &self.grads, grads)?;
+            }
+        }
 
         let norm_sq = optimizer::grad_norm_sq(gpu, &self.grads)?;
         let adam = Adam {
+            beta1: o.adam_beta1,
+            beta2: o.adam_beta2,
+            eps: o.adam_epsilon,
             weight_decay: o.weight_decay,
             decoupled: o.weight_decay > 0.0,
             max_grad_norm: o.grad_clip,
-            ..Adam::default()
         };
         let lr = self.lr_at(s);
         let w = &self.weights.flat;
         optimizer::adam_step(gpu, &adam, s + 1, lr, w, &self.exp_avg, &self.exp_avg_sq, &self.grads, &norm_sq)?;
         optimizer::ema_update(gpu, &self.ema, w, self.ema_decay_at(s))?;
 
-        let slot = self.pending.len() * VIEW_ALIGN_ELEMS;
-        gpu.copy(&loss.value, &self.loss_log.view(slot, &[1])?)?;
-        gpu.copy(&norm_sq, &self.norm_log.view(slot, &[1])?)?;
+        gpu.copy(&norm_sq, &self.norm_log.view(self.pending.len() * VIEW_ALIGN_ELEMS, &[1])?)?;
         self.pending.push((s, t_indices));
         gpu.submit();
         self.step += 1;
@@ -459,7 +583,7 @@ impl<'g> Trainer<'g> {
 
     /// (channels, height, width) of one training image.
     pub fn sample_shape(&self) -> [usize; 3] {
-        let s = self.x0.shape();
+        let s = self.x0[0].shape();
         [s[1], s[2], s[3]]
     }
 
@@ -468,7 +592,7 @@ impl<'g> Trainer<'g> {
         let flat = (self.unet.table.flat_len * 4) as u64;
         MemoryReport {
             parameters: flat,
-            gradients: flat,
+            gradients: flat * (1 + self.micro_grads.is_some() as u64),
             optimizer_state: 2 * flat,
             ema: flat,
             peak: self.gpu.pool_stats().peak_live_bytes,
@@ -489,10 +613,12 @@ impl<'g> Trainer<'g> {
         let losses = self.gpu.read(&self.loss_log)?;
         let norms = self.gpu.read(&self.norm_log)?;
         let per_sample = self.gpu.read(&self.sample_log)?;
-        let row = sample_log_row(self.options.batch_size);
+        let (micro, accum) = (self.options.batch_size, self.options.grad_accum);
+        let row = sample_log_row(micro);
         let mut out = Vec::new();
         for (i, (s, t)) in std::mem::take(&mut self.pending).into_iter().enumerate() {
-            let loss = losses[i * VIEW_ALIGN_ELEMS];
+            let slots = i * accum..(i + 1) * accum;
+            let loss = slots.clone().map(|j| losses[j * VIEW_ALIGN_ELEMS]).sum::<f32>() / accum as f32;
             let norm = norms[i * VIEW_ALIGN_ELEMS];
             if !(loss.is_finite() && norm.is_finite()) {
                 let what = if loss.is_finite() {
@@ -502,8 +628,9 @@ impl<'g> Trainer<'g> {
                 };
                 bail!("the {what} at step {}: training stopped (lower --lr or check the data)", s + 1);
             }
-            let (decile_loss, decile_count) =
-                decile_means(&per_sample[i * row..i * row + t.len()], &t, self.tables.steps);
+            let step_losses: Vec<f32> =
+                slots.flat_map(|j| per_sample[j * row..j * row + micro].iter().copied()).collect();
+            let (decile_loss, decile_count) = decile_means(&step_losses, &t, self.tables.steps);
             out.push(StepLog {
                 step: s + 1,
                 loss,
@@ -514,6 +641,12 @@ impl<'g> Trainer<'g> {
             });
         }
         Ok(out)
+    }
+
+    /// The flat gradient of the last step (the mean over all its images,
+    /// before clipping), in the parameter table's order. Waits for the GPU.
+    pub fn read_gradients(&self) -> Result<Vec<f32>> {
+        self.gpu.read(&self.grads)
     }
 
     /// The EMA weights as a store, for sampling.
@@ -616,7 +749,8 @@ impl<'g> Trainer<'g> {
 /// (batch) tensor a step's sample weights are written to.
 struct LossWeights {
     per_timestep: Vec<f32>,
-    batch: Tensor,
+    /// One per micro-batch.
+    batch: Vec<Tensor>,
 }
 
 /// Min-SNR-gamma's loss weight of each timestep index: min(SNR_t, gamma) /

@@ -274,7 +274,7 @@ impl RunState<'_, '_> {
     fn record(&mut self, logs: &[StepLog], report: Option<&EvalReport>, observer: &mut dyn Observer) -> Result<()> {
         let step = self.trainer.step;
         let steps_per_second = (step - self.start_step) as f64 / self.started.elapsed().as_secs_f64().max(1e-9);
-        let images_per_second = steps_per_second * self.trainer.options.batch_size as f64;
+        let images_per_second = steps_per_second * self.trainer.options.images_per_step() as f64;
         let mut eval = BTreeMap::new();
         if let Some(e) = report {
             observer.note(&format!(

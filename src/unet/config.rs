@@ -46,8 +46,8 @@ pub struct UNetConfig {
     pub class_embed_type: Option<String>,
     pub num_class_embeds: Option<usize>,
     pub num_train_timesteps: Option<usize>,
-    /// Keys we do not interpret (e.g. `_diffusers_version`), kept so a
-    /// config round-trips.
+    /// Metadata keys (`_diffusers_version`, `_name_or_path`), kept so a
+    /// config round-trips; any other key is refused by [`UNetConfig::validate`].
     #[serde(flatten)]
     pub other: BTreeMap<String, serde_json::Value>,
 }
@@ -165,6 +165,16 @@ impl UNetConfig {
             self.class_embed_type.is_none() && self.num_class_embeds.is_none(),
             "class-conditional UNets are not supported"
         );
+        // Every other UNet2DModel key is read; `_`-prefixed ones are metadata.
+        if let Some((key, value)) = self.other.iter().find(|(k, _)| !k.starts_with('_')) {
+            bail!("unknown UNet2DModel key '{key}' (= {value})");
+        }
+        ensure!(
+            self.mid_block_scale_factor == 1.0,
+            "mid_block_scale_factor {} is not supported (only 1)",
+            self.mid_block_scale_factor
+        );
+        ensure!(!self.center_input_sample, "center_input_sample = true is not supported (only false)");
         ensure!(self.downsample_padding <= 1, "downsample_padding must be 0 (TF 'SAME', as the DDPM paper) or 1");
         ensure!(
             self.norm_eps.is_finite() && self.norm_eps > 0.0,

@@ -62,9 +62,6 @@ impl UNet {
         if config.dropout != 0.0 {
             bail!("dropout {} is not supported yet (use 0)", config.dropout);
         }
-        if config.center_input_sample {
-            bail!("center_input_sample is not supported");
-        }
         let layout = UNetLayout::new(config);
         let table = ParamTable::new(&layout.params());
         Ok(UNet { layout, table })

@@ -7,7 +7,7 @@ use anyhow::{bail, Result};
 use clap::ValueEnum;
 use ddpm_wgpu::sample::Sampler;
 use ddpm_wgpu::schedule::{BetaSchedule, PredictionType, SchedulerConfig};
-use ddpm_wgpu::train::{Cadence, GridSettings, Recipe, RunSettings, TrainOptions};
+use ddpm_wgpu::train::{Cadence, GridSettings, LrSchedule, Recipe, RunSettings, TrainOptions};
 
 #[derive(clap::Args)]
 pub struct TrainArgs {
@@ -38,6 +38,22 @@ pub struct TrainArgs {
     pub lr: Option<f32>,
     #[arg(long, help = preset_help("Steps of linear learning-rate warm-up", |o| o.warmup.to_string()))]
     pub warmup: Option<u64>,
+    /// The learning rate after warm-up: constant, or cosine / linear decay to 0 at the last step
+    /// (diffusers' constant_with_warmup, cosine, linear) [default: the preset's].
+    #[arg(long, value_enum)]
+    pub lr_schedule: Option<LrScheduleArg>,
+    #[arg(long, help = preset_help("Adam's first-moment decay", |o| o.adam_beta1.to_string()))]
+    pub adam_beta1: Option<f32>,
+    #[arg(long, help = preset_help("Adam's second-moment decay", |o| o.adam_beta2.to_string()))]
+    pub adam_beta2: Option<f32>,
+    #[arg(long, help = preset_help("Adam's epsilon", |o| o.adam_epsilon.to_string()))]
+    pub adam_epsilon: Option<f32>,
+    #[arg(long, help = preset_help("AdamW's decoupled weight decay (0: plain Adam)", |o| o.weight_decay.to_string()))]
+    pub weight_decay: Option<f32>,
+    #[arg(long, help = preset_help(
+        "Micro-batches of --batch-size whose gradients make one step (a step sees batch x this many images)",
+        |o| o.grad_accum.to_string()))]
+    pub grad_accum: Option<usize>,
     #[arg(long, help = preset_help("Decay of the weights' EMA (the weights checkpoints and grids use)", |o| o.ema_decay.to_string()))]
     pub ema_decay: Option<f32>,
     /// Seed of the initial weights, the data order and all noise [default: 0].
@@ -62,7 +78,8 @@ pub struct TrainArgs {
     /// Where checkpoints, sample grids, metrics.csv and loss.png go [default: runs/mnist].
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Continue the run whose output folder is this (same seed and data).
+    /// Continue the run whose output folder is this (same seed and data); `latest`: the run in
+    /// --out (default runs/mnist).
     #[arg(long)]
     pub resume: Option<PathBuf>,
     /// Write a sample grid from the EMA weights every this many steps (0: only at the end).
@@ -99,6 +116,13 @@ pub struct TrainArgs {
 pub enum Schedule {
     Linear,
     Cosine,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum LrScheduleArg {
+    Constant,
+    Cosine,
+    Linear,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -219,6 +243,12 @@ impl TrainArgs {
             ("--batch-size", self.batch_size.is_some()),
             ("--lr", self.lr.is_some()),
             ("--warmup", self.warmup.is_some()),
+            ("--lr-schedule", self.lr_schedule.is_some()),
+            ("--adam-beta1", self.adam_beta1.is_some()),
+            ("--adam-beta2", self.adam_beta2.is_some()),
+            ("--adam-epsilon", self.adam_epsilon.is_some()),
+            ("--weight-decay", self.weight_decay.is_some()),
+            ("--grad-accum", self.grad_accum.is_some()),
             ("--ema-decay", self.ema_decay.is_some()),
             ("--grad-clip", self.grad_clip.is_some()),
             ("--min-snr-gamma", self.min_snr_gamma.is_some()),
@@ -226,13 +256,27 @@ impl TrainArgs {
             ("--prediction-type", self.prediction_type.is_some()),
             ("--flip", self.flip),
             ("--seed", self.seed.is_some()),
-            ("--out (the run stays in its folder)", self.out.is_some()),
+            ("--out (the run stays in its folder)", self.out.is_some() && !self.resumes_latest()),
         ];
         let given: Vec<&str> = fixed.iter().filter(|(_, set)| *set).map(|(name, _)| *name).collect();
         if !given.is_empty() {
             bail!("{} cannot change on --resume: the run keeps its recipe (only --steps may grow)", given.join(", "));
         }
         Ok(())
+    }
+
+    fn resumes_latest(&self) -> bool {
+        self.resume.as_deref() == Some(std::path::Path::new("latest"))
+    }
+
+    /// The run folder: --resume's (`latest`: --out's), or --out, by default runs/mnist.
+    pub fn out(&self) -> PathBuf {
+        match &self.resume {
+            Some(_) if self.resumes_latest() => None,
+            resume => resume.clone(),
+        }
+        .or_else(|| self.out.clone())
+        .unwrap_or_else(|| "runs/mnist".into())
     }
 
     /// The recipe's options, overridden by the flags given.
@@ -247,7 +291,17 @@ impl TrainArgs {
             seed: self.seed.unwrap_or(0),
             grad_clip: self.grad_clip.unwrap_or(r.grad_clip),
             flip: self.flip,
-            weight_decay: r.weight_decay,
+            weight_decay: self.weight_decay.unwrap_or(r.weight_decay),
+            adam_beta1: self.adam_beta1.unwrap_or(r.adam_beta1),
+            adam_beta2: self.adam_beta2.unwrap_or(r.adam_beta2),
+            adam_epsilon: self.adam_epsilon.unwrap_or(r.adam_epsilon),
+            lr_schedule: match self.lr_schedule {
+                Some(LrScheduleArg::Constant) => LrSchedule::Constant,
+                Some(LrScheduleArg::Cosine) => LrSchedule::Cosine,
+                Some(LrScheduleArg::Linear) => LrSchedule::Linear,
+                None => r.lr_schedule,
+            },
+            grad_accum: self.grad_accum.unwrap_or(r.grad_accum),
             min_snr_gamma: self.min_snr_gamma.unwrap_or(r.min_snr_gamma),
         }
     }

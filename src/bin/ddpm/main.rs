@@ -87,7 +87,7 @@ fn train(options: &GpuOptions, args: TrainArgs) -> Result<()> {
     if args.resume.is_some() {
         args.check_resume()?;
     }
-    let out = args.resume.clone().or_else(|| args.out.clone()).unwrap_or_else(|| "runs/mnist".into());
+    let out = args.out();
     ensure_writable(&out)?;
     // Held until the process ends (a kill included): a second run into `out` is refused.
     let settings = args.run_settings(out.clone());
@@ -136,7 +136,14 @@ fn train(options: &GpuOptions, args: TrainArgs) -> Result<()> {
     };
     let o = &trainer.options;
     let parameters = trainer.unet.table.count() as f64 / 1e6;
-    eprintln!("UNet: {parameters:.2}M parameters; batch {}, {} steps, lr {}", o.batch_size, o.steps, o.lr);
+    let batch = match o.grad_accum {
+        1 => o.batch_size.to_string(),
+        k => format!("{} ({k} micro-batches of {})", o.images_per_step(), o.batch_size),
+    };
+    eprintln!(
+        "UNet: {parameters:.2}M parameters; batch {batch}, {} steps, lr {} ({:?} after warm-up)",
+        o.steps, o.lr, o.lr_schedule
+    );
 
     // Ctrl-C and SIGTERM stop the run after the current step, with a
     // checkpoint; a second one stops at once (the last complete checkpoint
