@@ -7,6 +7,7 @@ pub mod eval;
 pub mod gpu;
 pub mod nll;
 pub mod ops;
+pub mod patch;
 pub mod plot;
 pub mod sample;
 pub mod schedule;

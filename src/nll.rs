@@ -250,11 +250,11 @@ pub fn dataset_bits_per_dim(
     progress: Progress,
 ) -> Result<NllReport> {
     let config = model.unet.config();
-    let resolution = config.sample_size.context("the checkpoint's config has no sample_size")?;
+    let resolution = config.image_size().context("the checkpoint's config has no sample_size")?;
     ensure!(
-        real.resolution == resolution && real.channels == config.in_channels,
+        real.resolution == resolution && real.channels == config.image_channels(),
         "the NLL needs real images of the model's shape {}x{resolution}x{resolution}; {} is {}x{}x{}",
-        config.in_channels,
+        config.image_channels(),
         real.source,
         real.channels,
         real.resolution,
@@ -268,8 +268,11 @@ pub fn dataset_bits_per_dim(
     let mut parts = Vec::new();
     for (c, first) in (0..count).step_by(batch).enumerate() {
         let n = batch.min(count - first);
-        let x0 =
-            gpu.upload(&[n, real.channels, resolution, resolution], &real.pixels()[first * len..(first + n) * len])?;
+        // Bits per dimension are the same in patch space: the rearrangement is a permutation.
+        let p = config.patch_size;
+        let images =
+            crate::patch::unshuffle(&real.pixels()[first * len..(first + n) * len], real.channels, resolution, p);
+        let x0 = gpu.upload(&[n, config.in_channels, resolution / p, resolution / p], &images)?;
         let chunk = NllRequest { first_sample: request.first_sample + first as u32, ..*request };
         let mut predictor = |x: &Tensor, t: &Tensor, _: usize| predict_noise(gpu, &model.unet, &model.weights, x, t);
         parts.push(bits_per_dim(gpu, &mut predictor, &model.scheduler, &x0, &chunk, &mut |done, _| {

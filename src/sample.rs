@@ -14,6 +14,7 @@ use anyhow::{bail, ensure, Context, Result};
 use crate::gpu::{Gpu, Tensor, VIEW_ALIGN_ELEMS};
 use crate::ops::attention::MAX_PROBS_BYTES;
 use crate::ops::ddpm::{self, DdimTables, DdpmTables, NoiseKey};
+use crate::patch;
 use crate::schedule::{ddim_timesteps, Schedule, SchedulerConfig};
 use crate::tape::Tape;
 use crate::unet::layout::{AttnBlock, UNetLayout};
@@ -99,8 +100,9 @@ pub struct SampleRequest {
     pub batch_size: usize,
 }
 
-/// Draw samples from `unet`; returns them as (count, C, R, R) values in
-/// [-1, 1] (clipped), and the kept intermediate x_t of sample 0.
+/// Draw samples from `unet`; returns them as (count, C, R, R) images in
+/// [-1, 1] (clipped), and the kept intermediate x_t of sample 0. With
+/// patching the samples are drawn at (C·p², R/p, R/p) and rearranged.
 pub fn sample(
     gpu: &Gpu,
     unet: &UNet,
@@ -109,9 +111,18 @@ pub fn sample(
     request: &SampleRequest,
     progress: Progress,
 ) -> Result<(Vec<f32>, Vec<Vec<f32>>)> {
-    let channels = unet.config().in_channels;
+    let config = unet.config();
+    let p = config.patch_size;
+    ensure!(
+        request.resolution.is_multiple_of(p),
+        "sample: resolution {} does not split into the model's {p}x{p} patches",
+        request.resolution
+    );
     let mut model = |x: &Tensor, t: &Tensor, _index: usize| predict_noise(gpu, unet, weights, x, t);
-    sample_with(gpu, &mut model, channels, scheduler, request, progress)
+    let patched = SampleRequest { resolution: request.resolution / p, ..*request };
+    let (samples, kept) = sample_with(gpu, &mut model, config.in_channels, scheduler, &patched, progress)?;
+    let image = |x: &[f32]| patch::shuffle(x, config.image_channels(), request.resolution, p);
+    Ok((image(&samples), kept.iter().map(|x| image(x)).collect()))
 }
 
 /// The model's output at x_t and the timestep index tensor t (scalar index
@@ -224,10 +235,11 @@ pub const MAX_SAMPLE_BATCH: usize = 256;
 /// beside a model's weights.
 pub const SAMPLE_MEMORY_BUDGET: u64 = 1 << 30;
 
-/// What a forward pass of `config` at `resolution` x `resolution` allocates
-/// per sample; see [`ForwardFootprint`].
+/// What a forward pass of `config` on images of `resolution` x `resolution`
+/// (before patching) allocates per sample; see [`ForwardFootprint`].
 pub fn forward_footprint(config: &UNetConfig, resolution: usize) -> ForwardFootprint {
     let layout = UNetLayout::new(config);
+    let resolution = resolution / config.patch_size;
     let levels = config.block_out_channels.len();
     let pixels: Vec<usize> = (0..levels).map(|i| (resolution >> i).pow(2)).collect();
     let mut largest = config.in_channels.max(config.out_channels) * pixels[0];

@@ -625,3 +625,68 @@ fn sigterm_saves_every_step_and_a_config_beyond_the_adapter_is_refused_before_al
     fails_with(&["sample", "--checkpoint", huge.to_str().unwrap(), "--num", "1"], expected);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_patched_model_trains_resumes_samples_and_evaluates_at_the_image_resolution() {
+    let whole = temp("patched-whole");
+    let split = temp("patched-split");
+    let (whole_s, split_s) = (whole.to_str().unwrap(), split.to_str().unwrap());
+    let patch = ["--patch-size", "2"];
+    assert!(ddpm(&[train_args(whole_s, None, "3"), patch.to_vec()].concat()).status.success());
+    assert!(ddpm(&[train_args(split_s, None, "2"), patch.to_vec()].concat()).status.success());
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(split.join("checkpoint/unet/config.json")).unwrap()).unwrap();
+    // The UNet sees 2x2 blocks of the 32x32 digits as 4 channels of 16x16.
+    assert_eq!(
+        (config["_patch_size"].as_u64(), config["in_channels"].as_u64(), config["sample_size"].as_u64()),
+        (Some(2), Some(4), Some(16)),
+        "{config}"
+    );
+    let resumed = ddpm(&["train", "--resume", split_s, "--steps", "3", "--sample-every", "0", "--grid-samples", "4"]);
+    assert!(resumed.status.success());
+    assert_eq!(losses(&whole), losses(&split), "the resumed patched run diverged");
+    let grid = split.join("grid.png");
+    let checkpoint = split.join("checkpoint");
+    let checkpoint_s = checkpoint.to_str().unwrap();
+    let out = ddpm(&[
+        "sample",
+        "--checkpoint",
+        checkpoint_s,
+        "--num",
+        "4",
+        "--sampler",
+        "ddim",
+        "--steps",
+        "2",
+        "--out",
+        grid.to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+    let img = image::open(&grid).unwrap().to_rgb8();
+    // Four 32-pixel digits (not 16-pixel 4-channel samples) in a 2x2 grid, upscaled x4.
+    assert_eq!((img.width(), img.height()), (4 * (2 * 34 + 2), 4 * (2 * 34 + 2)));
+    let json = split.join("eval.json");
+    let out = ddpm(&[
+        "eval",
+        "--checkpoint",
+        checkpoint_s,
+        "--num",
+        "8",
+        "--steps",
+        "2",
+        "--nll",
+        "--nll-num",
+        "2",
+        "--nll-timesteps",
+        "2",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+    let m = eval_json(&json);
+    assert_eq!(m["samples"].as_u64(), Some(8), "{m}");
+    let bits = m["bits_per_dim"].as_f64().unwrap();
+    assert!(bits.is_finite() && bits > 0.0, "{m}");
+    std::fs::remove_dir_all(&whole).unwrap();
+    std::fs::remove_dir_all(&split).unwrap();
+}

@@ -19,6 +19,7 @@ use crate::gpu::{Gpu, Tensor, VIEW_ALIGN_ELEMS};
 use crate::ops::ddpm::{self, DdpmTables, NoiseKey};
 use crate::ops::loss;
 use crate::ops::optimizer::{self, Adam};
+use crate::patch;
 use crate::schedule::{BetaSchedule, PredictionType, Schedule, SchedulerConfig};
 use crate::tape::Tape;
 use crate::unet::params::{write_atomically, ParamStore};
@@ -134,6 +135,8 @@ pub struct Recipe {
     pub summary: &'static str,
     /// UNet2DModel config JSON; its channels follow the data.
     pub unet_config: &'static str,
+    /// [`crate::unet::UNetConfig::patch_size`] of the recipe's UNet.
+    pub patch_size: usize,
     pub beta_schedule: BetaSchedule,
     pub prediction_type: PredictionType,
     pub options: TrainOptions,
@@ -148,6 +151,7 @@ impl Default for Recipe {
             summary:
                 "a 0.69M-parameter UNet predicting x_0, cosine schedule, batch 32, 300 steps: 10 minutes on 2 CPU cores",
             unet_config: include_str!("../../assets/configs/default_unet.json"),
+            patch_size: 1,
             beta_schedule: BetaSchedule::SquaredCosCapV2,
             prediction_type: PredictionType::Sample,
             options: TrainOptions {
@@ -186,6 +190,7 @@ impl Recipe {
             name: "paper",
             summary: "Ho et al. 2020: their 35.7M-parameter CIFAR-10 UNet, lr 2e-4, batch 128, EMA 0.9999, 800k steps",
             unet_config: include_str!("../../assets/configs/ddpm_cifar10_unet.json"),
+            patch_size: 1,
             beta_schedule: BetaSchedule::Linear,
             prediction_type: PredictionType::Epsilon,
             options: TrainOptions {
@@ -398,12 +403,15 @@ impl<'g> Trainer<'g> {
     ) -> Result<Trainer<'g>> {
         let c = unet.config();
         let [channels, h, w] = sample_shape;
+        let p = c.patch_size;
         ensure!(
-            channels == c.in_channels && channels == c.out_channels,
-            "the data has {channels} channels but the UNet config has in_channels {} and out_channels {}",
+            channels * p * p == c.in_channels && c.in_channels == c.out_channels,
+            "the data has {channels} channels but the UNet config has in_channels {} and out_channels {}{}",
             c.in_channels,
-            c.out_channels
+            c.out_channels,
+            if p > 1 { format!(" (with _patch_size {p}: {} per image channel)", p * p) } else { String::new() }
         );
+        ensure!(h == w && h % p == 0, "images of {h}x{w} do not split into {p}x{p} patches");
         ensure!(options.batch_size >= 1, "--batch-size must be at least 1");
         ensure!(options.lr.is_finite() && options.lr > 0.0, "--lr must be a positive number, got {}", options.lr);
         ensure!(
@@ -441,8 +449,9 @@ impl<'g> Trainer<'g> {
             "--weight-decay must be 0 (off) or positive, got {}",
             options.weight_decay
         );
-        let factor = 1 << (c.block_out_channels.len() - 1);
+        let factor = p << (c.block_out_channels.len() - 1);
         ensure!(h % factor == 0 && w % factor == 0, "resolution {h}x{w} must be a multiple of {factor} for this UNet");
+        let (channels, h, w) = (c.in_channels, h / p, w / p);
         let flat = unet.table.flat_len;
         let weights = ParamStore::upload(gpu, unet.table.clone(), weights)?;
         let (exp_avg, exp_avg_sq) = match moments {
@@ -507,7 +516,8 @@ impl<'g> Trainer<'g> {
         let (micro, accum) = (o.batch_size, o.grad_accum);
         let mut rng = step_rng(o.seed, s);
         let indices = batch_indices(o.seed, s, micro * accum, data.len());
-        let batch = data.batch(&indices, o.flip, &mut rng);
+        let p = self.unet.config().patch_size;
+        let batch = patch::unshuffle(&data.batch(&indices, o.flip, &mut rng), data.channels, data.resolution, p);
         let t_indices: Vec<usize> = (0..micro * accum).map(|_| rng.random_range(0..self.tables.steps)).collect();
         // Every upload comes before the first command, so the step is one submission.
         let image_floats = batch.len() / indices.len();
@@ -581,10 +591,11 @@ impl<'g> Trainer<'g> {
         self.gpu
     }
 
-    /// (channels, height, width) of one training image.
+    /// (channels, height, width) of one training image (before patching).
     pub fn sample_shape(&self) -> [usize; 3] {
         let s = self.x0[0].shape();
-        [s[1], s[2], s[3]]
+        let p = self.unet.config().patch_size;
+        [s[1] / (p * p), s[2] * p, s[3] * p]
     }
 
     /// Memory held so far (the peak includes every step run).

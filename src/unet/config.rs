@@ -13,6 +13,13 @@ use super::layout::UNetLayout;
 /// refused before anything is allocated.
 pub const MAX_PARAMETERS: usize = 1 << 30;
 
+/// The largest `_patch_size` accepted.
+pub const MAX_PATCH_SIZE: usize = 8;
+
+fn is_one(p: &usize) -> bool {
+    *p == 1
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct UNetConfig {
@@ -46,6 +53,11 @@ pub struct UNetConfig {
     pub class_embed_type: Option<String>,
     pub num_class_embeds: Option<usize>,
     pub num_train_timesteps: Option<usize>,
+    /// This engine's own key (diffusers skips `_` keys): the UNet sees
+    /// images of `in_channels / p²` channels at `sample_size · p` pixels,
+    /// each p x p block as p² channels ([`crate::patch`]). 1: no patching.
+    #[serde(rename = "_patch_size", skip_serializing_if = "is_one")]
+    pub patch_size: usize,
     /// Metadata keys (`_diffusers_version`, `_name_or_path`), kept so a
     /// config round-trips; any other key is refused by [`UNetConfig::validate`].
     #[serde(flatten)]
@@ -86,6 +98,7 @@ impl Default for UNetConfig {
             class_embed_type: None,
             num_class_embeds: None,
             num_train_timesteps: None,
+            patch_size: 1,
             other: BTreeMap::new(),
         }
     }
@@ -105,6 +118,16 @@ impl UNetConfig {
 
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).expect("config serialises")
+    }
+
+    /// Channels of the images this UNet models (its own divided by p²).
+    pub fn image_channels(&self) -> usize {
+        self.in_channels / (self.patch_size * self.patch_size)
+    }
+
+    /// Side of the images this UNet models (its sample_size times p).
+    pub fn image_size(&self) -> Option<usize> {
+        self.sample_size.map(|s| s * self.patch_size)
     }
 
     /// Width of the time embedding (`time_embedding.linear_1` output).
@@ -182,6 +205,15 @@ impl UNetConfig {
             self.norm_eps
         );
         ensure!(self.norm_num_groups > 0, "norm_num_groups must be at least 1");
+        let p2 = self.patch_size * self.patch_size;
+        ensure!((1..=MAX_PATCH_SIZE).contains(&self.patch_size), "_patch_size must be 1 to {MAX_PATCH_SIZE}");
+        ensure!(
+            self.patch_size == 1 || (self.in_channels == self.out_channels && self.in_channels.is_multiple_of(p2)),
+            "with _patch_size {} the UNet's in_channels and out_channels must be equal and divisible by {p2}, got {} and {}",
+            self.patch_size,
+            self.in_channels,
+            self.out_channels
+        );
         ensure!(self.attn_norm_num_groups != Some(0), "attn_norm_num_groups must be at least 1");
         ensure!(self.attention_head_dim != Some(0), "attention_head_dim must be at least 1");
         // The channel counts every block sees, as the layout derives them.

@@ -27,6 +27,11 @@ pub struct TrainArgs {
     /// Training image size (default: the config's sample_size).
     #[arg(long)]
     pub resolution: Option<usize>,
+    /// Diffuse each PxP block of pixels as P² channels of one pixel (patching, Hoogeboom et al.
+    /// 2023): the UNet runs at 1/P the resolution, P² times cheaper at its top level; saved as
+    /// `_patch_size` in the UNet's config.json [default: the preset's, or the config's].
+    #[arg(long)]
+    pub patch_size: Option<usize>,
     /// 1 = grey, 3 = RGB (default: 1 for MNIST, 3 for --data).
     #[arg(long)]
     pub channels: Option<usize>,
@@ -239,6 +244,7 @@ impl TrainArgs {
             ("--data", self.data.is_some()),
             ("--resolution", self.resolution.is_some()),
             ("--channels", self.channels.is_some()),
+            ("--patch-size", self.patch_size.is_some()),
             ("--limit", self.limit.is_some()),
             ("--batch-size", self.batch_size.is_some()),
             ("--lr", self.lr.is_some()),

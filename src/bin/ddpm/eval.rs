@@ -41,8 +41,8 @@ pub fn eval_command(options: &GpuOptions, args: EvalArgs) -> Result<()> {
     let (channels, resolution, count) = match (&model, &folder) {
         (Some(model), _) => {
             let config = model.unet.config();
-            let resolution = config.sample_size.context("the checkpoint's config has no sample_size")?;
-            (config.in_channels, resolution, args.num)
+            let resolution = config.image_size().context("the checkpoint's config has no sample_size")?;
+            (config.image_channels(), resolution, args.num)
         }
         (None, Some(images)) => (images.channels, images.resolution, images.len()),
         (None, None) => bail!("give --checkpoint or --samples"),

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::{ensure, Context, Result};
 use args::{EvalArgs, SampleArgs, TrainArgs};
 use clap::{Parser, Subcommand};
 use ddpm_wgpu::gpu::{Gpu, GpuOptions};
@@ -105,17 +105,23 @@ fn train(options: &GpuOptions, args: TrainArgs) -> Result<()> {
                 Some(path) => UNetConfig::load(path)?,
                 None => UNetConfig::from_json(recipe.unet_config)?,
             };
+            // The config's images (before any new patching), then the patching asked for.
+            let (config_channels, config_size) = (config.image_channels(), config.image_size());
+            let p =
+                args.patch_size.unwrap_or(if args.config.is_some() { config.patch_size } else { recipe.patch_size });
             let channels = args.channels.unwrap_or(match (&args.data, &args.config) {
                 (Some(_), _) => 3,
-                (None, Some(_)) => config.in_channels,
+                (None, Some(_)) => config_channels,
                 (None, None) => 1,
             });
-            if args.config.is_none() {
-                config.in_channels = channels;
-                config.out_channels = channels;
+            let resolution = args.resolution.or(config_size).unwrap_or(32);
+            ensure!(resolution.is_multiple_of(p), "--resolution {resolution} does not split into {p}x{p} patches");
+            if args.config.is_none() || args.patch_size.is_some() {
+                config.in_channels = channels * p * p;
+                config.out_channels = channels * p * p;
             }
-            let resolution = args.resolution.or(config.sample_size).unwrap_or(32);
-            config.sample_size = Some(resolution);
+            config.patch_size = p;
+            config.sample_size = Some(resolution / p);
             config.validate()?;
             (config, DataSpec { folder: args.data.clone(), resolution, channels, limit: args.limit })
         }

@@ -38,7 +38,7 @@ pub fn sample_command(options: &GpuOptions, args: SampleArgs) -> Result<()> {
     let model = Model::load(&gpu, &args.checkpoint)?;
     let config = model.unet.config();
     let resolution =
-        args.resolution.or(config.sample_size).context("the config has no sample_size: give --resolution")?;
+        args.resolution.or(config.image_size()).context("the config has no sample_size: give --resolution")?;
     let sampler = args.sampler.sampler(args.steps, args.eta);
     let steps = match sampler {
         Sampler::Ddpm => model.scheduler.num_train_timesteps,
@@ -64,7 +64,7 @@ pub fn sample_command(options: &GpuOptions, args: SampleArgs) -> Result<()> {
     if images.iter().any(|v| !v.is_finite()) {
         bail!("the samples hold NaN or infinite values; nothing was written");
     }
-    let channels = config.in_channels;
+    let channels = config.image_channels();
     let cols = (args.num as f64).sqrt().ceil() as usize;
     save_grid(&args.out, &images, channels, resolution, cols, grid_scale(resolution))?;
     eprintln!("wrote {} ({} samples in {:.1} s)", args.out.display(), args.num, started.elapsed().as_secs_f64());
