@@ -38,7 +38,7 @@ enum Command {
     /// List every adapter wgpu can see, with the limits and features the engine uses.
     Devices,
     /// Train a DDPM (defaults: the MNIST digits shipped in assets/).
-    Train(TrainArgs),
+    Train(Box<TrainArgs>),
     /// Draw samples from a checkpoint (ours or a diffusers UNet2DModel folder).
     Sample(SampleArgs),
     /// Score samples (from a checkpoint, or a folder of PNGs) against the training digits:
@@ -54,7 +54,7 @@ fn main() {
         GpuOptions { backend: cli.backend.clone(), adapter_name: cli.adapter.clone(), ..GpuOptions::default() };
     let result = match cli.command {
         Command::Devices => devices::devices(&options),
-        Command::Train(args) => train(&options, args),
+        Command::Train(args) => train(&options, *args),
         Command::Sample(args) => sample::sample_command(&options, args),
         Command::Eval(args) => eval::eval_command(&options, args),
     };
