@@ -46,6 +46,13 @@ impl Model {
     /// `dir/scheduler` or beside the weights (the default DDPM scheduler
     /// when there is none).
     pub fn load(gpu: &Gpu, dir: &Path) -> Result<Model> {
+        Model::load_variant(gpu, dir, None)
+    }
+
+    /// [`Model::load`] with diffusers' weight `variant`: `Some("fp16")`
+    /// reads `diffusion_pytorch_model.fp16.safetensors` (F16, BF16 or F32
+    /// tensors are all converted to f32).
+    pub fn load_variant(gpu: &Gpu, dir: &Path, variant: Option<&str>) -> Result<Model> {
         // A training checkpoint whose save was cut short is beside `dir`.
         let found = crate::checkpoint::newest(dir);
         let dir = match &found {
@@ -65,7 +72,7 @@ impl Model {
         let config = UNetConfig::load(&unet_dir.join("config.json"))?;
         let unet = UNet::new(&config)?;
         unet.table.check_fits(gpu)?;
-        let weights = unet.table.load(&unet_dir.join("diffusion_pytorch_model.safetensors"))?;
+        let weights = unet.table.load(&weights_file(&unet_dir, variant)?)?;
         let scheduler_file: Option<PathBuf> = [dir.join("scheduler"), dir.to_path_buf(), unet_dir.clone()]
             .into_iter()
             .map(|d| d.join("scheduler_config.json"))
@@ -77,6 +84,40 @@ impl Model {
         };
         let weights = ParamStore::upload(gpu, unet.table.clone(), &weights)?;
         Ok(Model { unet, weights, scheduler })
+    }
+}
+
+/// diffusers' weights file in `dir` for `variant` (`diffusion_pytorch_model.VARIANT.safetensors`).
+fn weights_file(dir: &Path, variant: Option<&str>) -> Result<PathBuf> {
+    const STEM: &str = "diffusion_pytorch_model";
+    let name = match variant {
+        Some(v) => {
+            ensure!(
+                !v.is_empty() && v.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'),
+                "--variant must be a plain name such as fp16, got '{v}'"
+            );
+            format!("{STEM}.{v}.safetensors")
+        }
+        None => format!("{STEM}.safetensors"),
+    };
+    let path = dir.join(&name);
+    if path.is_file() {
+        return Ok(path);
+    }
+    // Name the variants that are there.
+    let variants: Vec<String> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let file = e.file_name().to_string_lossy().into_owned();
+            let v = file.strip_prefix(&format!("{STEM}."))?.strip_suffix(".safetensors")?.to_string();
+            Some(v)
+        })
+        .collect();
+    match variants.is_empty() {
+        true => bail!("no {name} in {}", dir.display()),
+        false => bail!("no {name} in {}; it has the variants: {} (give --variant)", dir.display(), variants.join(", ")),
     }
 }
 

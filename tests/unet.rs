@@ -163,3 +163,52 @@ fn resblock_and_attention_gradients_match_finite_differences() {
         t.add(&a, &b)
     });
 }
+
+fn half_output(name: &str) -> Vec<f32> {
+    let bytes = std::fs::read(fixture("io_half.safetensors")).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    file.tensor(name).unwrap().data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
+}
+
+/// diffusers' `variant="fp16"` (and bf16) files, as diffusers writes them:
+/// each weight is the f32 one rounded to the half type, and the output is
+/// diffusers' own from the rounded weights.
+#[test]
+fn half_precision_variants_load_and_match_diffusers() {
+    use ddpm_wgpu::sample::Model;
+    let (_turn, gpu) = common::gpu();
+    let dir = fixture("");
+    let full = Model::load(&gpu, &dir).unwrap();
+    let full_weights = gpu.read(&full.weights.flat).unwrap();
+    let (shape, sample) = io_tensor("sample");
+    let (_, timesteps) = io_tensor("timesteps");
+    let (_, full_output) = io_tensor("output");
+    let scale = full_output.iter().fold(0f32, |m, v| m.max(v.abs())) as f64;
+    // Relative rounding of one weight: half an ulp of 10 (f16) or 7 (bf16) mantissa bits.
+    for (variant, rounding) in [("fp16", 2f32.powi(-11)), ("bf16", 2f32.powi(-8))] {
+        let model = Model::load_variant(&gpu, &dir, Some(variant)).unwrap();
+        let weights = gpu.read(&model.weights.flat).unwrap();
+        let mut rounded = 0;
+        for (a, b) in weights.iter().zip(&full_weights) {
+            // f16 subnormals (below 2^-14) round to a multiple of 2^-24.
+            let bound = rounding * b.abs() + 2f32.powi(-25);
+            assert!((a - b).abs() <= bound, "{variant}: weight {b} became {a}");
+            rounded += usize::from(a != b);
+        }
+        assert!(rounded > weights.len() / 2, "{variant}: only {rounded} weights differ from f32");
+        let mut tape = Tape::new(&gpu);
+        let p = ParamVars::new(&mut tape, &model.weights, false).unwrap();
+        let x = tape.input(gpu.upload(&shape, &sample).unwrap());
+        let t = gpu.upload(&[timesteps.len()], &timesteps).unwrap();
+        let got = gpu.read(&model.unet.forward(&mut tape, &p, &x, &t).unwrap().value).unwrap();
+        let want = half_output(&format!("{variant}_output"));
+        assert_close(&format!("{variant} UNet output vs diffusers"), &got, &want, 2e-4 * scale, 1e-3);
+        // And within the weights' rounding of the f32 model's output.
+        let drift = got.iter().zip(&full_output).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max) as f64;
+        assert!(drift > 0.0 && drift < 50.0 * rounding as f64 * scale, "{variant}: output moved {drift:e} of {scale}");
+    }
+    let err = format!("{:#}", Model::load_variant(&gpu, &dir, Some("fp8")).err().unwrap());
+    assert!(err.contains("variants: ") && err.contains("fp16") && err.contains("bf16"), "{err}");
+    let err = format!("{:#}", Model::load_variant(&gpu, &dir, Some("../x")).err().unwrap());
+    assert!(err.contains("plain name"), "{err}");
+}

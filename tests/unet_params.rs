@@ -62,6 +62,23 @@ fn bad_checkpoints_get_clear_errors() {
     let fewer = UNetConfig { layers_per_block: 2, ..config };
     let err = format!("{:#}", ParamTable::new(&UNetLayout::new(&fewer).params()).load_bytes(&bytes).unwrap_err());
     assert!(err.contains("another config"), "{err}");
+    // Headers that lie: an unsupported type, bytes past the end, a size that does not fit the shape.
+    let file = |header: &str, data: usize| {
+        let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+        bytes.extend_from_slice(header.as_bytes());
+        bytes.resize(bytes.len() + data, 0);
+        bytes
+    };
+    for (header, data, want) in [
+        (r#"{"a": {"dtype": "I8", "shape": [4], "data_offsets": [0, 4]}}"#, 4, "type I8 are not supported"),
+        (r#"{"a": {"dtype": "F16", "shape": [4], "data_offsets": [0, 8]}}"#, 4, "do not hold [4] F16 in 4 bytes"),
+        (r#"{"a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 8]}}"#, 8, "do not hold"),
+        (r#"{"a": {"dtype": "BF16", "shape": [4294967296, 4294967296], "data_offsets": [0, 8]}}"#, 8, "do not hold"),
+        (r#"{"a": {"dtype": "F32", "shape": [2]}}"#, 8, "has no data_offsets"),
+    ] {
+        let err = format!("{:#}", table.load_bytes(&file(header, data)).unwrap_err());
+        assert!(err.contains(want), "{header}: {err}");
+    }
 }
 
 #[test]
@@ -141,4 +158,32 @@ fn oversized_configs_and_files_are_refused_before_reading_them() {
     let err = format!("{:#}", table.load(&path).unwrap_err());
     assert!(err.contains("MiB but this config's weights take"), "{err}");
     std::fs::remove_file(&path).unwrap();
+}
+
+#[test]
+fn half_floats_convert_exactly() {
+    use ddpm_wgpu::unet::params::f16_to_f32;
+    let cases: [(u16, f32); 9] = [
+        (0x3C00, 1.0),
+        (0xC000, -2.0),
+        (0x3555, 0.333_251_95),
+        (0x7BFF, 65504.0),
+        (0x0400, 2f32.powi(-14)),
+        (0x0001, 2f32.powi(-24)),
+        (0x03FF, 1023.0 * 2f32.powi(-24)),
+        (0x7C00, f32::INFINITY),
+        (0xFC00, f32::NEG_INFINITY),
+    ];
+    for (bits, want) in cases {
+        assert_eq!(f16_to_f32(bits), want, "{bits:#06x}");
+    }
+    assert!(f16_to_f32(0x7E00).is_nan());
+    assert!(f16_to_f32(0x8000) == 0.0 && f16_to_f32(0x8000).is_sign_negative());
+    // Every finite f16 is an f32 that rounds back to itself: the f32 nearest
+    // to it has its 13 low mantissa bits zero (normal range).
+    for bits in (0x0400u16..0x7C00).step_by(7) {
+        let v = f16_to_f32(bits);
+        assert_eq!(v.to_bits() & 0x1FFF, 0, "{bits:#06x} -> {v}");
+        assert!(f16_to_f32(bits + 1) > v, "not increasing at {bits:#06x}");
+    }
 }

@@ -6,9 +6,10 @@
 //! (`diffusion_pytorch_model.safetensors`), written atomically.
 
 use std::collections::{BTreeMap, HashMap};
+use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
 use super::layout::{Init, ParamSpec};
@@ -107,12 +108,15 @@ impl ParamTable {
     }
 
     /// Read a safetensors file whose tensors must be exactly this table's
-    /// (same names, same shapes, f32) into a flat vector.
+    /// (same names, same shapes; F32, F16 or BF16, converted to f32) into a
+    /// flat vector. Lazily: the header first, then each tensor's byte range
+    /// straight into its place, so no second copy of the file is held.
     pub fn load(&self, path: &Path) -> Result<Vec<f32>> {
+        let file = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
+        let len = file.metadata().with_context(|| format!("reading {}", path.display()))?.len();
         // Sized before it is read: the tensors plus a header of at most 16 MiB.
-        let len = std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?.len();
         let expected = (self.flat_len * 4) as u64;
-        if len > expected + (16 << 20) {
+        if len > expected + MAX_HEADER_BYTES {
             bail!(
                 "{} is {} MiB but this config's weights take {} MiB (checkpoint from another config?)",
                 path.display(),
@@ -120,35 +124,38 @@ impl ParamTable {
                 expected >> 20
             );
         }
-        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-        self.load_bytes(&bytes).with_context(|| format!("loading weights from {}", path.display()))
+        self.load_from(std::io::BufReader::new(file), len)
+            .with_context(|| format!("loading weights from {}", path.display()))
     }
 
+    /// [`ParamTable::load`] from bytes in memory.
     pub fn load_bytes(&self, bytes: &[u8]) -> Result<Vec<f32>> {
-        let file = safetensors::SafeTensors::deserialize(bytes)
-            .context("not a valid safetensors file (truncated or corrupt?)")?;
+        self.load_from(std::io::Cursor::new(bytes), bytes.len() as u64)
+    }
+
+    fn load_from(&self, mut reader: impl Read + Seek, len: u64) -> Result<Vec<f32>> {
+        let header = read_header(&mut reader, len).context("not a valid safetensors file (truncated or corrupt?)")?;
         let mut flat = vec![0.0; self.flat_len];
         let mut missing = Vec::new();
+        let mut bytes = Vec::new();
         for e in &self.entries {
-            let Ok(t) = file.tensor(&e.name) else {
+            let Some(t) = header.tensors.get(&e.name) else {
                 missing.push(e.name.clone());
                 continue;
             };
-            if t.shape() != e.shape.as_slice() {
+            if t.shape != e.shape {
                 bail!(
                     "tensor '{}' has shape {:?}, the config needs {:?} (checkpoint from another config?)",
                     e.name,
-                    t.shape(),
+                    t.shape,
                     e.shape
                 );
             }
-            if t.dtype() != safetensors::Dtype::F32 {
-                bail!("tensor '{}' is {:?}; only F32 checkpoints are supported", e.name, t.dtype());
-            }
+            reader.seek(SeekFrom::Start(header.data_start + t.start))?;
+            bytes.resize(e.len() * t.dtype.bytes(), 0);
+            reader.read_exact(&mut bytes).context("not a valid safetensors file (truncated or corrupt?)")?;
             let values = &mut flat[e.offset..e.offset + e.len()];
-            for (dst, chunk) in values.iter_mut().zip(t.data().chunks_exact(4)) {
-                *dst = f32::from_le_bytes(chunk.try_into().unwrap());
-            }
+            t.dtype.decode(&bytes, values);
             if let Some(bad) = values.iter().find(|v| !v.is_finite()) {
                 bail!("tensor '{}' holds {bad} (the weights of a diverged run?)", e.name);
             }
@@ -156,8 +163,7 @@ impl ParamTable {
         if !missing.is_empty() {
             bail!("{} tensors missing (checkpoint from another config?), e.g. '{}'", missing.len(), missing[0]);
         }
-        let unexpected: Vec<String> =
-            file.names().into_iter().filter(|n| self.get(n).is_none()).map(|n| n.to_string()).collect();
+        let unexpected: Vec<&String> = header.tensors.keys().filter(|n| self.get(n).is_none()).collect();
         if !unexpected.is_empty() {
             bail!(
                 "{} tensors the config does not have (checkpoint from another config?), e.g. '{}'",
@@ -183,6 +189,128 @@ impl ParamTable {
     pub fn save(&self, flat: &[f32], path: &Path) -> Result<()> {
         write_atomically(path, &self.to_safetensors(flat, None)?)
     }
+}
+
+/// The largest safetensors header read (the format's own limit is 100 MB).
+const MAX_HEADER_BYTES: u64 = 16 << 20;
+
+/// The element types a weights file may hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WeightType {
+    F32,
+    /// IEEE half precision (diffusers' `variant="fp16"` files).
+    F16,
+    /// bfloat16: the top half of an f32.
+    BF16,
+}
+
+impl WeightType {
+    fn parse(name: &str) -> Result<WeightType> {
+        match name {
+            "F32" => Ok(WeightType::F32),
+            "F16" => Ok(WeightType::F16),
+            "BF16" => Ok(WeightType::BF16),
+            other => bail!("tensors of type {other} are not supported (F32, F16 or BF16)"),
+        }
+    }
+
+    fn bytes(self) -> usize {
+        match self {
+            WeightType::F32 => 4,
+            WeightType::F16 | WeightType::BF16 => 2,
+        }
+    }
+
+    /// Little-endian `bytes` into `out` as f32 (exact: every f16 and bf16 is an f32).
+    pub fn decode(self, bytes: &[u8], out: &mut [f32]) {
+        match self {
+            WeightType::F32 => {
+                for (dst, b) in out.iter_mut().zip(bytes.chunks_exact(4)) {
+                    *dst = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                }
+            }
+            WeightType::F16 => {
+                for (dst, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                    *dst = f16_to_f32(u16::from_le_bytes([b[0], b[1]]));
+                }
+            }
+            WeightType::BF16 => {
+                for (dst, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                    *dst = f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16);
+                }
+            }
+        }
+    }
+}
+
+/// IEEE 754 binary16 to f32: sign, 5 exponent bits (bias 15), 10 mantissa
+/// bits; subnormals (exponent 0) scale the mantissa by 2^-24.
+pub fn f16_to_f32(h: u16) -> f32 {
+    let sign = if h & 0x8000 != 0 { -1.0 } else { 1.0 };
+    let exponent = (h >> 10) & 0x1f;
+    let mantissa = (h & 0x3ff) as f32;
+    sign * match exponent {
+        0 => mantissa * (-24f32).exp2(),
+        0x1f if mantissa == 0.0 => f32::INFINITY,
+        0x1f => f32::NAN,
+        e => (1.0 + mantissa / 1024.0) * (e as f32 - 15.0).exp2(),
+    }
+}
+
+/// One tensor's entry in a safetensors header.
+struct TensorEntry {
+    dtype: WeightType,
+    shape: Vec<usize>,
+    /// Byte offset from the start of the data section.
+    start: u64,
+}
+
+struct Header {
+    tensors: HashMap<String, TensorEntry>,
+    /// File offset of the data section.
+    data_start: u64,
+}
+
+/// Parse and check a safetensors header: an 8-byte little-endian length,
+/// then JSON mapping each name to its dtype, shape and data offsets (plus an
+/// optional `__metadata__`). Every tensor's bytes must lie in the file and
+/// match its shape and type.
+fn read_header(reader: &mut impl Read, len: u64) -> Result<Header> {
+    let mut size = [0u8; 8];
+    reader.read_exact(&mut size)?;
+    let n = u64::from_le_bytes(size);
+    ensure!(n <= MAX_HEADER_BYTES && 8 + n <= len, "header of {n} bytes in a file of {len}");
+    let mut text = vec![0u8; n as usize];
+    reader.read_exact(&mut text)?;
+    let json: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&text)?;
+    let data_len = len - 8 - n;
+    let mut tensors = HashMap::new();
+    for (name, v) in json {
+        if name == "__metadata__" {
+            continue;
+        }
+        let field = |k: &str| v.get(k).with_context(|| format!("tensor '{name}' has no {k}"));
+        let dtype =
+            WeightType::parse(field("dtype")?.as_str().unwrap_or("?")).with_context(|| format!("tensor '{name}'"))?;
+        let numbers = |k: &str| -> Result<Vec<u64>> {
+            field(k)?
+                .as_array()
+                .and_then(|a| a.iter().map(|x| x.as_u64()).collect())
+                .with_context(|| format!("tensor '{name}': {k} must be a list of whole numbers"))
+        };
+        let shape: Vec<usize> = numbers("shape")?.into_iter().map(|d| d as usize).collect();
+        let offsets = numbers("data_offsets")?;
+        ensure!(offsets.len() == 2, "tensor '{name}': data_offsets must hold two numbers");
+        let (start, end) = (offsets[0], offsets[1]);
+        let elements = shape.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d as u64));
+        let bytes = elements.and_then(|e| e.checked_mul(dtype.bytes() as u64));
+        ensure!(
+            start <= end && end <= data_len && bytes == Some(end - start),
+            "tensor '{name}': bytes {start}..{end} do not hold {shape:?} {dtype:?} in {data_len} bytes of data"
+        );
+        tensors.insert(name, TensorEntry { dtype, shape, start });
+    }
+    Ok(Header { tensors, data_start: 8 + n })
 }
 
 /// Write a file so that a crash or Ctrl-C leaves either the old file or the

@@ -155,6 +155,10 @@ pub struct SampleArgs {
     /// A checkpoint folder from `train` (runs/NAME/checkpoint) or a diffusers model folder.
     #[arg(long)]
     pub checkpoint: PathBuf,
+    /// diffusers' weight variant: fp16 reads diffusion_pytorch_model.fp16.safetensors (F16 and
+    /// BF16 weights are converted to f32).
+    #[arg(long)]
+    pub variant: Option<String>,
     #[arg(long, default_value_t = 64)]
     pub num: usize,
     /// The grid PNG to write.
@@ -192,6 +196,9 @@ pub struct EvalArgs {
     /// Sample from this checkpoint (runs/NAME/checkpoint or a diffusers model folder).
     #[arg(long)]
     pub checkpoint: Option<PathBuf>,
+    /// diffusers' weight variant of --checkpoint (e.g. fp16).
+    #[arg(long)]
+    pub variant: Option<String>,
     /// Score the PNGs in this folder instead (grey, 28x28 or 32x32).
     #[arg(long)]
     pub samples: Option<PathBuf>,

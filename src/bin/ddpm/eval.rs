@@ -37,7 +37,8 @@ pub fn eval_command(options: &GpuOptions, args: EvalArgs) -> Result<()> {
     let folder = args.samples.as_ref().map(|dir| Images::from_png_folder(dir)).transpose()?;
     let gpu = Gpu::new(options)?;
     eprintln!("adapter: {}", gpu.info());
-    let model = args.checkpoint.as_ref().map(|dir| Model::load(&gpu, dir)).transpose()?;
+    let model =
+        args.checkpoint.as_ref().map(|dir| Model::load_variant(&gpu, dir, args.variant.as_deref())).transpose()?;
     let (channels, resolution, count) = match (&model, &folder) {
         (Some(model), _) => {
             let config = model.unet.config();

@@ -35,7 +35,7 @@ pub fn sample_command(options: &GpuOptions, args: SampleArgs) -> Result<()> {
     }
     let gpu = Gpu::new(options)?;
     eprintln!("adapter: {}", gpu.info());
-    let model = Model::load(&gpu, &args.checkpoint)?;
+    let model = Model::load_variant(&gpu, &args.checkpoint, args.variant.as_deref())?;
     let config = model.unet.config();
     let resolution =
         args.resolution.or(config.image_size()).context("the config has no sample_size: give --resolution")?;
