@@ -26,6 +26,7 @@ use crate::ops::conv2d::{
     conv2d_grad_weight_into, Conv2dGeometry,
 };
 use crate::ops::cross_entropy::{softmax_cross_entropy, softmax_cross_entropy_backward};
+use crate::ops::dropout::{dropout, DropoutKey};
 use crate::ops::elementwise as ew;
 use crate::ops::group_norm::GroupNorm;
 use crate::ops::linear::{linear_forward, linear_grad_bias_into, linear_grad_input, linear_grad_weight_into};
@@ -110,6 +111,11 @@ enum Op {
         a: Input,
         b: Input,
         channels_a: usize,
+    },
+    Dropout {
+        x: Input,
+        rate: f32,
+        key: DropoutKey,
     },
     Silu {
         x: Input,
@@ -278,6 +284,12 @@ impl<'g> Tape<'g> {
         Ok(self.output(y, &[a.into(), b.into()], || Op::Concat { a: a.into(), b: b.into(), channels_a }))
     }
 
+    /// Dropout with the mask of `key` (drawn again, not stored, for backward).
+    pub fn dropout(&mut self, x: &Var, rate: f32, key: DropoutKey) -> Result<Var> {
+        let y = dropout(self.gpu, &x.value, rate, key)?;
+        Ok(self.output(y, &[x.into()], || Op::Dropout { x: x.into(), rate, key }))
+    }
+
     pub fn silu(&mut self, x: &Var) -> Result<Var> {
         let y = ew::silu(self.gpu, &x.value)?;
         let xv = x.value.clone();
@@ -443,6 +455,7 @@ impl<'g> Tape<'g> {
                     give(b, db)?;
                 }
                 Op::Silu { x, x_value } => give(x, ew::silu_backward(gpu, &dy, &x_value)?)?,
+                Op::Dropout { x, rate, key } => give(x, dropout(gpu, &dy, rate, key)?)?,
                 Op::Add { a, b } => {
                     give(a, dy.clone())?;
                     give(b, dy)?;

@@ -245,3 +245,59 @@ fn learning_rate_schedules_follow_diffusers_after_the_warm_up() {
         assert!(*lrs.last().unwrap() > 0.0, "{schedule:?}: the last step trains at lr 0");
     }
 }
+
+#[test]
+fn dropout_acts_in_training_only_and_a_resumed_run_redraws_its_masks() {
+    use ddpm_wgpu::tape::Tape;
+    use ddpm_wgpu::train::DataSpec;
+    use ddpm_wgpu::unet::{ParamStore, ParamVars, UNet};
+    let (_turn, gpu) = common::gpu();
+    let data = Dataset::mnist(28, Some(16)).unwrap();
+    let spec = DataSpec { folder: None, resolution: 28, channels: 1, limit: Some(16) };
+    let with_dropout = UNetConfig { dropout: 0.3, ..tiny_config() };
+    let options = TrainOptions { batch_size: 4, steps: 10, warmup: 0, ..TrainOptions::default() };
+    let losses = |config: &UNetConfig, steps: usize| {
+        let mut t = Trainer::new(&gpu, config, SchedulerConfig::default(), options.clone(), [1, 28, 28]).unwrap();
+        (0..steps).for_each(|_| t.train_step(&data).unwrap());
+        (t.read_logs().unwrap().iter().map(|l| l.loss.to_bits()).collect::<Vec<_>>(), t)
+    };
+    let (straight, _) = losses(&with_dropout, 3);
+    let (without, _) = losses(&tiny_config(), 3);
+    assert!(straight != without, "dropout 0.3 left the losses unchanged");
+    let (again, _) = losses(&with_dropout, 3);
+    assert!(straight == again, "dropout masks are not reproducible");
+    // Two steps, a checkpoint, a resume and the third step: the same losses.
+    let dir = std::env::temp_dir().join(format!("ddpm-dropout-resume-{}", std::process::id()));
+    let (first, trainer) = losses(&with_dropout, 2);
+    trainer.save_checkpoint(&dir, &spec).unwrap();
+    drop(trainer);
+    let (mut resumed, _) = Trainer::resume(&gpu, &dir, None, [1, 28, 28]).unwrap();
+    assert_eq!(resumed.unet.config().dropout, 0.3);
+    resumed.train_step(&data).unwrap();
+    let third = resumed.read_logs().unwrap()[0].loss.to_bits();
+    assert!([first, vec![third]].concat() == straight, "the resumed run drew other masks");
+    // Eval mode: the same output as the model without dropout.
+    let unet = UNet::new(&with_dropout).unwrap();
+    // Perturbed: the default init zeroes every conv2 (and conv_out), hiding what comes before.
+    let mut r = common::rng();
+    let weights: Vec<f32> =
+        unet.table.init(1).iter().map(|w| w + 0.05 * (rand::Rng::random::<f32>(&mut r) - 0.5)).collect();
+    let store = ParamStore::upload(&gpu, unet.table.clone(), &weights).unwrap();
+    let x = gpu.upload(&[2, 1, 28, 28], &data.pixels()[..2 * 784]).unwrap();
+    let t = ddpm_wgpu::ops::ddpm::timesteps(&gpu, &[10, 500]).unwrap();
+    let run = |unet: &UNet, train: bool| {
+        let mut tape = Tape::new(&gpu);
+        let p = ParamVars::new(&mut tape, &store, false).unwrap();
+        let xv = tape.input(x.clone());
+        let key = ddpm_wgpu::ops::ddpm::NoiseKey { seed: 0, step: 0, first_sample: 0 };
+        let out =
+            if train { unet.forward_train(&mut tape, &p, &xv, &t, key) } else { unet.forward(&mut tape, &p, &xv, &t) };
+        gpu.read(&out.unwrap().value).unwrap()
+    };
+    let plain = UNet::new(&tiny_config()).unwrap();
+    let eval = run(&unet, false);
+    assert!(eval.iter().any(|&v| v != 0.0) && eval == run(&plain, false), "eval mode must not drop");
+    assert!(run(&plain, true) == run(&plain, false), "dropout 0 must not change training mode");
+    assert!(run(&unet, true) != eval, "training mode must drop");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

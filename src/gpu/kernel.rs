@@ -20,6 +20,7 @@ pub enum Shader {
     Conv2d,
     CrossEntropy,
     Ddpm,
+    Dropout,
     Elementwise,
     Embedding,
     GroupNorm,
@@ -40,6 +41,7 @@ pub const ALL_SHADERS: &[Shader] = &[
     Shader::Conv2d,
     Shader::CrossEntropy,
     Shader::Ddpm,
+    Shader::Dropout,
     Shader::Elementwise,
     Shader::Embedding,
     Shader::GroupNorm,
@@ -67,6 +69,7 @@ impl Shader {
             Shader::Conv2d => file!("conv2d.wgsl"),
             Shader::CrossEntropy => file!("cross_entropy.wgsl"),
             Shader::Ddpm => file!("ddpm.wgsl"),
+            Shader::Dropout => file!("dropout.wgsl"),
             Shader::Elementwise => file!("elementwise.wgsl"),
             Shader::Embedding => file!("embedding.wgsl"),
             Shader::GroupNorm => file!("group_norm.wgsl"),
@@ -88,9 +91,24 @@ impl Shader {
         self.file().1
     }
 
+    /// The shared WGSL (`shaders/lib/`) appended to this shader's source:
+    /// after it, so the line numbers of errors are the file's own.
+    pub fn libraries(self) -> &'static [(&'static str, &'static str)] {
+        const PHILOX: (&str, &str) = ("lib/philox.wgsl", include_str!("../../shaders/lib/philox.wgsl"));
+        match self {
+            Shader::Ddpm | Shader::Dropout => &[PHILOX],
+            _ => &[],
+        }
+    }
+
     /// The WGSL for one variant.
     pub fn expand(self, defines: &[(&str, i64)]) -> Result<String> {
-        template::expand(self.source(), defines).map_err(|e| anyhow!("{}: {e}", self.file_name()))
+        let mut source = self.source().to_string();
+        for (_, library) in self.libraries() {
+            source.push('\n');
+            source.push_str(library);
+        }
+        template::expand(&source, defines).map_err(|e| anyhow!("{}: {e}", self.file_name()))
     }
 }
 

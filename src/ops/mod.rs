@@ -7,6 +7,7 @@ pub mod concat;
 pub mod conv2d;
 pub mod cross_entropy;
 pub mod ddpm;
+pub mod dropout;
 pub mod elementwise;
 pub mod embedding;
 pub mod group_norm;
@@ -53,6 +54,7 @@ pub fn params_layouts() -> Vec<(Shader, ParamsLayout)> {
         (Shader::Conv2d, conv2d::PARAMS_LAYOUT),
         (Shader::CrossEntropy, cross_entropy::PARAMS_LAYOUT),
         (Shader::Ddpm, ddpm::PARAMS_LAYOUT),
+        (Shader::Dropout, dropout::PARAMS_LAYOUT),
         (Shader::Elementwise, elementwise::PARAMS_LAYOUT),
         (Shader::Embedding, embedding::PARAMS_LAYOUT),
         (Shader::GroupNorm, group_norm::PARAMS_LAYOUT),

@@ -181,8 +181,8 @@ impl Recipe {
         vec![Recipe::default(), Recipe::paper()]
     }
 
-    /// Ho et al. 2020 (CIFAR-10): their 35.7M-parameter UNet (without its
-    /// dropout, not yet supported), linear betas 1e-4..0.02 over T = 1000,
+    /// Ho et al. 2020 (CIFAR-10): their 35.7M-parameter UNet with dropout
+    /// 0.1, linear betas 1e-4..0.02 over T = 1000,
     /// L_simple, Adam lr 2e-4 with 5000 warm-up steps, batch 128, gradient
     /// clipping at 1, EMA 0.9999, 800k steps.
     pub fn paper() -> Recipe {
@@ -546,7 +546,7 @@ impl<'g> Trainer<'g> {
             let target = ddpm::training_target(gpu, &self.tables, self.scheduler.prediction_type, x0, &eps, t)?;
             let x = tape.input(xt);
             let target = tape.input(target);
-            let pred = self.unet.forward(&mut tape, &p, &x, t)?;
+            let pred = self.unet.forward_train(&mut tape, &p, &x, t, key)?;
             let loss = match &self.loss_weights {
                 Some(w) => tape.weighted_mse_loss(&pred, &target, &w.batch[j])?,
                 None => tape.mse_loss(&pred, &target)?,

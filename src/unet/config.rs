@@ -198,6 +198,7 @@ impl UNetConfig {
             self.mid_block_scale_factor
         );
         ensure!(!self.center_input_sample, "center_input_sample = true is not supported (only false)");
+        ensure!((0.0..1.0).contains(&self.dropout), "dropout must be in [0, 1), got {}", self.dropout);
         ensure!(self.downsample_padding <= 1, "downsample_padding must be 0 (TF 'SAME', as the DDPM paper) or 1");
         ensure!(
             self.norm_eps.is_finite() && self.norm_eps > 0.0,

@@ -3,13 +3,15 @@
 
 use std::collections::HashMap;
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 
 use super::layout::{AttnBlock, ResBlock, UNetLayout};
 use super::params::{view_of, ParamStore, ParamTable};
 use super::UNetConfig;
 use crate::gpu::Tensor;
 use crate::ops::conv2d::Conv2dGeometry;
+use crate::ops::ddpm::NoiseKey;
+use crate::ops::dropout::DropoutKey;
 use crate::ops::embedding::{timestep_embedding, TimestepEmbedding};
 use crate::tape::{Tape, Var};
 
@@ -59,9 +61,6 @@ impl ParamVars {
 impl UNet {
     pub fn new(config: &UNetConfig) -> Result<UNet> {
         config.validate()?;
-        if config.dropout != 0.0 {
-            bail!("dropout {} is not supported yet (use 0)", config.dropout);
-        }
         let layout = UNetLayout::new(config);
         let table = ParamTable::new(&layout.params());
         Ok(UNet { layout, table })
@@ -72,8 +71,35 @@ impl UNet {
     }
 
     /// Predict the noise in `x` (N, C, H, W) at diffusers timestep indices
-    /// `timesteps` (N), as an f32 GPU tensor (the paper's t minus one).
+    /// `timesteps` (N), as an f32 GPU tensor (the paper's t minus one), in
+    /// eval mode (no dropout).
     pub fn forward(&self, tape: &mut Tape, p: &ParamVars, x: &Var, timesteps: &Tensor) -> Result<Var> {
+        self.forward_with(tape, p, x, timesteps, None)
+    }
+
+    /// [`UNet::forward`] in training mode: the config's dropout, in each
+    /// ResBlock after norm2 and SiLU (where diffusers has it), with masks
+    /// keyed by `key` (the step's, with row 0's global sample index) and the
+    /// ResBlock's position in the forward pass.
+    pub fn forward_train(
+        &self,
+        tape: &mut Tape,
+        p: &ParamVars,
+        x: &Var,
+        timesteps: &Tensor,
+        key: NoiseKey,
+    ) -> Result<Var> {
+        self.forward_with(tape, p, x, timesteps, Some(key))
+    }
+
+    fn forward_with(
+        &self,
+        tape: &mut Tape,
+        p: &ParamVars,
+        x: &Var,
+        timesteps: &Tensor,
+        dropout: Option<NoiseKey>,
+    ) -> Result<Var> {
         let c = self.config();
         let s = x.shape();
         ensure!(s.len() == 4 && s[1] == c.in_channels, "UNet input {s:?}: expected (N, {}, H, W)", c.in_channels);
@@ -95,12 +121,18 @@ impl UNet {
         let emb = linear(tape, p, "time_embedding.linear_2", &emb)?;
         // Every ResBlock applies SiLU to the embedding first; once is enough.
         let emb = tape.silu(&emb)?;
+        // Each ResBlock's dropout key, in forward order.
+        let mut layer = 0;
+        let mut next_dropout = || {
+            layer += 1;
+            dropout.filter(|_| c.dropout > 0.0).map(|noise| DropoutKey { noise, layer: layer - 1 })
+        };
 
         let mut h = conv(tape, p, "conv_in", &x.clone(), 1, [1; 4])?;
         let mut skips = vec![h.clone()];
         for level in &self.layout.down {
             for (j, r) in level.resnets.iter().enumerate() {
-                h = self.resblock(tape, p, r, &h, &emb)?;
+                h = self.resblock(tape, p, r, &h, &emb, next_dropout())?;
                 if let Some(a) = level.attentions.get(j) {
                     h = self.attention(tape, p, a, &h)?;
                 }
@@ -114,17 +146,17 @@ impl UNet {
             }
         }
         if let Some(mid) = &self.layout.mid {
-            h = self.resblock(tape, p, &mid.resnet_in, &h, &emb)?;
+            h = self.resblock(tape, p, &mid.resnet_in, &h, &emb, next_dropout())?;
             if let Some(a) = &mid.attention {
                 h = self.attention(tape, p, a, &h)?;
             }
-            h = self.resblock(tape, p, &mid.resnet_out, &h, &emb)?;
+            h = self.resblock(tape, p, &mid.resnet_out, &h, &emb, next_dropout())?;
         }
         for level in &self.layout.up {
             for (j, r) in level.resnets.iter().enumerate() {
                 let skip = skips.pop().context("UNet skip stack ran out (layout bug)")?;
                 h = tape.concat(&h, &skip)?;
-                h = self.resblock(tape, p, r, &h, &emb)?;
+                h = self.resblock(tape, p, r, &h, &emb, next_dropout())?;
                 if let Some(a) = level.attentions.get(j) {
                     h = self.attention(tape, p, a, &h)?;
                 }
@@ -139,7 +171,15 @@ impl UNet {
         conv(tape, p, "conv_out", &h, 1, [1; 4])
     }
 
-    fn resblock(&self, tape: &mut Tape, p: &ParamVars, r: &ResBlock, x: &Var, emb_silu: &Var) -> Result<Var> {
+    fn resblock(
+        &self,
+        tape: &mut Tape,
+        p: &ParamVars,
+        r: &ResBlock,
+        x: &Var,
+        emb_silu: &Var,
+        dropout: Option<DropoutKey>,
+    ) -> Result<Var> {
         let c = self.config();
         let pre = &r.prefix;
         let h = group_norm(tape, p, &format!("{pre}.norm1"), x, c.norm_num_groups, c.norm_eps, true)?;
@@ -147,6 +187,10 @@ impl UNet {
         let t = linear(tape, p, &format!("{pre}.time_emb_proj"), emb_silu)?;
         let h = tape.add_per_sample(&h, &t)?;
         let h = group_norm(tape, p, &format!("{pre}.norm2"), &h, c.norm_num_groups, c.norm_eps, true)?;
+        let h = match dropout {
+            Some(key) => tape.dropout(&h, c.dropout, key)?,
+            None => h,
+        };
         let h = conv(tape, p, &format!("{pre}.conv2"), &h, 1, [1; 4])?;
         let shortcut =
             if r.has_shortcut() { conv(tape, p, &format!("{pre}.conv_shortcut"), x, 1, [0; 4])? } else { x.clone() };
