@@ -212,3 +212,63 @@ fn half_precision_variants_load_and_match_diffusers() {
     let err = format!("{:#}", Model::load_variant(&gpu, &dir, Some("../x")).err().unwrap());
     assert!(err.contains("plain name"), "{err}");
 }
+
+/// The DDPM paper's UNet family as diffusers ports it (google/ddpm-cifar10-32):
+/// TF 'SAME' downsampling, sin-before-cos embedding with freq_shift 1,
+/// norm_eps 1e-6, one attention head at 16x16, dropout 0.1 (off in eval
+/// mode). Forward, loss and every parameter's gradient against diffusers
+/// (`tests/fixtures/make_tiny_paper_unet.py`).
+#[test]
+fn paper_family_forward_and_gradients_match_diffusers() {
+    let (_turn, gpu) = common::gpu();
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny_paper_unet");
+    let io = std::fs::read(dir.join("io.safetensors")).unwrap();
+    let io = safetensors::SafeTensors::deserialize(&io).unwrap();
+    let tensor = |name: &str| -> (Vec<usize>, Vec<f32>) {
+        let t = io.tensor(name).unwrap_or_else(|_| panic!("no {name} in the fixture"));
+        (t.shape().to_vec(), t.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect())
+    };
+    let config = UNetConfig::load(&dir.join("config.json")).unwrap();
+    assert!(
+        (config.downsample_padding, config.flip_sin_to_cos, config.freq_shift, config.norm_eps, config.dropout)
+            == (0, false, 1.0, 1e-6, 0.1)
+    );
+    let unet = UNet::new(&config).unwrap();
+    let weights = unet.table.load(&dir.join("diffusion_pytorch_model.safetensors")).unwrap();
+    let store = ParamStore::upload(&gpu, unet.table.clone(), &weights).unwrap();
+    let (shape, sample) = tensor("sample");
+    let (_, timesteps) = tensor("timesteps");
+    let (_, target) = tensor("target");
+    let mut tape = Tape::new(&gpu);
+    let p = ParamVars::new(&mut tape, &store, true).unwrap();
+    let x = tape.input(gpu.upload(&shape, &sample).unwrap());
+    let t = gpu.upload(&[timesteps.len()], &timesteps).unwrap();
+    let out = unet.forward(&mut tape, &p, &x, &t).unwrap();
+    let target = tape.input(gpu.upload(&shape, &target).unwrap());
+    let loss = tape.mse_loss(&out, &target).unwrap();
+    let got = gpu.read(&out.value).unwrap();
+    let (_, want) = tensor("output");
+    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())) as f64;
+    assert_close("paper-family UNet output vs diffusers", &got, &want, 1e-4 * scale, 1e-3);
+    let got_loss = gpu.read(&loss.value).unwrap()[0];
+    let want_loss = tensor("loss").1[0];
+    assert!(((got_loss - want_loss) / want_loss).abs() < 1e-5, "loss {got_loss} vs diffusers {want_loss}");
+    let grads = tape.backward(&loss).unwrap();
+    let max_abs = |v: &[f32]| v.iter().fold(0f32, |m, x| m.max(x.abs())) as f64;
+    let largest =
+        unet.table.entries.iter().map(|e| max_abs(&tensor(&format!("grad.{}", e.name)).1)).fold(0.0, f64::max);
+    let mut compared = 0;
+    for e in &unet.table.entries {
+        let got = gpu.read(grads.get(p.get(&e.name).unwrap()).unwrap()).unwrap();
+        let (grad_shape, want) = tensor(&format!("grad.{}", e.name));
+        assert_eq!(grad_shape, e.shape, "{}", e.name);
+        // Each tensor to 1e-4 of its own scale; a gradient that is zero in
+        // exact arithmetic (the key bias: softmax ignores a shift shared by
+        // all keys) is rounding noise on both sides, compared at 1e-8 of the largest.
+        let scale = max_abs(&want).max(1e-4 * largest);
+        assert_close(&format!("gradient of {}", e.name), &got, &want, 1e-4 * scale, 1e-3);
+        compared += 1;
+    }
+    assert_eq!(compared, unet.table.entries.len());
+    assert!(compared > 100, "only {compared} parameters");
+}
