@@ -97,3 +97,46 @@ pub fn replace(
     before(SaveStep::ClearDemoted)?;
     remove(&old)
 }
+
+/// Keep a copy of the complete checkpoint `dir` as `kept/step_NNNNNNN`
+/// (files hard-linked where the file system allows: a save writes new
+/// files, so the links keep the old ones), then remove the oldest kept
+/// copies beyond `limit` (diffusers' `checkpoints_total_limit`). A copy
+/// appears only complete: it is built under a `.tmp` name and renamed.
+pub fn keep(dir: &Path, kept: &Path, limit: usize) -> Result<PathBuf> {
+    let step = completed_step(dir).with_context(|| format!("{} is not a complete checkpoint", dir.display()))?;
+    let target = kept.join(format!("step_{step:07}"));
+    let tmp = kept.join(format!("step_{step:07}.tmp"));
+    let _ = std::fs::remove_dir_all(&tmp);
+    link_tree(dir, &tmp).with_context(|| format!("copying {} to {}", dir.display(), tmp.display()))?;
+    let _ = std::fs::remove_dir_all(&target);
+    std::fs::rename(&tmp, &target).with_context(|| format!("moving {} to {}", tmp.display(), target.display()))?;
+    let mut steps: Vec<(u64, PathBuf)> = std::fs::read_dir(kept)?
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            Some((name.strip_prefix("step_")?.parse().ok()?, e.path()))
+        })
+        .collect();
+    steps.sort();
+    for (_, old) in steps.iter().rev().skip(limit) {
+        std::fs::remove_dir_all(old).with_context(|| format!("removing {}", old.display()))?;
+    }
+    Ok(target)
+}
+
+/// `from`'s files and folders recreated under `to`, each file a hard link
+/// (or a copy where links are not possible).
+fn link_tree(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let (src, dst) = (entry.path(), to.join(entry.file_name()));
+        if entry.file_type()?.is_dir() {
+            link_tree(&src, &dst)?;
+        } else if std::fs::hard_link(&src, &dst).is_err() {
+            std::fs::copy(&src, &dst)?;
+        }
+    }
+    Ok(())
+}

@@ -10,6 +10,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use ddpm_wgpu::checkpoint;
 use ddpm_wgpu::data::Dataset;
 use ddpm_wgpu::schedule::SchedulerConfig;
 use ddpm_wgpu::train::{
@@ -37,6 +38,7 @@ fn settings(out: PathBuf, checkpoint_every: u64) -> RunSettings {
         cadence: Cadence { checkpoint_every, sample_every: 0, eval_every: 0 },
         grid: GridSettings { samples: 4, ddim_steps: 2, eta: 1.0 },
         eval_samples: 0,
+        checkpoints_total_limit: 0,
     }
 }
 
@@ -232,5 +234,35 @@ fn a_save_cut_short_at_any_step_leaves_a_checkpoint_that_loads_and_resumes() {
         assert!(!checkpoint::sibling(&dir, "new").exists() && !checkpoint::sibling(&dir, "old").exists());
         assert_eq!(checkpoint::completed_step(&dir), Some(trainer.step));
     }
+    std::fs::remove_dir_all(&out).unwrap();
+}
+
+#[test]
+fn the_newest_checkpoints_are_kept_up_to_the_total_limit() {
+    let (_turn, gpu) = common::gpu();
+    let data = digits(None);
+    let out = temp("kept");
+    let settings = RunSettings { checkpoints_total_limit: 2, ..settings(out.clone(), 2) };
+    let mut trainer = Trainer::new(&gpu, &tiny_config(), SchedulerConfig::default(), options(5), [1, 28, 28]).unwrap();
+    let never = AtomicBool::new(false);
+    let mut observer = Recorder { readouts: Vec::new(), stop_at: None };
+    run(&mut trainer, &data, &spec(), &settings, &mut observer, &never).unwrap();
+    // Saved at steps 2, 4 and 5 (the end): the two newest are kept.
+    let kept = settings.kept_checkpoints_dir();
+    let mut names: Vec<String> =
+        std::fs::read_dir(&kept).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    names.sort();
+    assert_eq!(names, ["step_0000004", "step_0000005"]);
+    for (name, step) in [("step_0000004", 4), ("step_0000005", 5)] {
+        assert_eq!(checkpoint::completed_step(&kept.join(name)), Some(step));
+        // Each is a whole checkpoint: it resumes at its step.
+        let (resumed, _) = Trainer::resume(&gpu, &kept.join(name), None, [1, 28, 28]).unwrap();
+        assert_eq!(resumed.step, step);
+    }
+    // The older copy kept its own weights when checkpoint/ was replaced.
+    let table = &trainer.unet.table;
+    let read = |dir: &Path| table.load(&dir.join("training/weights.safetensors")).unwrap();
+    assert!(read(&kept.join("step_0000004")) != read(&settings.checkpoint_dir()));
+    assert!(read(&kept.join("step_0000005")) == read(&settings.checkpoint_dir()));
     std::fs::remove_dir_all(&out).unwrap();
 }

@@ -15,6 +15,7 @@ use std::time::Instant;
 use anyhow::{anyhow, bail, Context, Result};
 
 use super::{append_metrics, resume_metrics, DataSpec, StepLog, Trainer};
+use crate::checkpoint;
 use crate::data::{grid_scale, save_grid, Dataset};
 use crate::eval::classifier::DigitClassifier;
 use crate::eval::{evaluate, EvalReport, Images};
@@ -70,11 +71,19 @@ pub struct RunSettings {
     pub grid: GridSettings,
     /// Samples each evaluation scores (with the shipped digit classifier).
     pub eval_samples: usize,
+    /// Also keep this many of the newest checkpoints as
+    /// `checkpoints/step_NNNNNNN` (0: only `checkpoint/`, the newest).
+    pub checkpoints_total_limit: usize,
 }
 
 impl RunSettings {
     pub fn checkpoint_dir(&self) -> PathBuf {
         self.out.join("checkpoint")
+    }
+
+    /// Where [`RunSettings::checkpoints_total_limit`] checkpoints are kept.
+    pub fn kept_checkpoints_dir(&self) -> PathBuf {
+        self.out.join("checkpoints")
     }
 
     pub fn samples_dir(&self) -> PathBuf {
@@ -264,8 +273,14 @@ impl RunState<'_, '_> {
     }
 
     fn save(&mut self) -> Result<()> {
-        self.trainer.save_checkpoint(&self.settings.checkpoint_dir(), self.spec)?;
+        let dir = self.settings.checkpoint_dir();
+        self.trainer.save_checkpoint(&dir, self.spec)?;
         self.last_saved = Some(self.trainer.step);
+        if self.settings.checkpoints_total_limit > 0 {
+            let kept = self.settings.kept_checkpoints_dir();
+            std::fs::create_dir_all(&kept).with_context(|| format!("creating {}", kept.display()))?;
+            checkpoint::keep(&dir, &kept, self.settings.checkpoints_total_limit)?;
+        }
         Ok(())
     }
 

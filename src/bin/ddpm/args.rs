@@ -93,6 +93,10 @@ pub struct TrainArgs {
     /// Write a checkpoint every this many steps (and at the end, and on Ctrl-C).
     #[arg(long, default_value_t = 300)]
     pub checkpoint_every: u64,
+    /// Also keep the N newest checkpoints as checkpoints/step_NNNNNNN (each a complete diffusers
+    /// folder `ddpm sample` reads; files hard-linked where possible); 0: only checkpoint/.
+    #[arg(long, default_value_t = 0)]
+    pub checkpoints_total_limit: usize,
     /// Samples in each grid.
     #[arg(long, default_value_t = 25)]
     pub grid_samples: usize,
@@ -347,6 +351,7 @@ impl TrainArgs {
             },
             grid: GridSettings { samples: self.grid_samples, ddim_steps: self.grid_ddim_steps, eta: self.grid_eta },
             eval_samples: self.eval_samples,
+            checkpoints_total_limit: self.checkpoints_total_limit,
         }
     }
 }
