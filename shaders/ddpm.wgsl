@@ -12,6 +12,12 @@
 //                                            (v or x_0, p.prediction) and x = x_t
 //   velocity(out, eps, x, timestep, table)   out = v = sqrt(abar_t) eps - sqrt(1 - abar_t) x, x = x_0
 //
+// The same steps with the caller's noise instead of Philox's (to drive the
+// fused kernels from a reference or an external sampler):
+//   q_sample_given(out, eps, x, timestep, table)             eps holds the noise (read only)
+//   p_sample_given(out, eps, x, timestep, table, noise, x0)  z = noise; x0 = the predicted x_0
+//   ddim_step_given(out, eps, x, timestep, table, noise, x0) (clipped when clipping is on)
+//
 //   out:      (N, D) f32, read_write
 //   eps:      (N, D) f32, read_write: q_sample writes the noise it drew; the
 //             samplers only read the model's prediction from it
@@ -59,6 +65,9 @@ struct Params {
 @group(1) @binding(2) var<storage, read> x: array<vec4<f32>>;
 @group(1) @binding(3) var<storage, read> timestep: array<f32>;
 @group(1) @binding(4) var<storage, read> table: array<f32>;
+// Only the *_given entry points bind these.
+@group(1) @binding(5) var<storage, read> noise: array<vec4<f32>>;
+@group(1) @binding(6) var<storage, read_write> x0_out: array<vec4<f32>>;
 
 const WG: u32 = 64u;
 const PI: f32 = 3.14159265358979;
@@ -177,6 +186,33 @@ fn store_out(n: u32, q: u32, v: vec4<f32>) {
     }
 }
 
+fn load_noise(n: u32, q: u32) -> vec4<f32> {
+    if aligned() {
+        return noise[(n * p.dim) / 4u + q];
+    }
+    var v = vec4<f32>(0.0);
+    for (var k = 0u; k < 4u; k++) {
+        let i = element(n, q, k);
+        if i != 0xFFFFFFFFu {
+            v[k] = noise[i / 4u][i % 4u];
+        }
+    }
+    return v;
+}
+
+fn store_x0(n: u32, q: u32, v: vec4<f32>) {
+    if aligned() {
+        x0_out[(n * p.dim) / 4u + q] = v;
+        return;
+    }
+    for (var k = 0u; k < 4u; k++) {
+        let i = element(n, q, k);
+        if i != 0xFFFFFFFFu {
+            x0_out[i / 4u][i % 4u] = v[k];
+        }
+    }
+}
+
 fn store_eps(n: u32, q: u32, v: vec4<f32>) {
     if aligned() {
         eps[(n * p.dim) / 4u + q] = v;
@@ -241,10 +277,27 @@ fn q_sample(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
     }
     let n = g / quads;
     let q = g % quads;
-    let t = sample_timestep(n);
     let z = normal4(n, q);
     store_eps(n, q, z);
-    store_out(n, q, table_at(ROW_SQRT_ALPHAS_CUMPROD, t) * load_x(n, q) + table_at(ROW_SQRT_ONE_MINUS_ALPHAS_CUMPROD, t) * z);
+    store_out(n, q, noised(n, q, z));
+}
+
+// sqrt(abar_t) x_0 + sqrt(1 - abar_t) z for row n's timestep.
+fn noised(n: u32, q: u32, z: vec4<f32>) -> vec4<f32> {
+    let t = sample_timestep(n);
+    return table_at(ROW_SQRT_ALPHAS_CUMPROD, t) * load_x(n, q) + table_at(ROW_SQRT_ONE_MINUS_ALPHAS_CUMPROD, t) * z;
+}
+
+@compute @workgroup_size(WG)
+fn q_sample_given(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let g = invocation(wid, nwg, li);
+    let quads = quads_per_sample();
+    if g >= p.batch * quads {
+        return;
+    }
+    let n = g / quads;
+    let q = g % quads;
+    store_out(n, q, noised(n, q, load_eps(n, q)));
 }
 
 // The prediction types of `p.prediction` (0, epsilon, needs no conversion).
@@ -287,47 +340,87 @@ fn velocity(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
     store_out(n, q, table_at(ROW_SQRT_ALPHAS_CUMPROD, t) * load_eps(n, q) - table_at(ROW_SQRT_ONE_MINUS_ALPHAS_CUMPROD, t) * load_x(n, q));
 }
 
+// A reverse step without its noise: the mean x_prev moves to, the noise's
+// scale, and the predicted x_0 (clipped when clipping is on).
+struct Step {
+    mean: vec4<f32>,
+    sigma: f32,
+    x0: vec4<f32>,
+}
+
+// diffusers DDPMScheduler.step; no noise at index 0 (paper t = 1).
+fn p_sample_step(n: u32, q: u32) -> Step {
+    let t = sample_timestep(n);
+    let xt = load_x(n, q);
+    let e = load_eps(n, q);
+    let x0 = predict_x0(t, xt, e);
+    var mean: vec4<f32>;
+    if p.clip != 0u {
+        mean = table_at(ROW_POSTERIOR_MEAN_COEF1, t) * x0 + table_at(ROW_POSTERIOR_MEAN_COEF2, t) * xt;
+    } else {
+        mean = table_at(ROW_SQRT_RECIP_ALPHAS, t) * (xt - table_at(ROW_EPS_COEF, t) * e);
+    }
+    return Step(mean, select(0.0, table_at(ROW_SIGMA, t), t > 0u), x0);
+}
+
+// diffusers DDIMScheduler.step.
+fn ddim_step_step(n: u32, q: u32) -> Step {
+    let t = sample_timestep(n);
+    let xt = load_x(n, q);
+    let e = load_eps(n, q);
+    let x0 = predict_x0(t, xt, e);
+    return Step(table_at(DDIM_ROW_COEF_X0, t) * x0 + table_at(DDIM_ROW_COEF_EPS, t) * e, table_at(DDIM_ROW_SIGMA, t), x0);
+}
+
+// The step with Philox noise, drawn only where it is added.
+fn with_philox(n: u32, q: u32, s: Step) -> vec4<f32> {
+    if s.sigma > 0.0 {
+        return s.mean + s.sigma * normal4(n, q);
+    }
+    return s.mean;
+}
+
+// The step with the caller's noise; writes the predicted x_0 too.
+fn with_given(n: u32, q: u32, s: Step) -> vec4<f32> {
+    store_x0(n, q, s.x0);
+    if s.sigma > 0.0 {
+        return s.mean + s.sigma * load_noise(n, q);
+    }
+    return s.mean;
+}
+
 @compute @workgroup_size(WG)
 fn p_sample(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     let g = invocation(wid, nwg, li);
     let quads = quads_per_sample();
-    if g >= p.batch * quads {
-        return;
+    if g < p.batch * quads {
+        store_out(g / quads, g % quads, with_philox(g / quads, g % quads, p_sample_step(g / quads, g % quads)));
     }
-    let n = g / quads;
-    let q = g % quads;
-    let t = sample_timestep(n);
-    let xt = load_x(n, q);
-    let e = load_eps(n, q);
-    var result: vec4<f32>;
-    if p.clip != 0u {
-        result = table_at(ROW_POSTERIOR_MEAN_COEF1, t) * predict_x0(t, xt, e) + table_at(ROW_POSTERIOR_MEAN_COEF2, t) * xt;
-    } else {
-        result = table_at(ROW_SQRT_RECIP_ALPHAS, t) * (xt - table_at(ROW_EPS_COEF, t) * e);
-    }
-    let sigma = table_at(ROW_SIGMA, t);
-    if t > 0u && sigma > 0.0 {
-        result += sigma * normal4(n, q);
-    }
-    store_out(n, q, result);
 }
 
 @compute @workgroup_size(WG)
 fn ddim_step(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     let g = invocation(wid, nwg, li);
     let quads = quads_per_sample();
-    if g >= p.batch * quads {
-        return;
+    if g < p.batch * quads {
+        store_out(g / quads, g % quads, with_philox(g / quads, g % quads, ddim_step_step(g / quads, g % quads)));
     }
-    let n = g / quads;
-    let q = g % quads;
-    let t = sample_timestep(n);
-    let xt = load_x(n, q);
-    let e = load_eps(n, q);
-    var result = table_at(DDIM_ROW_COEF_X0, t) * predict_x0(t, xt, e) + table_at(DDIM_ROW_COEF_EPS, t) * e;
-    let sigma = table_at(DDIM_ROW_SIGMA, t);
-    if sigma > 0.0 {
-        result += sigma * normal4(n, q);
+}
+
+@compute @workgroup_size(WG)
+fn p_sample_given(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let g = invocation(wid, nwg, li);
+    let quads = quads_per_sample();
+    if g < p.batch * quads {
+        store_out(g / quads, g % quads, with_given(g / quads, g % quads, p_sample_step(g / quads, g % quads)));
     }
-    store_out(n, q, result);
+}
+
+@compute @workgroup_size(WG)
+fn ddim_step_given(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let g = invocation(wid, nwg, li);
+    let quads = quads_per_sample();
+    if g < p.batch * quads {
+        store_out(g / quads, g % quads, with_given(g / quads, g % quads, ddim_step_step(g / quads, g % quads)));
+    }
 }

@@ -418,3 +418,58 @@ fn launchers_reject_mismatched_shapes() {
         .to_string();
     assert!(err.contains("p_sample") && err.contains("[4, 9]"), "{err}");
 }
+
+/// The `*_given` steps with Philox's own noise give exactly the fused
+/// steps' results, and return diffusers' `pred_original_sample` (clipped
+/// when the schedule clips); with other noise they move elsewhere.
+#[test]
+fn the_steps_take_the_callers_noise_and_return_the_predicted_x0() {
+    let mut r = rng();
+    for (shape, clip) in [([6usize, 1, 5, 7], true), ([4, 3, 8, 8], false)] {
+        let n: usize = shape.iter().product();
+        let schedule = linear(VarianceType::FixedSmall, clip);
+        let (x, eps_theta) = (uniform(&mut r, n), uniform(&mut r, n).iter().map(|v| 3.0 * v).collect::<Vec<_>>());
+        let t_index: Vec<usize> = (0..shape[0]).map(|i| if i == 0 { 0 } else { r.random_range(0..1000) }).collect();
+        let k = key(&mut r);
+        each_path(|gpu, path| {
+            let what = |op: &str| format!("{op} {shape:?} clip {clip} on {path:?}");
+            let tables = DdpmTables::new(gpu, &schedule).unwrap();
+            let ddim = DdimTables::new(gpu, &schedule, 20, 0.7).unwrap();
+            let (tx, te) = (gpu.upload(&shape, &x).unwrap(), gpu.upload(&shape, &eps_theta).unwrap());
+            let t = ddpm::timesteps(gpu, &t_index).unwrap();
+            let z = ddpm::randn(gpu, &shape, k).unwrap();
+            let (xt, _) = ddpm::q_sample(gpu, &tables, &tx, &t, k).unwrap();
+            let given = ddpm::q_sample_given(gpu, &tables, &tx, &t, &z).unwrap();
+            assert_eq!(bits(gpu, &given), bits(gpu, &xt), "{}", what("q_sample_given"));
+            let want_x0: Vec<f32> = (0..n)
+                .map(|i| {
+                    let abar = schedule.alphas_cumprod[t_index[i / (n / shape[0])]];
+                    let x0 = (x[i] as f64 - (1.0 - abar).sqrt() * eps_theta[i] as f64) / abar.sqrt();
+                    (if clip { x0.clamp(-1.0, 1.0) } else { x0 }) as f32
+                })
+                .collect();
+            let zeros = gpu.zeros(&shape).unwrap();
+            for (op, fused, (prev, x0), (prev_zero, _)) in [
+                (
+                    "p_sample_given",
+                    ddpm::p_sample(gpu, &tables, &tx, &te, &t, k).unwrap(),
+                    ddpm::p_sample_given(gpu, &tables, &tx, &te, &t, &z).unwrap(),
+                    ddpm::p_sample_given(gpu, &tables, &tx, &te, &t, &zeros).unwrap(),
+                ),
+                (
+                    "ddim_step_given",
+                    ddpm::ddim_step(gpu, &ddim, &tx, &te, &t, k).unwrap(),
+                    ddpm::ddim_step_given(gpu, &ddim, &tx, &te, &t, &z).unwrap(),
+                    ddpm::ddim_step_given(gpu, &ddim, &tx, &te, &t, &zeros).unwrap(),
+                ),
+            ] {
+                assert_eq!(bits(gpu, &prev), bits(gpu, &fused), "{}", what(op));
+                assert_close(&what(op), &gpu.read(&x0).unwrap(), &want_x0, 1e-4, 1e-4);
+                // Sample 0 is at index 0, where DDPM adds no noise; the others move with z.
+                let (a, b) = (gpu.read(&prev).unwrap(), gpu.read(&prev_zero).unwrap());
+                let per = n / shape[0];
+                assert!(a[per..] != b[per..], "{}: the caller's noise changed nothing", what(op));
+            }
+        });
+    }
+}

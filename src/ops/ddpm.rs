@@ -43,6 +43,9 @@ const _: () = assert!(std::mem::size_of::<Params>() == 64);
 const WORKGROUP: u32 = 64;
 const OUT: &[Access] = &[Access::ReadWrite];
 const STEP: &[Access] = &[Access::ReadWrite, Access::ReadWrite, Access::Read, Access::Read, Access::Read];
+/// STEP, then the caller's noise and the predicted x_0 (the `*_given` entries).
+const STEP_GIVEN: &[Access] =
+    &[Access::ReadWrite, Access::ReadWrite, Access::Read, Access::Read, Access::Read, Access::Read, Access::ReadWrite];
 
 /// Which stream of Gaussian noise to draw: the same key always gives the
 /// same numbers. Use a new `step` for every draw of one run (training step,
@@ -225,6 +228,16 @@ pub fn q_sample(gpu: &Gpu, tables: &DdpmTables, x0: &Tensor, t: &Tensor, key: No
     Ok((xt, eps))
 }
 
+/// [`q_sample`] with the caller's noise `eps` (same shape as `x0`) instead
+/// of Philox's: `x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps`.
+pub fn q_sample_given(gpu: &Gpu, tables: &DdpmTables, x0: &Tensor, t: &Tensor, eps: &Tensor) -> Result<Tensor> {
+    let (batch, dim) = check_step_inputs("q_sample_given", tables.steps, x0, t, Some(eps))?;
+    let xt = gpu.uninit(x0.shape())?;
+    let p = Params { batch, dim, steps: tables.steps as u32, ..Params::default() };
+    launch_per_quad(gpu, "q_sample_given", STEP, p, &[&xt, eps, x0, t, &tables.table])?;
+    Ok(xt)
+}
+
 /// The training target for `prediction`, from the batch `x0`, the noise
 /// `eps` [`q_sample`] drew and the timesteps `t`: eps itself, x0 itself, or
 /// `v = sqrt(abar_t) eps - sqrt(1 - abar_t) x0`.
@@ -299,6 +312,51 @@ pub fn ddim_step(
 ) -> Result<Tensor> {
     let clip = (tables.clip_sample, tables.clip_sample_range);
     reverse_step(gpu, "ddim_step", &tables.table, tables.steps, clip, [xt, eps_theta, t], key)
+}
+
+/// [`p_sample`] with the caller's noise `z` (unused at index 0): returns
+/// `x_{t-1}` and the predicted `x_0` (clipped when the schedule clips), as
+/// diffusers' `prev_sample` and `pred_original_sample`.
+pub fn p_sample_given(
+    gpu: &Gpu,
+    tables: &DdpmTables,
+    xt: &Tensor,
+    eps_theta: &Tensor,
+    t: &Tensor,
+    z: &Tensor,
+) -> Result<(Tensor, Tensor)> {
+    let clip = (tables.clip_sample, tables.clip_sample_range);
+    reverse_step_given(gpu, "p_sample_given", &tables.table, tables.steps, clip, [xt, eps_theta, t, z])
+}
+
+/// [`ddim_step`] with the caller's noise `z` (unused when eta is 0): returns
+/// `x_prev` and the predicted `x_0`.
+pub fn ddim_step_given(
+    gpu: &Gpu,
+    tables: &DdimTables,
+    xt: &Tensor,
+    eps_theta: &Tensor,
+    t: &Tensor,
+    z: &Tensor,
+) -> Result<(Tensor, Tensor)> {
+    let clip = (tables.clip_sample, tables.clip_sample_range);
+    reverse_step_given(gpu, "ddim_step_given", &tables.table, tables.steps, clip, [xt, eps_theta, t, z])
+}
+
+fn reverse_step_given(
+    gpu: &Gpu,
+    entry: &'static str,
+    table: &Tensor,
+    steps: usize,
+    (clip, clip_range): (bool, f32),
+    [xt, eps_theta, t, z]: [&Tensor; 4],
+) -> Result<(Tensor, Tensor)> {
+    let (batch, dim) = check_step_inputs(entry, steps, xt, t, Some(eps_theta))?;
+    ensure!(z.shape() == xt.shape(), "{entry}: noise {:?} and x {:?} differ", z.shape(), xt.shape());
+    let (out, x0) = (gpu.uninit(xt.shape())?, gpu.uninit(xt.shape())?);
+    let p = Params { batch, dim, steps: steps as u32, clip: clip as u32, clip_range, ..Params::default() };
+    launch_per_quad(gpu, entry, STEP_GIVEN, p, &[&out, eps_theta, xt, t, table, z, &x0])?;
+    Ok((out, x0))
 }
 
 /// Launch a sampler step `entry` on (x_t, eps_theta, t) with its schedule table.
