@@ -616,7 +616,8 @@ mod tests {
     fn names_parse_like_diffusers() {
         assert_eq!("squaredcos_cap_v2".parse::<BetaSchedule>().unwrap(), BetaSchedule::SquaredCosCapV2);
         assert_eq!("fixed_large".parse::<VarianceType>().unwrap(), VarianceType::FixedLarge);
-        assert!("scaled_linear".parse::<BetaSchedule>().is_err());
+        assert_eq!("scaled_linear".parse::<BetaSchedule>().unwrap(), BetaSchedule::ScaledLinear);
+        assert!("exp".parse::<BetaSchedule>().is_err());
         assert_eq!(BetaSchedule::Linear.to_string(), "linear");
     }
 
