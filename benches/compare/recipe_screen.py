@@ -24,6 +24,8 @@ ap.add_argument("--eta", type=float, default=1.0); ap.add_argument("--seed", typ
 ap.add_argument("--decay", default="constant", help="learning rate after warm-up: constant | cosine")
 ap.add_argument("--patch", type=int, default=1, help="pixel-unshuffle the images by this factor before the UNet")
 ap.add_argument("--channels", default=None, help="override block_out_channels, e.g. 32,64,64")
+ap.add_argument("--zero-init", action="store_true",
+                help="zero each ResBlock's conv2, attention's to_out and conv_out, as the DDPM code (and the engine) do")
 a = ap.parse_args()
 torch.set_num_threads(2); torch.manual_seed(a.seed); np.random.seed(a.seed)
 out = f"runs/screen/{a.name}"; os.makedirs(out + "/samples", exist_ok=True)
@@ -40,7 +42,13 @@ if a.channels: keys["block_out_channels"] = [int(c) for c in a.channels.split(",
 if a.patch > 1:
     data = torch.nn.functional.pixel_unshuffle(data, a.patch)
     keys.update(in_channels=a.patch ** 2, out_channels=a.patch ** 2, sample_size=res // a.patch)
-model = UNet2DModel(**keys); ema = UNet2DModel(**keys); ema.load_state_dict(model.state_dict())
+model = UNet2DModel(**keys); ema = UNet2DModel(**keys)
+if a.zero_init:
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if ".conv2." in n or "to_out.0" in n or n.startswith("conv_out."):
+                p.zero_()
+ema.load_state_dict(model.state_dict())
 sched_kw = dict(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2" if a.schedule == "cosine" else "linear",
                 clip_sample=True, prediction_type=a.pred)
 train_sched = DDPMScheduler(**sched_kw)
