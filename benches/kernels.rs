@@ -365,7 +365,11 @@ fn bench_unet(b: &mut Bench) -> Result<()> {
         if b.wanted("sample_step") {
             let batch = 16;
             let unet = UNet::new(&config)?;
-            let weights = ParamStore::upload(b.gpu, unet.table.clone(), &unet.table.init(0))?;
+            let weights = ParamStore::upload(
+                b.gpu,
+                unet.table.clone(),
+                &unet.table.init(0, ddpm_wgpu::unet::layout::InitScheme::Ddpm),
+            )?;
             let tables = DdpmTables::new(b.gpu, &Schedule::new(SchedulerConfig::default())?)?;
             let x = b.random(&[batch, config.in_channels, 32, 32])?;
             let t = ddpm::timesteps(b.gpu, &vec![500; batch])?;

@@ -311,7 +311,7 @@ fn eval_samples_a_checkpoint() {
         "--checkpoint",
         checkpoint.to_str().unwrap(),
         "--num",
-        "8",
+        "64",
         "--steps",
         "2",
         "--json",
@@ -319,11 +319,11 @@ fn eval_samples_a_checkpoint() {
     ]);
     assert!(out.status.success());
     let m = eval_json(&json);
-    // Two training steps make noise, not digits (at N = 8 the floor itself is large).
+    // Two training steps make noise, not digits (at N = 64 the floor itself is still large).
     let (frechet, floor) = (m["frechet"].as_f64().unwrap(), m["frechet_floor"].as_f64().unwrap());
     assert!(frechet.is_finite() && frechet > floor, "untrained model: frechet {frechet}, floor {floor}");
     assert!(m["confident_fraction"].as_f64().unwrap() < 0.5, "untrained model: {m}");
-    assert_eq!(m["samples"].as_u64(), Some(8));
+    assert_eq!(m["samples"].as_u64(), Some(64));
 
     // `sample --individual` writes what `eval --samples` reads.
     let folder = run.join("individual");
@@ -446,7 +446,7 @@ fn checkpoint_with(dir: &Path, edit: impl FnOnce(&mut Vec<f32>, &mut String, &mu
     std::fs::create_dir_all(dir).unwrap();
     let config = UNetConfig::load(Path::new(&config())).unwrap();
     let unet = UNet::new(&config).unwrap();
-    let mut weights = unet.table.init(0);
+    let mut weights = unet.table.init(0, ddpm_wgpu::unet::layout::InitScheme::Ddpm);
     let mut config_json = config.to_json();
     let mut scheduler = ddpm_wgpu::schedule::SchedulerConfig::default().to_json();
     edit(&mut weights, &mut config_json, &mut scheduler);

@@ -24,7 +24,8 @@ fn tiny_unet_overfits_fixed_batch() {
     .unwrap();
     let unet = UNet::new(&config).unwrap();
     let table = unet.table.clone();
-    let store = ParamStore::upload(&gpu, table.clone(), &table.init(0)).unwrap();
+    let store =
+        ParamStore::upload(&gpu, table.clone(), &table.init(0, ddpm_wgpu::unet::layout::InitScheme::Ddpm)).unwrap();
     let n = table.flat_len;
     let (grads, m, v) = (gpu.zeros(&[n]).unwrap(), gpu.zeros(&[n]).unwrap(), gpu.zeros(&[n]).unwrap());
 

@@ -23,7 +23,7 @@ fn tiny_config() -> UNetConfig {
 /// The 28x28 test UNet with random non-zero weights, so the model's output matters.
 fn tiny_model(gpu: &Gpu) -> (UNet, ParamStore) {
     let unet = UNet::new(&tiny_config()).unwrap();
-    let mut flat = unet.table.init(5);
+    let mut flat = unet.table.init(5, ddpm_wgpu::unet::layout::InitScheme::Ddpm);
     for (i, v) in flat.iter_mut().enumerate() {
         *v += 0.02 * ((i * 7919 % 200) as f32 / 100.0 - 1.0);
     }

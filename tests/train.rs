@@ -280,8 +280,12 @@ fn dropout_acts_in_training_only_and_a_resumed_run_redraws_its_masks() {
     let unet = UNet::new(&with_dropout).unwrap();
     // Perturbed: the default init zeroes every conv2 (and conv_out), hiding what comes before.
     let mut r = common::rng();
-    let weights: Vec<f32> =
-        unet.table.init(1).iter().map(|w| w + 0.05 * (rand::Rng::random::<f32>(&mut r) - 0.5)).collect();
+    let weights: Vec<f32> = unet
+        .table
+        .init(1, ddpm_wgpu::unet::layout::InitScheme::Ddpm)
+        .iter()
+        .map(|w| w + 0.05 * (rand::Rng::random::<f32>(&mut r) - 0.5))
+        .collect();
     let store = ParamStore::upload(&gpu, unet.table.clone(), &weights).unwrap();
     let x = gpu.upload(&[2, 1, 28, 28], &data.pixels()[..2 * 784]).unwrap();
     let t = ddpm_wgpu::ops::ddpm::timesteps(&gpu, &[10, 500]).unwrap();

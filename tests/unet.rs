@@ -61,7 +61,7 @@ fn whole_tiny_unet_gradients_match_finite_differences() {
     let unet = UNet::new(&tiny_config()).unwrap();
     // Random weights everywhere (the default init zeroes output convs,
     // which would hide the gradients behind them).
-    let mut flat = unet.table.init(1);
+    let mut flat = unet.table.init(1, ddpm_wgpu::unet::layout::InitScheme::Ddpm);
     for e in &unet.table.entries {
         for (v, u) in flat[e.offset..e.offset + e.len()].iter_mut().zip(uniform(&mut r, e.len())) {
             *v += 0.3 * u;

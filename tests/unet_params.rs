@@ -187,3 +187,31 @@ fn half_floats_convert_exactly() {
         assert!(f16_to_f32(bits + 1) > v, "not increasing at {bits:#06x}");
     }
 }
+
+#[test]
+fn the_init_schemes_differ_only_at_the_ends_of_residual_branches() {
+    use ddpm_wgpu::unet::layout::InitScheme;
+    let (_, table) = tiny();
+    let (ddpm, pytorch) = (table.init(3, InitScheme::Ddpm), table.init(3, InitScheme::PyTorch));
+    let branch_end =
+        |name: &str| name.contains(".conv2.") || name.contains("to_out.0") || name.starts_with("conv_out.");
+    let mut ends = 0;
+    for e in &table.entries {
+        let (a, b) = (&ddpm[e.offset..e.offset + e.len()], &pytorch[e.offset..e.offset + e.len()]);
+        if branch_end(&e.name) {
+            ends += 1;
+            assert!(a.iter().all(|&v| v == 0.0), "{}: not zero under the DDPM scheme", e.name);
+            // PyTorch's default: uniform within ±1/sqrt(fan_in), fan_in = in channels x kernel area.
+            let fan_in: usize = if e.shape.len() == 1 {
+                table.get(&e.name.replace(".bias", ".weight")).unwrap().shape[1..].iter().product()
+            } else {
+                e.shape[1..].iter().product()
+            };
+            let bound = 1.0 / (fan_in as f32).sqrt();
+            assert!(b.iter().all(|v| v.abs() <= bound) && b.iter().any(|&v| v != 0.0), "{}: {b:?}", e.name);
+        } else if e.name.ends_with("norm1.weight") || e.name.ends_with("norm.weight") {
+            assert!(a.iter().chain(b).all(|&v| v == 1.0), "{}", e.name);
+        }
+    }
+    assert!(ends >= 6, "only {ends} branch ends in the tiny UNet");
+}

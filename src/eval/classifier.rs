@@ -17,7 +17,7 @@ use crate::ops::conv2d::Conv2dGeometry;
 use crate::ops::cross_entropy::class_labels;
 use crate::ops::optimizer::{self, Adam};
 use crate::tape::{Tape, Var};
-use crate::unet::layout::{Init, ParamSpec};
+use crate::unet::layout::{Init, InitScheme, ParamSpec};
 use crate::unet::params::{ParamStore, ParamTable};
 use crate::unet::ParamVars;
 
@@ -78,7 +78,7 @@ impl DigitClassifier {
     /// Freshly initialised weights (for training).
     pub fn init(gpu: &Gpu, seed: u64) -> Result<DigitClassifier> {
         let table = table();
-        let values = table.init(seed);
+        let values = table.init(seed, InitScheme::PyTorch);
         Ok(DigitClassifier { weights: ParamStore::upload(gpu, table, &values)? })
     }
 

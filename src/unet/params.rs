@@ -12,7 +12,7 @@ use std::path::Path;
 use anyhow::{bail, ensure, Context, Result};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
-use super::layout::{Init, ParamSpec};
+use super::layout::{Init, InitScheme, ParamSpec};
 use crate::gpu::{Gpu, Tensor, VIEW_ALIGN_ELEMS};
 
 #[derive(Clone, Debug, PartialEq)]
@@ -65,16 +65,17 @@ impl ParamTable {
     }
 
     /// Initial values, seeded: PyTorch's default uniform init for conv and
-    /// linear layers, ones/zeros where the layout says.
-    pub fn init(&self, seed: u64) -> Vec<f32> {
+    /// linear layers, ones/zeros where the layout says, and the ends of the
+    /// residual branches as `scheme` says.
+    pub fn init(&self, seed: u64, scheme: InitScheme) -> Vec<f32> {
         let mut rng = StdRng::seed_from_u64(seed);
         let mut flat = vec![0.0; self.flat_len];
         for e in &self.entries {
             let values = &mut flat[e.offset..e.offset + e.len()];
-            match e.init {
-                Init::Zeros => {}
-                Init::Ones => values.fill(1.0),
-                Init::Uniform { fan_in } => {
+            match (e.init, scheme) {
+                (Init::Zeros, _) | (Init::ZeroedBranch { .. }, InitScheme::Ddpm) => {}
+                (Init::Ones, _) => values.fill(1.0),
+                (Init::Uniform { fan_in } | Init::ZeroedBranch { fan_in }, _) => {
                     let bound = 1.0 / (fan_in as f32).sqrt();
                     values.iter_mut().for_each(|v| *v = rng.random_range(-bound..bound));
                 }

@@ -8,6 +8,7 @@ use clap::ValueEnum;
 use ddpm_wgpu::sample::Sampler;
 use ddpm_wgpu::schedule::{BetaSchedule, PredictionType, SchedulerConfig};
 use ddpm_wgpu::train::{Cadence, GridSettings, LrSchedule, Recipe, RunSettings, TrainOptions};
+use ddpm_wgpu::unet::layout::InitScheme;
 
 #[derive(clap::Args)]
 pub struct TrainArgs {
@@ -70,6 +71,11 @@ pub struct TrainArgs {
         "Min-SNR-gamma loss weighting (Hang et al. 2023): each sample's loss times min(SNR_t, gamma) / SNR_t (0: the paper's L_simple)",
         |o| o.min_snr_gamma.to_string()))]
     pub min_snr_gamma: Option<f32>,
+    /// Where a fresh run's weights start: pytorch (PyTorch's defaults everywhere, as diffusers
+    /// builds a UNet2DModel) or ddpm (the DDPM code's: each residual branch's last layer and the
+    /// output conv zeroed) [default: the preset's: default pytorch, paper ddpm].
+    #[arg(long, value_enum)]
+    pub init: Option<InitArg>,
     /// Random horizontal flips (not for digits).
     #[arg(long)]
     pub flip: bool,
@@ -125,6 +131,12 @@ pub struct TrainArgs {
 pub enum Schedule {
     Linear,
     Cosine,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum InitArg {
+    Pytorch,
+    Ddpm,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -266,6 +278,7 @@ impl TrainArgs {
             ("--adam-epsilon", self.adam_epsilon.is_some()),
             ("--weight-decay", self.weight_decay.is_some()),
             ("--grad-accum", self.grad_accum.is_some()),
+            ("--init", self.init.is_some()),
             ("--ema-decay", self.ema_decay.is_some()),
             ("--grad-clip", self.grad_clip.is_some()),
             ("--min-snr-gamma", self.min_snr_gamma.is_some()),
@@ -319,6 +332,11 @@ impl TrainArgs {
                 None => r.lr_schedule,
             },
             grad_accum: self.grad_accum.unwrap_or(r.grad_accum),
+            init: match self.init {
+                Some(InitArg::Pytorch) => InitScheme::PyTorch,
+                Some(InitArg::Ddpm) => InitScheme::Ddpm,
+                None => r.init,
+            },
             min_snr_gamma: self.min_snr_gamma.unwrap_or(r.min_snr_gamma),
         }
     }
