@@ -154,14 +154,14 @@ impl Default for Recipe {
         Recipe {
             name: "default",
             summary:
-                "a 0.69M-parameter UNet on 2x2 patches predicting x_0, cosine schedule, batch 64, 600 steps: 10 minutes on 2 CPU cores",
+                "a 0.69M-parameter UNet on 2x2 patches predicting x_0, cosine schedule, batch 64, 500 steps: 10 minutes on 2 CPU cores",
             unet_config: include_str!("../../assets/configs/default_unet.json"),
             patch_size: 2,
             beta_schedule: BetaSchedule::SquaredCosCapV2,
             prediction_type: PredictionType::Sample,
             options: TrainOptions {
                 batch_size: 64,
-                steps: 600,
+                steps: 500,
                 lr: 2e-3,
                 warmup: 100,
                 ema_decay: 0.99,
