@@ -21,7 +21,7 @@ use anyhow::{bail, ensure, Context, Result};
 
 use crate::data::Dataset;
 use crate::gpu::{Gpu, Tensor, VIEW_ALIGN_ELEMS};
-use crate::ops::ddpm::{self, DdpmTables, NoiseKey};
+use crate::ops::ddpm::{self, noise_steps, DdpmTables, NoiseKey};
 use crate::ops::vlb::{self, VlbTables};
 use crate::sample::{predict_noise, Model, NoisePredictor, Progress};
 use crate::schedule::{Schedule, SchedulerConfig};
@@ -171,7 +171,7 @@ pub fn bits_per_dim(
             &ddpm_tables,
             x0,
             &t,
-            NoiseKey { seed: request.seed, step: i as u32, first_sample: request.first_sample },
+            NoiseKey { seed: request.seed, step: noise_steps::NLL + i as u32, first_sample: request.first_sample },
         )?;
         let output = model(&xt, &t, i).with_context(|| format!("nll: the model at timestep index {i}"))?;
         ensure!(

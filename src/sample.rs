@@ -13,7 +13,7 @@ use anyhow::{bail, ensure, Context, Result};
 
 use crate::gpu::{Gpu, Tensor, VIEW_ALIGN_ELEMS};
 use crate::ops::attention::MAX_PROBS_BYTES;
-use crate::ops::ddpm::{self, DdimTables, DdpmTables, NoiseKey};
+use crate::ops::ddpm::{self, noise_steps, DdimTables, DdpmTables, NoiseKey};
 use crate::patch;
 use crate::schedule::{ddim_timesteps, Schedule, SchedulerConfig};
 use crate::tape::Tape;
@@ -27,10 +27,6 @@ pub enum Sampler {
     /// DDIM over `steps` evenly spaced timesteps; `eta` = 0 is deterministic.
     Ddim { steps: usize, eta: f64 },
 }
-
-/// The noise step id of x_T: past every timestep index, so it never
-/// repeats a denoising step's noise.
-const INITIAL_NOISE_STEP: u32 = u32::MAX;
 
 /// A model ready to sample: the UNet, its weights on the GPU, the schedule.
 pub struct Model {
@@ -222,13 +218,13 @@ pub fn sample_with(
         let n = chunk.min(count - first);
         // Row r of this chunk is global sample first + r: the noise of one big batch.
         let key = |step: u32| NoiseKey { seed, step, first_sample: first as u32 };
-        let mut x = ddpm::randn(gpu, &[n, channels, resolution, resolution], key(INITIAL_NOISE_STEP))?;
+        let mut x = ddpm::randn(gpu, &[n, channels, resolution, resolution], key(noise_steps::INITIAL))?;
         for (k, &i) in indices.iter().enumerate() {
             let t = all_t.view(k * row, &[n])?;
             let eps = ddpm::to_epsilon(gpu, &ddpm_tables, scheduler.prediction_type, &model(&x, &t, i)?, &x, &t)?;
             x = match &ddim_tables {
-                Some(tables) => ddpm::ddim_step(gpu, tables, &x, &eps, &t, key(i as u32))?,
-                None => ddpm::p_sample(gpu, &ddpm_tables, &x, &eps, &t, key(i as u32))?,
+                Some(tables) => ddpm::ddim_step(gpu, tables, &x, &eps, &t, key(noise_steps::SAMPLING + i as u32))?,
+                None => ddpm::p_sample(gpu, &ddpm_tables, &x, &eps, &t, key(noise_steps::SAMPLING + i as u32))?,
             };
             gpu.submit();
             // Sample 0 is row 0 of the first chunk.

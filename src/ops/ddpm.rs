@@ -62,6 +62,25 @@ pub struct NoiseKey {
     pub first_sample: u32,
 }
 
+/// Noise step ids: training step s draws at id s; sampling and the NLL draw
+/// at ids of their own, past any run's training steps, so an evaluation at
+/// the run's seed never redraws the noise training saw (a sampler that did
+/// would add, at timestep index i, the very noise training step i asked the
+/// model to remove).
+pub mod noise_steps {
+    /// A sampling step at timestep index i draws at `SAMPLING + i`.
+    pub const SAMPLING: u32 = 1 << 31;
+    /// The NLL's noising at timestep index i draws at `NLL + i`.
+    pub const NLL: u32 = 3 << 30;
+    /// A sampler's x_T.
+    pub const INITIAL: u32 = u32::MAX;
+    // The ranges of ids never meet (timestep indices stay below MAX_TRAIN_TIMESTEPS).
+    const _: () = assert!(
+        SAMPLING as u64 + crate::schedule::MAX_TRAIN_TIMESTEPS as u64 <= NLL as u64
+            && NLL as u64 + crate::schedule::MAX_TRAIN_TIMESTEPS as u64 <= INITIAL as u64
+    );
+}
+
 impl NoiseKey {
     fn philox_key(self) -> [u32; 2] {
         [self.seed as u32, (self.seed >> 32) as u32]

@@ -438,6 +438,11 @@ impl<'g> Trainer<'g> {
         );
         ensure!(options.grad_accum >= 1, "--grad-accum must be at least 1");
         ensure!(
+            options.steps <= ddpm::noise_steps::SAMPLING as u64,
+            "--steps must be at most {} (each step's noise has an id of its own)",
+            ddpm::noise_steps::SAMPLING
+        );
+        ensure!(
             options.batch_size.checked_mul(options.grad_accum).is_some_and(|n| n <= u32::MAX as usize),
             "--batch-size x --grad-accum ({} x {}) is too large",
             options.batch_size,
