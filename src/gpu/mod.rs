@@ -80,6 +80,10 @@ pub struct GpuOptions {
     /// Fill every uninitialised tensor with NaN, so kernels that leave an
     /// output element unwritten are caught by tests.
     pub poison_uninit: bool,
+    /// Which of the equally good adapters to open, counting round: the
+    /// candidates are those matching `adapter_name`, or else those of the
+    /// best adapter's backend and device type (rank r of a host takes its r-th).
+    pub ordinal: usize,
 }
 
 /// What the engine knows about the adapter it runs on.
@@ -213,19 +217,28 @@ on Linux without a GPU, install the software Vulkan driver: \
 `sudo apt-get install mesa-vulkan-drivers libvulkan1` (run `ddpm devices` to list what wgpu sees)";
 
 impl Gpu {
-    /// Open the best adapter allowed by `options` and the environment.
+    /// Open the best adapter allowed by `options` and the environment (the
+    /// `options.ordinal`-th of the equally good ones).
     pub fn new(options: &GpuOptions) -> Result<Gpu> {
         let adapters = enumerate_adapters(options)?;
         let wanted =
             options.adapter_name.clone().or_else(|| std::env::var("WGPU_ADAPTER_NAME").ok()).map(|s| s.to_lowercase());
-        let adapter = match &wanted {
-            Some(name) => adapters
-                .into_iter()
-                .find(|a| a.get_info().name.to_lowercase().contains(name))
-                .ok_or_else(|| anyhow!("no adapter whose name contains '{name}' (`ddpm devices` lists them)"))?,
-            None => adapters.into_iter().next().ok_or_else(|| anyhow!(NO_ADAPTER_HELP))?,
+        let mut candidates: Vec<wgpu::Adapter> = match &wanted {
+            Some(name) => adapters.into_iter().filter(|a| a.get_info().name.to_lowercase().contains(name)).collect(),
+            None => {
+                let kind = |a: &wgpu::Adapter| (a.get_info().backend, a.get_info().device_type);
+                let best = adapters.first().map(kind);
+                adapters.into_iter().filter(|a| Some(kind(a)) == best).collect()
+            }
         };
-        Self::from_adapter(adapter, options)
+        if candidates.is_empty() {
+            match &wanted {
+                Some(name) => bail!("no adapter whose name contains '{name}' (`ddpm devices` lists them)"),
+                None => bail!(NO_ADAPTER_HELP),
+            }
+        }
+        let pick = options.ordinal % candidates.len();
+        Self::from_adapter(candidates.swap_remove(pick), options)
     }
 
     fn from_adapter(adapter: wgpu::Adapter, options: &GpuOptions) -> Result<Gpu> {

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{self, SaveStep};
 use crate::data::Dataset;
+use crate::distributed::{share, Collective, SingleProcess};
 use crate::gpu::{Gpu, Tensor, VIEW_ALIGN_ELEMS};
 use crate::ops::ddpm::{self, DdpmTables, NoiseKey};
 use crate::ops::loss;
@@ -307,8 +308,10 @@ pub struct Trainer<'g> {
     pub scheduler: SchedulerConfig,
     pub options: TrainOptions,
     tables: DdpmTables,
-    /// Min-SNR weighting, None for L_simple.
-    loss_weights: Option<LossWeights>,
+    /// Min-SNR-gamma's loss weight of each timestep index; None for L_simple.
+    min_snr_weights: Option<Vec<f32>>,
+    /// The ranks this trainer shares each step with (data parallelism).
+    world: &'g dyn Collective,
     weights: ParamStore,
     grads: Tensor,
     /// Where micro-batches after the first put their gradients before they
@@ -319,18 +322,50 @@ pub struct Trainer<'g> {
     ema: Tensor,
     /// Steps completed.
     pub step: u64,
+    shard: ShardBuffers,
+    norm_log: Tensor,
+    /// Steps whose loss is in the logs but not yet read, with the timestep
+    /// index of each sample of the (global) step.
+    pending: Vec<(u64, Vec<usize>)>,
+    /// Time spent averaging gradients across ranks (the exchange, waiting
+    /// for the slowest rank included, and the upload), summed over steps.
+    pub communication: std::time::Duration,
+}
+
+/// The buffers sized by the micro-batch this process trains on: its share
+/// of the global one.
+struct ShardBuffers {
     /// Each micro-batch's images (all written before the step's first command).
     x0: Vec<Tensor>,
+    /// Each micro-batch's min-SNR sample weights (none for L_simple).
+    loss_weights: Vec<Tensor>,
     /// (LOG_SLOTS · grad_accum) micro-batch losses, one per view slot.
     loss_log: Tensor,
-    norm_log: Tensor,
-    /// (LOG_SLOTS · grad_accum, row) per-sample losses, row = batch rounded
-    /// up to a view boundary.
+    /// (LOG_SLOTS · grad_accum, row) per-sample losses, row = the batch
+    /// rounded up to a view boundary.
     sample_log: Tensor,
-    /// Steps whose loss is in the logs but not yet read, with each sample's
-    /// timestep index.
-    pending: Vec<(u64, Vec<usize>)>,
 }
+
+impl ShardBuffers {
+    /// For micro-batches of `batch` (C, H, W) model inputs, `accum` per step.
+    fn new(gpu: &Gpu, batch: usize, accum: usize, input: [usize; 3], weighted: bool) -> Result<ShardBuffers> {
+        let [c, h, w] = input;
+        let per_micro = |shape: &[usize]| (0..accum).map(|_| gpu.uninit(shape)).collect::<Result<Vec<_>>>();
+        Ok(ShardBuffers {
+            x0: per_micro(&[batch, c, h, w])?,
+            loss_weights: if weighted { per_micro(&[batch])? } else { Vec::new() },
+            loss_log: gpu.zeros(&[LOG_SLOTS * accum * VIEW_ALIGN_ELEMS])?,
+            sample_log: gpu.zeros(&[LOG_SLOTS * accum * sample_log_row(batch)])?,
+        })
+    }
+
+    fn batch(&self) -> usize {
+        self.x0[0].shape()[0]
+    }
+}
+
+/// The world of one process, for trainers not given another.
+static SINGLE_PROCESS: SingleProcess = SingleProcess;
 
 /// GPU memory of a training run, in bytes.
 #[derive(Clone, Copy, Debug)]
@@ -472,18 +507,18 @@ impl<'g> Trainer<'g> {
         };
         let schedule = Schedule::new(scheduler.clone())?;
         let tables = DdpmTables::new(gpu, &schedule)?;
-        let loss_weights = match options.min_snr_gamma {
+        let min_snr_weights = match options.min_snr_gamma {
             0.0 => None,
-            gamma => Some(LossWeights {
-                per_timestep: min_snr_weights(&schedule, gamma),
-                batch: (0..options.grad_accum).map(|_| gpu.uninit(&[options.batch_size])).collect::<Result<_>>()?,
-            }),
+            gamma => Some(min_snr_weights(&schedule, gamma)),
         };
         let accum = options.grad_accum;
+        let input = [channels, h, w];
         Ok(Trainer {
             gpu,
             tables,
-            loss_weights,
+            shard: ShardBuffers::new(gpu, options.batch_size, accum, input, min_snr_weights.is_some())?,
+            min_snr_weights,
+            world: &SINGLE_PROCESS,
             grads: gpu.zeros(&[flat])?,
             // Zeros: the padding between parameters is never written, and is summed.
             micro_grads: if accum > 1 { Some(gpu.zeros(&[flat])?) } else { None },
@@ -492,15 +527,42 @@ impl<'g> Trainer<'g> {
             ema: gpu.upload(&[flat], ema)?,
             weights,
             step: 0,
-            x0: (0..accum).map(|_| gpu.uninit(&[options.batch_size, channels, h, w])).collect::<Result<_>>()?,
-            loss_log: gpu.zeros(&[LOG_SLOTS * accum * VIEW_ALIGN_ELEMS])?,
             norm_log: gpu.zeros(&[LOG_SLOTS * VIEW_ALIGN_ELEMS])?,
-            sample_log: gpu.zeros(&[LOG_SLOTS * accum * sample_log_row(options.batch_size)])?,
             pending: Vec::new(),
+            communication: std::time::Duration::ZERO,
             unet,
             scheduler,
             options,
         })
+    }
+
+    /// Train as one rank of `world`: each step this process takes its share
+    /// of the global batch (`batch_size` / N consecutive samples of each
+    /// micro-batch, rank order), with exactly the images, flips, timesteps
+    /// and noise those samples get in a single-process run, and the
+    /// gradients are averaged across ranks before clipping, Adam and EMA,
+    /// which then run identically everywhere.
+    pub fn with_world(mut self, world: &'g dyn Collective) -> Result<Trainer<'g>> {
+        let (batch, n) = (self.options.batch_size, world.size());
+        ensure!(
+            batch.is_multiple_of(n),
+            "--batch-size {batch} is the global batch and must divide by the {n} ranks of the job"
+        );
+        let shape = self.shard.x0[0].shape();
+        let input = [shape[1], shape[2], shape[3]];
+        let weighted = self.min_snr_weights.is_some();
+        self.shard = ShardBuffers::new(self.gpu, batch / n, self.options.grad_accum, input, weighted)?;
+        self.world = world;
+        Ok(self)
+    }
+
+    pub fn world(&self) -> &'g dyn Collective {
+        self.world
+    }
+
+    /// This rank's samples within each micro-batch of `batch_size`.
+    fn shard_range(&self) -> std::ops::Range<usize> {
+        share(self.options.batch_size, self.world.rank(), self.world.size())
     }
 
     /// Learning rate of step `s` (0-based): linear warm-up, then the run's
@@ -520,34 +582,41 @@ impl<'g> Trainer<'g> {
     /// `grad_accum` k, k micro-batches of `batch_size` whose mean gradient
     /// is that of one batch of k · `batch_size` (same images, timesteps and
     /// noise: every draw is made for the whole step, the noise keyed by the
-    /// sample's index in it).
+    /// sample's index in it). In a job of several ranks
+    /// ([`Trainer::with_world`]) this process computes its share of each
+    /// micro-batch, and the step waits for the gradient exchange.
     pub fn train_step(&mut self, data: &Dataset) -> Result<()> {
         let gpu = self.gpu;
         let s = self.step;
         let o = &self.options;
         let (micro, accum) = (o.batch_size, o.grad_accum);
         let mut rng = step_rng(o.seed, s);
+        // The whole step's draws, on every rank, so each takes the same ones a single process would.
         let indices = batch_indices(o.seed, s, micro * accum, data.len());
         let p = self.unet.config().patch_size;
         let batch = patch::unshuffle(&data.batch(&indices, o.flip, &mut rng), data.channels, data.resolution, p);
         let t_indices: Vec<usize> = (0..micro * accum).map(|_| rng.random_range(0..self.tables.steps)).collect();
+        let mine = self.shard_range();
+        let micro_shard = |j: usize| j * micro + mine.start..j * micro + mine.end;
         // Every upload comes before the first command, so the step is one submission.
         let image_floats = batch.len() / indices.len();
-        for (x0, images) in self.x0.iter().zip(batch.chunks(micro * image_floats)) {
-            gpu.write(x0, images)?;
+        for (j, x0) in self.shard.x0.iter().enumerate() {
+            let samples = micro_shard(j);
+            gpu.write(x0, &batch[samples.start * image_floats..samples.end * image_floats])?;
         }
-        if let Some(w) = &self.loss_weights {
-            for (dest, t) in w.batch.iter().zip(t_indices.chunks(micro)) {
-                let weights: Vec<f32> = t.iter().map(|&i| w.per_timestep[i]).collect();
+        if let Some(per_timestep) = &self.min_snr_weights {
+            for (j, dest) in self.shard.loss_weights.iter().enumerate() {
+                let weights: Vec<f32> = t_indices[micro_shard(j)].iter().map(|&i| per_timestep[i]).collect();
                 gpu.write(dest, &weights)?;
             }
         }
-        let ts: Vec<Tensor> = t_indices.chunks(micro).map(|t| ddpm::timesteps(gpu, t)).collect::<Result<_>>()?;
+        let ts: Vec<Tensor> =
+            (0..accum).map(|j| ddpm::timesteps(gpu, &t_indices[micro_shard(j)])).collect::<Result<_>>()?;
 
-        let row = sample_log_row(micro);
+        let row = sample_log_row(mine.len());
         for (j, t) in ts.iter().enumerate() {
-            let x0 = &self.x0[j];
-            let key = NoiseKey { seed: o.seed, step: s as u32, first_sample: (j * micro) as u32 };
+            let x0 = &self.shard.x0[j];
+            let key = NoiseKey { seed: o.seed, step: s as u32, first_sample: micro_shard(j).start as u32 };
             let (xt, eps) = ddpm::q_sample(gpu, &self.tables, x0, t, key)?;
             let grads = match (j, &self.micro_grads) {
                 (0, _) | (_, None) => &self.grads,
@@ -559,8 +628,8 @@ impl<'g> Trainer<'g> {
             let x = tape.input(xt);
             let target = tape.input(target);
             let pred = self.unet.forward_train(&mut tape, &p, &x, t, key)?;
-            let loss = match &self.loss_weights {
-                Some(w) => tape.weighted_mse_loss(&pred, &target, &w.batch[j])?,
+            let loss = match self.shard.loss_weights.get(j) {
+                Some(w) => tape.weighted_mse_loss(&pred, &target, w)?,
                 None => tape.mse_loss(&pred, &target)?,
             };
             // Each sample's loss, straight into its log slot (no gradient).
@@ -569,15 +638,24 @@ impl<'g> Trainer<'g> {
                 gpu,
                 &pred.value,
                 &target.value,
-                &self.sample_log.view(slot * row, &[micro])?,
+                &self.shard.sample_log.view(slot * row, &[mine.len()])?,
             )?;
-            gpu.copy(&loss.value, &self.loss_log.view(slot * VIEW_ALIGN_ELEMS, &[1])?)?;
+            gpu.copy(&loss.value, &self.shard.loss_log.view(slot * VIEW_ALIGN_ELEMS, &[1])?)?;
             drop(tape.backward_scaled(&loss, 1.0 / accum as f32)?);
             if j > 0 {
                 optimizer::accumulate_grads(gpu, &self.grads, grads)?;
             }
         }
 
+        if self.world.size() > 1 {
+            // Staged through host memory: wgpu devices cannot share buffers.
+            let mut grads = gpu.read(&self.grads)?;
+            let started = std::time::Instant::now();
+            self.world.mean_in_place(&mut grads)?;
+            gpu.write(&self.grads, &grads)?;
+            self.communication += started.elapsed();
+        }
+        let o = &self.options;
         let norm_sq = optimizer::grad_norm_sq(gpu, &self.grads)?;
         let adam = Adam {
             beta1: o.adam_beta1,
@@ -605,7 +683,7 @@ impl<'g> Trainer<'g> {
 
     /// (channels, height, width) of one training image (before patching).
     pub fn sample_shape(&self) -> [usize; 3] {
-        let s = self.x0[0].shape();
+        let s = self.shard.x0[0].shape();
         let p = self.unet.config().patch_size;
         [s[1] / (p * p), s[2] * p, s[3] * p]
     }
@@ -628,20 +706,31 @@ impl<'g> Trainer<'g> {
     }
 
     /// Read back the losses of the steps since the last call (waits for the
-    /// GPU). A NaN or infinite loss is an error naming its step.
+    /// GPU). A NaN or infinite loss is an error naming its step. In a job,
+    /// every rank calls this after the same steps and gets the whole job's
+    /// logs (each rank's losses are gathered).
     pub fn read_logs(&mut self) -> Result<Vec<StepLog>> {
         if self.pending.is_empty() {
             return Ok(Vec::new());
         }
-        let losses = self.gpu.read(&self.loss_log)?;
+        let accum = self.options.grad_accum;
+        let logged = self.pending.len() * accum;
+        let shard = self.shard.batch();
+        // This rank's logs as [slot losses | slot samples], then every rank's.
+        let mut mine: Vec<f32> =
+            self.gpu.read(&self.shard.loss_log)?.into_iter().step_by(VIEW_ALIGN_ELEMS).take(logged).collect();
+        let row = sample_log_row(shard);
+        let per_sample = self.gpu.read(&self.shard.sample_log)?;
+        mine.extend((0..logged).flat_map(|j| per_sample[j * row..j * row + shard].iter().copied()));
+        let all = self.world.all_gather(&mine)?;
+        let ranks: Vec<&[f32]> = all.chunks(mine.len()).collect();
         let norms = self.gpu.read(&self.norm_log)?;
-        let per_sample = self.gpu.read(&self.sample_log)?;
-        let (micro, accum) = (self.options.batch_size, self.options.grad_accum);
-        let row = sample_log_row(micro);
         let mut out = Vec::new();
         for (i, (s, t)) in std::mem::take(&mut self.pending).into_iter().enumerate() {
             let slots = i * accum..(i + 1) * accum;
-            let loss = slots.clone().map(|j| losses[j * VIEW_ALIGN_ELEMS]).sum::<f32>() / accum as f32;
+            // Equal shares: the mean of the ranks' means is the batch's mean.
+            let loss =
+                slots.clone().flat_map(|j| ranks.iter().map(move |r| r[j])).sum::<f32>() / (accum * ranks.len()) as f32;
             let norm = norms[i * VIEW_ALIGN_ELEMS];
             if !(loss.is_finite() && norm.is_finite()) {
                 let what = if loss.is_finite() {
@@ -651,8 +740,11 @@ impl<'g> Trainer<'g> {
                 };
                 bail!("the {what} at step {}: training stopped (lower --lr or check the data)", s + 1);
             }
-            let step_losses: Vec<f32> =
-                slots.flat_map(|j| per_sample[j * row..j * row + micro].iter().copied()).collect();
+            // In the step's sample order: micro-batch, then rank.
+            let step_losses: Vec<f32> = slots
+                .flat_map(|j| ranks.iter().flat_map(move |r| r[logged + j * shard..][..shard].iter()))
+                .copied()
+                .collect();
             let (decile_loss, decile_count) = decile_means(&step_losses, &t, self.tables.steps);
             out.push(StepLog {
                 step: s + 1,
@@ -766,14 +858,6 @@ impl<'g> Trainer<'g> {
         trainer.step = state.step;
         Ok((trainer, state))
     }
-}
-
-/// Min-SNR weighting's state: each timestep index's weight, and the
-/// (batch) tensor a step's sample weights are written to.
-struct LossWeights {
-    per_timestep: Vec<f32>,
-    /// One per micro-batch.
-    batch: Vec<Tensor>,
 }
 
 /// Min-SNR-gamma's loss weight of each timestep index: min(SNR_t, gamma) /

@@ -6,6 +6,10 @@
 //! Every save (checkpoint or grid) comes right after a readback, so a saved
 //! model was never trained on a non-finite loss, and the error that stops a
 //! diverged run names the last checkpoint that was saved truthfully.
+//!
+//! In a job of several ranks every rank runs this loop in step; rank 0 alone
+//! writes (metrics, checkpoints, grids, plots) and evaluates, and the ranks
+//! agree on an interruption before acting on it.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -181,14 +185,18 @@ pub fn run(
     interrupted: &AtomicBool,
 ) -> Result<Outcome> {
     settings.validate(data)?;
-    std::fs::create_dir_all(settings.samples_dir())
-        .with_context(|| format!("creating {}", settings.samples_dir().display()))?;
-    resume_metrics(&settings.out, trainer.step)?;
+    let root = trainer.world().rank() == 0;
+    if root {
+        std::fs::create_dir_all(settings.samples_dir())
+            .with_context(|| format!("creating {}", settings.samples_dir().display()))?;
+        resume_metrics(&settings.out, trainer.step)?;
+    }
     let mut curves = read_curves(&settings.metrics_csv());
     curves.loss.retain(|p| p.0 <= trainer.step);
     curves.decile_loss.retain(|p| p.0 <= trainer.step);
     curves.eval.retain(|p| p.step <= trainer.step);
     let evaluator = match settings.cadence.eval_every {
+        _ if !root => None,
         0 => None,
         _ => Some((DigitClassifier::shipped(trainer.gpu())?, Images::from_dataset(data))),
     };
@@ -196,6 +204,7 @@ pub fn run(
         // A resumed trainer starts at the step of the checkpoint it came from.
         last_saved: (trainer.step > 0).then_some(trainer.step),
         start_step: trainer.step,
+        root,
         started: Instant::now(),
         smoothed: None,
         curves,
@@ -205,12 +214,14 @@ pub fn run(
     };
     let total = state.trainer.options.steps;
     while state.trainer.step < total {
-        if interrupted.load(Ordering::SeqCst) {
+        if state.trainer.world().any(interrupted.load(Ordering::SeqCst))? {
             // The steps since the last readback still get their rows and a checkpoint.
             let logs = state.read_logs()?;
             state.record(&logs, None, observer)?;
-            state.save()?;
-            training_plot(&settings.out.join("loss.png"), &state.curves)?;
+            if root {
+                state.save()?;
+                training_plot(&settings.out.join("loss.png"), &state.curves)?;
+            }
             return Ok(Outcome::Interrupted);
         }
         state.trainer.train_step(data)?;
@@ -233,10 +244,10 @@ pub fn run(
             _ => None,
         };
         state.record(&logs, report.as_ref(), observer)?;
-        if due.checkpoint {
+        if root && due.checkpoint {
             state.save()?;
         }
-        if due.grid {
+        if root && due.grid {
             state.grid(&format!("step_{step:06}.png"))?;
             training_plot(&settings.out.join("loss.png"), &state.curves)?;
         }
@@ -253,6 +264,8 @@ struct RunState<'r, 'g> {
     /// The step of the newest checkpoint on disk.
     last_saved: Option<u64>,
     start_step: u64,
+    /// Rank 0 of the job (or the only process): the one that writes.
+    root: bool,
     started: Instant,
     smoothed: Option<f32>,
 }
@@ -300,7 +313,9 @@ impl RunState<'_, '_> {
             let (frechet, frechet_floor, confident_fraction) = (e.frechet, e.frechet_floor, e.confident_fraction);
             self.curves.eval.push(EvalPoint { step, frechet, frechet_floor, confident_fraction });
         }
-        append_metrics(&self.settings.out, logs, images_per_second, &eval)?;
+        if self.root {
+            append_metrics(&self.settings.out, logs, images_per_second, &eval)?;
+        }
         for l in logs {
             self.smoothed = Some(self.smoothed.map_or(l.loss, |s| 0.9 * s + 0.1 * l.loss));
             self.curves.loss.push((l.step, l.loss));

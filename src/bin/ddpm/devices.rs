@@ -1,9 +1,12 @@
-//! `ddpm devices`: every adapter wgpu can see, with what the engine uses.
+//! `ddpm devices`: every adapter wgpu can see, with what the engine uses;
+//! under `mpirun`, the job's size and the adapter each rank opens.
 
 use anyhow::Result;
 use ddpm_wgpu::gpu::{enumerate_adapters, Gpu, GpuOptions};
 
-pub fn devices(options: &GpuOptions) -> Result<()> {
+use crate::job::Job;
+
+pub fn devices(options: &GpuOptions, job: &Job) -> Result<()> {
     let adapters = enumerate_adapters(options)?;
     if adapters.is_empty() {
         // Gpu::new explains how to get an adapter.
@@ -11,6 +14,19 @@ pub fn devices(options: &GpuOptions) -> Result<()> {
     }
     // Listed even when the requested adapter is missing; that error comes after the list.
     let opened = Gpu::new(options).map(|g| g.info().clone());
+    if job.world().size() > 1 {
+        let mine = match &opened {
+            Ok(info) => info.to_string(),
+            Err(e) => format!("no adapter ({e:#})"),
+        };
+        let ranks = job.describe_ranks(&mine)?;
+        if !job.is_root() {
+            return opened.map(|_| ());
+        }
+        println!("MPI job of {} ranks:", ranks.len());
+        ranks.iter().for_each(|r| println!("  {r}"));
+        println!("adapters on rank 0's host:");
+    }
     let chosen = opened.as_ref().ok();
     for adapter in &adapters {
         let info = adapter.get_info();

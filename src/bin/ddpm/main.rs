@@ -5,6 +5,7 @@
 mod args;
 mod devices;
 mod eval;
+mod job;
 mod sample;
 
 use std::path::Path;
@@ -19,6 +20,7 @@ use ddpm_wgpu::gpu::{Gpu, GpuOptions};
 use ddpm_wgpu::train::{existing_checkpoint, read_state, run, DataSpec, Observer, Outcome, Readout, Trainer};
 use ddpm_wgpu::unet::UNetConfig;
 use indicatif::{ProgressBar, ProgressStyle};
+use job::Job;
 
 #[derive(Parser)]
 #[command(name = "ddpm", version, about = "Train and sample DDPM diffusion models on any GPU wgpu reaches")]
@@ -37,7 +39,8 @@ struct Cli {
 enum Command {
     /// List every adapter wgpu can see, with the limits and features the engine uses.
     Devices,
-    /// Train a DDPM (defaults: the MNIST digits shipped in assets/).
+    /// Train a DDPM (defaults: the MNIST digits shipped in assets/). Under `mpirun -np N`
+    /// (built with `--features mpi`) the N ranks train one model, data-parallel.
     Train(Box<TrainArgs>),
     /// Draw samples from a checkpoint (ours or a diffusers UNet2DModel folder).
     Sample(SampleArgs),
@@ -50,18 +53,30 @@ enum Command {
 
 fn main() {
     let cli = Cli::parse();
-    let options =
-        GpuOptions { backend: cli.backend.clone(), adapter_name: cli.adapter.clone(), ..GpuOptions::default() };
+    let job = Job::join().unwrap_or_else(|e| Job::Single(Default::default()).fail(e));
+    let options = GpuOptions {
+        backend: cli.backend.clone(),
+        adapter_name: cli.adapter.clone(),
+        // Each rank on a host takes the next of its equally good adapters.
+        ordinal: job.local_rank(),
+        ..GpuOptions::default()
+    };
     let result = match cli.command {
-        Command::Devices => devices::devices(&options),
-        Command::Train(args) => train(&options, *args),
-        Command::Sample(args) => sample::sample_command(&options, args),
-        Command::Eval(args) => eval::eval_command(&options, args),
+        Command::Devices => devices::devices(&options, &job),
+        Command::Train(args) => train(&options, *args, &job),
+        Command::Sample(args) => only_alone(&job, "sample").and_then(|()| sample::sample_command(&options, args)),
+        Command::Eval(args) => only_alone(&job, "eval").and_then(|()| eval::eval_command(&options, args)),
     };
     if let Err(e) = result {
-        eprintln!("error: {e:#}");
-        std::process::exit(1);
+        job.fail(e);
     }
+}
+
+/// Sampling and evaluation run in one process.
+fn only_alone(job: &Job, command: &str) -> Result<()> {
+    let n = job.world().size();
+    ensure!(n == 1, "`ddpm {command}` runs in one process, not as {n} MPI ranks (only `train` is data-parallel)");
+    Ok(())
 }
 
 pub(crate) fn progress_bar(len: u64) -> ProgressBar {
@@ -82,16 +97,21 @@ pub(crate) fn ensure_writable(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-fn train(options: &GpuOptions, args: TrainArgs) -> Result<()> {
+fn train(options: &GpuOptions, args: TrainArgs, job: &Job) -> Result<()> {
     let recipe = args.recipe()?;
     if args.resume.is_some() {
         args.check_resume()?;
     }
     let out = args.out();
-    ensure_writable(&out)?;
-    // Held until the process ends (a kill included): a second run into `out` is refused.
     let settings = args.run_settings(out.clone());
-    let _lock = settings.lock()?;
+    // Rank 0 alone writes into `out`.
+    let _lock = if job.is_root() {
+        ensure_writable(&out)?;
+        // Held until the process ends (a kill included): a second run into `out` is refused.
+        Some(settings.lock()?)
+    } else {
+        None
+    };
     let checkpoint_dir = settings.checkpoint_dir();
     // A resumed run keeps its config and data; a new one takes them from the recipe and flags.
     let (config, spec) = match &args.resume {
@@ -128,28 +148,47 @@ fn train(options: &GpuOptions, args: TrainArgs) -> Result<()> {
     };
     let data = spec.load()?;
     let gpu = Gpu::new(options)?;
-    eprintln!("adapter: {}", gpu.info());
+    let world = job.world();
+    let ranks = job.describe_ranks(&gpu.info().to_string())?;
+    // Only rank 0 speaks (the others' errors still reach stderr).
+    let say = |line: &str| {
+        if job.is_root() {
+            eprintln!("{line}")
+        }
+    };
+    match world.size() {
+        1 => say(&format!("adapter: {}", gpu.info())),
+        n => {
+            say(&format!("MPI job of {n} ranks, data-parallel:"));
+            ranks.iter().for_each(|r| say(&format!("  {r}")));
+        }
+    }
     let (channels, resolution) = (spec.channels, spec.resolution);
-    eprintln!("data: {} images of {channels}x{resolution}x{resolution} from {}", data.len(), data.source);
+    say(&format!("data: {} images of {channels}x{resolution}x{resolution} from {}", data.len(), data.source));
     let shape = [channels, resolution, resolution];
-    let mut trainer = match &args.resume {
+    let trainer = match &args.resume {
         Some(_) => {
             let (trainer, state) = Trainer::resume(&gpu, &checkpoint_dir, args.steps, shape)?;
-            eprintln!("resuming at step {} of {} (seed {})", state.step, trainer.options.steps, trainer.options.seed);
+            let o = &trainer.options;
+            say(&format!("resuming at step {} of {} (seed {})", state.step, o.steps, o.seed));
             trainer
         }
         None => Trainer::new(&gpu, &config, args.scheduler(&recipe), args.options(&recipe), shape)?,
     };
+    let mut trainer = trainer.with_world(world)?;
     let o = &trainer.options;
     let parameters = trainer.unet.table.count() as f64 / 1e6;
-    let batch = match o.grad_accum {
+    let mut batch = match o.grad_accum {
         1 => o.batch_size.to_string(),
         k => format!("{} ({k} micro-batches of {})", o.images_per_step(), o.batch_size),
     };
-    eprintln!(
+    if world.size() > 1 {
+        batch += &format!(", {} per rank", o.batch_size / world.size());
+    }
+    say(&format!(
         "UNet: {parameters:.2}M parameters; batch {batch}, {} steps, lr {} ({:?} after warm-up)",
         o.steps, o.lr, o.lr_schedule
-    );
+    ));
 
     // Ctrl-C and SIGTERM stop the run after the current step, with a
     // checkpoint; a second one stops at once (the last complete checkpoint
@@ -163,7 +202,8 @@ fn train(options: &GpuOptions, args: TrainArgs) -> Result<()> {
         }
     })
     .context("installing the Ctrl-C handler")?;
-    let mut progress = ProgressOutput { bar: progress_bar(trainer.options.steps) };
+    let bar = if job.is_root() { progress_bar(trainer.options.steps) } else { ProgressBar::hidden() };
+    let mut progress = ProgressOutput { bar, quiet: !job.is_root() };
     progress.bar.set_position(trainer.step);
     let (start_step, started) = (trainer.step, Instant::now());
     let outcome = run(&mut trainer, &data, &spec, &settings, &mut progress, &interrupted);
@@ -176,22 +216,31 @@ fn train(options: &GpuOptions, args: TrainArgs) -> Result<()> {
         Ok(Outcome::Interrupted) => {
             bar.abandon_with_message("interrupted");
             let step = trainer.step;
-            eprintln!(
+            say(&format!(
                 "interrupted at step {step}: checkpoint saved; continue with `ddpm train --resume {}`",
                 out.display()
-            );
+            ));
             Ok(())
         }
         Ok(Outcome::Finished) => {
             bar.finish();
-            eprintln!(
-                "done: {} steps in {:.0} s. Checkpoint: {}, samples: {}, metrics: {}",
-                trainer.step - start_step,
-                started.elapsed().as_secs_f64(),
+            let (steps, seconds) = (trainer.step - start_step, started.elapsed().as_secs_f64());
+            say(&format!(
+                "done: {steps} steps in {seconds:.0} s. Checkpoint: {}, samples: {}, metrics: {}",
                 checkpoint_dir.display(),
                 settings.samples_dir().display(),
                 settings.metrics_csv().display()
-            );
+            ));
+            if world.size() > 1 && steps > 0 {
+                let exchange = trainer.communication.as_secs_f64() / steps as f64;
+                say(&format!(
+                    "gradient exchange: {:.2} MiB of gradients per rank per step, {:.1} ms per step on rank 0 \
+                     ({:.1}% of its step time; waiting for the slowest rank included)",
+                    (trainer.unet.table.flat_len * 4) as f64 / (1 << 20) as f64,
+                    exchange * 1e3,
+                    100.0 * exchange * steps as f64 / seconds
+                ));
+            }
             Ok(())
         }
     }
@@ -200,10 +249,15 @@ fn train(options: &GpuOptions, args: TrainArgs) -> Result<()> {
 /// A training run's progress: a bar on a terminal, one line per readback otherwise.
 struct ProgressOutput {
     bar: ProgressBar,
+    /// A rank other than 0 of a job: says nothing.
+    quiet: bool,
 }
 
 impl Observer for ProgressOutput {
     fn step(&mut self, step: u64, readout: Option<&Readout>) {
+        if self.quiet {
+            return;
+        }
         if let Some(r) = readout {
             let message = format!(
                 "loss {:.4} | {:.2} it/s | {:.1} img/s",
@@ -220,6 +274,8 @@ impl Observer for ProgressOutput {
     }
 
     fn note(&mut self, line: &str) {
-        self.bar.suspend(|| eprintln!("{line}"));
+        if !self.quiet {
+            self.bar.suspend(|| eprintln!("{line}"));
+        }
     }
 }
