@@ -5,6 +5,9 @@
 //! `cargo bench -- matmul conv` runs only benchmarks whose kernel name
 //! contains one of the words. Results go to `target/bench-results.json`.
 //! BENCH_REPEATS sets the timed runs per case (default 5; median reported).
+//! BENCH_UNET=patched (or default, cifar10) keeps only that UNet's
+//! train_step, sample_step and profile; `cargo bench -- profile` prints
+//! where each UNet's training step spends its GPU time, by kernel.
 
 mod ceiling;
 
@@ -336,31 +339,48 @@ fn unet_forward_flops(config: &UNetConfig, batch: usize, resolution: usize) -> f
     flops + conv(config.block_out_channels[0], config.out_channels, 3, hw[0])
 }
 
+/// Kernels a profile lists by name (the rest are summed in one line).
+const PROFILE_TOP: usize = 12;
+
 fn bench_unet(b: &mut Bench) -> Result<()> {
+    // (name, config, batch, patch size): "default" is the default run's model
+    // unpatched at 32x32; "patched" is what `ddpm train` trains by default.
     let configs = [
-        ("default", include_str!("../assets/configs/default_unet.json"), 32),
-        ("cifar10", include_str!("../assets/configs/ddpm_cifar10_unet.json"), 8),
+        ("default", include_str!("../assets/configs/default_unet.json"), 32, 1),
+        ("patched", include_str!("../assets/configs/default_unet.json"), 64, 2),
+        ("cifar10", include_str!("../assets/configs/ddpm_cifar10_unet.json"), 8, 1),
     ];
     let data = ddpm_wgpu::data::Dataset::mnist(32, Some(256))?;
-    for (name, json, batch) in configs {
+    let only = std::env::var("BENCH_UNET").ok();
+    for (name, json, batch, patch) in configs.into_iter().filter(|c| only.as_deref().is_none_or(|o| o == c.0)) {
         let mut config = UNetConfig::from_json(json)?;
-        if b.wanted("train_step") {
-            // Trained on the shipped digits, whatever the config's channels.
-            config.in_channels = 1;
-            config.out_channels = 1;
-            let options = TrainOptions { batch_size: batch, steps: u64::MAX, ..TrainOptions::default() };
+        // Trained on the shipped digits, whatever the config's channels.
+        config.in_channels = patch * patch;
+        config.out_channels = patch * patch;
+        config.patch_size = patch;
+        config.sample_size = Some(32 / patch);
+        let resolution = 32 / patch;
+        if b.wanted("train_step") || b.wanted("profile") {
+            let options = TrainOptions { batch_size: batch, steps: 1_000_000, ..TrainOptions::default() };
             let mut trainer = Trainer::new(b.gpu, &config, SchedulerConfig::default(), options, [1, 32, 32])?;
             let params = trainer.unet.table.count() as f64 / 1e6;
             // Backward costs about twice the forward.
-            let flops = 3.0 * unet_forward_flops(&config, batch, 32);
+            let flops = 3.0 * unet_forward_flops(&config, batch, resolution);
             let label = format!("{name} ({params:.2}M params) batch {batch}");
-            b.run("train_step", &label, Work::Flops(flops), |_| trainer.train_step(&data))?;
+            if b.wanted("train_step") {
+                b.run("train_step", &label, Work::Flops(flops), |_| trainer.train_step(&data))?;
+            }
             trainer.read_logs()?;
             let before = b.gpu.launch_count();
             trainer.train_step(&data)?;
             trainer.read_logs()?;
             println!("    kernel launches per step: {}", b.gpu.launch_count() - before);
             println!("    memory: {}", trainer.memory());
+            if b.wanted("profile") && b.gpu.info().timestamps {
+                let profile = b.gpu.profile(|| trainer.train_step(&data))?;
+                trainer.read_logs()?;
+                print_profile(&format!("train_step {label}"), &profile);
+            }
         }
         if b.wanted("sample_step") {
             let batch = 16;
@@ -371,9 +391,9 @@ fn bench_unet(b: &mut Bench) -> Result<()> {
                 &unet.table.init(0, ddpm_wgpu::unet::layout::InitScheme::Ddpm),
             )?;
             let tables = DdpmTables::new(b.gpu, &Schedule::new(SchedulerConfig::default())?)?;
-            let x = b.random(&[batch, config.in_channels, 32, 32])?;
+            let x = b.random(&[batch, config.in_channels, resolution, resolution])?;
             let t = ddpm::timesteps(b.gpu, &vec![500; batch])?;
-            let flops = unet_forward_flops(&config, batch, 32);
+            let flops = unet_forward_flops(&config, batch, resolution);
             let label = format!("{name} batch {batch}");
             b.run("sample_step", &label, Work::Flops(flops), |gpu| {
                 let eps = ddpm_wgpu::sample::predict_noise(gpu, &unet, &weights, &x, &t)?;
@@ -382,6 +402,29 @@ fn bench_unet(b: &mut Bench) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Where a step's GPU time goes, by kernel: the largest [`PROFILE_TOP`]
+/// and the rest.
+fn print_profile(what: &str, profile: &ddpm_wgpu::gpu::Profile) {
+    println!(
+        "    profile of one {what}: {:.1} ms in kernels ({:.1} ms wall, one pass per launch)",
+        profile.total_ms, profile.wall_ms
+    );
+    for k in profile.kernels.iter().take(PROFILE_TOP) {
+        let share = 100.0 * k.ms / profile.total_ms;
+        println!("      {:>8.2} ms {share:5.1}% {:>4}x  {}", k.ms, k.launches, k.kernel);
+    }
+    let rest = &profile.kernels[profile.kernels.len().min(PROFILE_TOP)..];
+    if !rest.is_empty() {
+        let ms: f64 = rest.iter().map(|k| k.ms).sum();
+        let launches: usize = rest.iter().map(|k| k.launches).sum();
+        println!(
+            "      {ms:>8.2} ms {:5.1}% {launches:>4}x  {} other kernels",
+            100.0 * ms / profile.total_ms,
+            rest.len()
+        );
+    }
 }
 
 fn bench_conv2d(b: &mut Bench) -> Result<()> {
@@ -403,6 +446,10 @@ fn bench_conv2d(b: &mut Bench) -> Result<()> {
         ("stride 2 [32,64,32,32]->64", square(32, 64, 32, 64, 3, 2, [1; 4])),
         ("stride 2 SAME [32,64,16,16]->64", square(32, 64, 16, 64, 3, 2, [0, 1, 0, 1])),
         ("1x1 [32,128,16,16]->64", square(32, 128, 16, 64, 1, 1, [0; 4])),
+        // The default run's top two levels (2x2 patches, batch 64) and the CIFAR-10 UNet's top level.
+        ("[64,16,16,16]->16", square(64, 16, 16, 16, 3, 1, [1; 4])),
+        ("[64,32,8,8]->32", square(64, 32, 8, 32, 3, 1, [1; 4])),
+        ("[8,128,32,32]->128", square(8, 128, 32, 128, 3, 1, [1; 4])),
     ];
     for (label, g) in cases {
         let x = b.random(&g.x_shape())?;

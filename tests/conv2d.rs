@@ -90,6 +90,8 @@ fn three_by_three_stride_one() {
     check(geom([1, 3, 9, 6], 16, 3, 1, [1; 4]));
     // Few channels over many pixels: grad-weight splits its pixel sum.
     check(geom([2, 3, 16, 32], 4, 3, 1, [1; 4]));
+    // The default run's top level: 16 channels at 16x16.
+    check(geom([2, 16, 16, 16], 16, 3, 1, [1; 4]));
     // Many output channels (not a multiple of any tile): wider grad-weight tiles.
     check(geom([1, 3, 4, 8], 70, 3, 1, [1; 4]));
     // Asymmetric padding: no left halo and two halo columns on the right.

@@ -15,7 +15,7 @@ mod timing;
 pub use kernel::{Access, Caps, Kernel, Shader, ALL_SHADERS};
 pub use pool::PoolStats;
 pub use tensor::{Tensor, VIEW_ALIGN_ELEMS};
-pub use timing::Timing;
+pub use timing::{KernelTime, Profile, Timing};
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -161,6 +161,8 @@ struct Recording {
     launches: u64,
     copies: u64,
     submissions: u64,
+    /// While [`Gpu::profile`] runs: every launch is timestamped.
+    profiling: Option<timing::Profiling>,
 }
 
 fn parse_backends(list: &str) -> Result<wgpu::Backends> {
@@ -452,24 +454,29 @@ impl Gpu {
         let staging = self.pooled_buffer(bytes.max(4), BufferKind::Readback)?;
         self.with_encoder(|enc| enc.copy_buffer_to_buffer(t.buffer(), t.byte_offset(), &staging, 0, bytes));
         self.submit();
-        let out = if bytes == 0 {
-            Vec::new()
-        } else {
-            let slice = staging.slice(0..bytes);
-            let (tx, rx) = std::sync::mpsc::channel();
-            slice.map_async(wgpu::MapMode::Read, move |r| {
-                let _ = tx.send(r);
-            });
-            self.wait()?;
-            rx.recv().context("readback callback dropped")?.context("mapping readback buffer")?;
-            let view = slice.get_mapped_range().map_err(|e| anyhow!("reading back: {e:?}"))?;
-            let v = bytemuck::cast_slice::<u8, f32>(&view).to_vec();
-            drop(view);
-            staging.unmap();
-            v
-        };
+        let out = self.map_read(&staging, bytes)?;
         Pool::give_back(&self.pool, staging, BufferKind::Readback);
         Ok(out)
+    }
+
+    /// The first `bytes` of a `MAP_READ` buffer whose contents have been
+    /// submitted (waits for the GPU), as `T`s; unmapped again after.
+    fn map_read<T: bytemuck::Pod>(&self, buffer: &wgpu::Buffer, bytes: u64) -> Result<Vec<T>> {
+        if bytes == 0 {
+            return Ok(Vec::new());
+        }
+        let slice = buffer.slice(0..bytes);
+        let (tx, rx) = std::sync::mpsc::channel();
+        slice.map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        self.wait()?;
+        rx.recv().context("readback callback dropped")?.context("mapping readback buffer")?;
+        let view = slice.get_mapped_range().map_err(|e| anyhow!("reading back: {e:?}"))?;
+        let v = bytemuck::cast_slice::<u8, T>(&view).to_vec();
+        drop(view);
+        buffer.unmap();
+        Ok(v)
     }
 
     /// Copy `src` into `dst` (same element count) on the GPU.
@@ -613,12 +620,29 @@ impl Gpu {
         rec.params.extend_from_slice(param_bytes);
         rec.params.resize((offset + self.param_align) as usize, 0);
         rec.launches += 1;
+        let timestamps = match &mut rec.profiling {
+            // A pass of its own, timestamped at its start and end.
+            Some(p) => Some(p.next(kernel)?),
+            None => None,
+        };
+        if timestamps.is_some() {
+            rec.pass = None;
+        }
         if rec.pass.is_none() {
-            let encoder = rec.encoder.get_or_insert_with(|| {
+            let Recording { encoder, profiling, .. } = &mut *rec;
+            let encoder = encoder.get_or_insert_with(|| {
                 self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("step") })
             });
+            let timestamp_writes = match (timestamps, profiling) {
+                (Some(first), Some(p)) => Some(wgpu::ComputePassTimestampWrites {
+                    query_set: &p.queries,
+                    beginning_of_pass_write_index: Some(first),
+                    end_of_pass_write_index: Some(first + 1),
+                }),
+                _ => None,
+            };
             let pass = encoder
-                .begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("kernels"), timestamp_writes: None })
+                .begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("kernels"), timestamp_writes })
                 .forget_lifetime();
             rec.pass = Some(pass);
         }
