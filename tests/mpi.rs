@@ -136,6 +136,10 @@ fn two_ranks_train_as_one_process_bit_identically_and_resume_in_one() {
     assert!(banner.contains("MPI job of 2 ranks") && banner.contains("rank 1 (host"), "{banner}");
     assert!(banner.contains("4 per rank"), "{banner}");
     run(mpirun(2, &train_args(&config, &job_b, "5", "8", "1000"), "parity"));
+    // `ddpm devices` under mpirun: the job's size and each rank's adapter, once (from rank 0).
+    let listing = String::from_utf8_lossy(&run(mpirun(2, &["devices"], "devices")).stdout).into_owned();
+    assert!(listing.contains("MPI job of 2 ranks") && listing.contains("rank 0 (host"), "{listing}");
+    assert!(listing.contains("rank 1 (host") && listing.matches("MPI job").count() == 1, "{listing}");
 
     let single_rows = metrics(Path::new(&one));
     assert_eq!(single_rows.len(), 5);
