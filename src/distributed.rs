@@ -145,9 +145,8 @@ pub mod mpi {
                 &Partition::new(&values[..], &counts[..], &displs[..]),
                 &mut PartitionMut::new(&mut received[..], &recv_counts[..], &recv_displs[..]),
             );
-            let scale = 1.0 / n as f32;
             let summed: Vec<f32> =
-                (0..part).map(|i| (0..n).fold(0.0f32, |sum, r| sum + received[r * part + i]) * scale).collect();
+                (0..part).map(|i| (0..n).fold(0.0f32, |sum, r| sum + received[r * part + i]) / n as f32).collect();
             self.world.all_gather_varcount_into(&summed[..], &mut PartitionMut::new(values, &counts[..], &displs[..]));
             Ok(())
         }

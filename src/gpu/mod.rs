@@ -613,6 +613,12 @@ impl Gpu {
         let bind_group = self.bind_group(kernel, &pipeline.tensors_layout, tensors);
 
         let mut rec = self.recording.lock().unwrap();
+        // While profiling: a pass of its own, timestamped at its start and end
+        // (checked first, so a full profile records nothing of this launch).
+        let timestamps = match &mut rec.profiling {
+            Some(p) => Some(p.next(kernel)?),
+            None => None,
+        };
         if rec.params.len() as u64 >= self.param_align * PARAM_RING_SLOTS {
             self.submit_locked(&mut rec);
         }
@@ -620,11 +626,6 @@ impl Gpu {
         rec.params.extend_from_slice(param_bytes);
         rec.params.resize((offset + self.param_align) as usize, 0);
         rec.launches += 1;
-        let timestamps = match &mut rec.profiling {
-            // A pass of its own, timestamped at its start and end.
-            Some(p) => Some(p.next(kernel)?),
-            None => None,
-        };
         if timestamps.is_some() {
             rec.pass = None;
         }

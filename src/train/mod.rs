@@ -548,10 +548,12 @@ impl<'g> Trainer<'g> {
             batch.is_multiple_of(n),
             "--batch-size {batch} is the global batch and must divide by the {n} ranks of the job"
         );
-        let shape = self.shard.x0[0].shape();
-        let input = [shape[1], shape[2], shape[3]];
-        let weighted = self.min_snr_weights.is_some();
-        self.shard = ShardBuffers::new(self.gpu, batch / n, self.options.grad_accum, input, weighted)?;
+        if n > 1 {
+            let shape = self.shard.x0[0].shape();
+            let input = [shape[1], shape[2], shape[3]];
+            let weighted = self.min_snr_weights.is_some();
+            self.shard = ShardBuffers::new(self.gpu, batch / n, self.options.grad_accum, input, weighted)?;
+        }
         self.world = world;
         Ok(self)
     }
