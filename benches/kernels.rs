@@ -396,7 +396,7 @@ fn bench_unet(b: &mut Bench) -> Result<()> {
             let flops = unet_forward_flops(&config, batch, resolution);
             let label = format!("{name} batch {batch}");
             b.run("sample_step", &label, Work::Flops(flops), |gpu| {
-                let eps = ddpm_wgpu::sample::predict_noise(gpu, &unet, &weights, &x, &t)?;
+                let eps = ddpm_wgpu::sample::predict_noise(gpu, &unet, &weights, &x, &t, None)?;
                 ddpm::p_sample(gpu, &tables, &x, &eps, &t, NoiseKey { seed: 1, step: 500, first_sample: 0 }).map(drop)
             })?;
         }

@@ -30,6 +30,9 @@ pub struct Dataset {
     pub resolution: usize,
     /// (len, channels, resolution, resolution), values in [-1, 1].
     pixels: Vec<f32>,
+    /// Each sample's class, and how many classes there are (the MNIST
+    /// digits have them; an image folder has none).
+    labels: Option<(Vec<usize>, usize)>,
     /// Where each sample came from, for messages.
     pub source: String,
 }
@@ -70,19 +73,32 @@ impl Dataset {
         &self.pixels[i * self.sample_len()..(i + 1) * self.sample_len()]
     }
 
+    /// How many classes the samples are labelled with (None: unlabelled).
+    pub fn classes(&self) -> Option<usize> {
+        self.labels.as_ref().map(|(_, classes)| *classes)
+    }
+
+    /// The class of each of `indices` (None: unlabelled).
+    pub fn labels_of(&self, indices: &[usize]) -> Option<Vec<usize>> {
+        self.labels.as_ref().map(|(labels, _)| indices.iter().map(|&i| labels[i]).collect())
+    }
+
     /// A dataset of `pixels`, (len, C, R, R) in [-1, 1].
     pub fn from_pixels(channels: usize, resolution: usize, pixels: Vec<f32>, source: &str) -> Result<Dataset> {
         let len = channels * resolution * resolution;
         if len == 0 || pixels.is_empty() || !pixels.len().is_multiple_of(len) {
             bail!("{source}: {} values do not make {channels}x{resolution}x{resolution} images", pixels.len());
         }
-        Ok(Dataset { channels, resolution, pixels, source: source.to_string() })
+        Ok(Dataset { channels, resolution, pixels, labels: None, source: source.to_string() })
     }
 
     /// Only the first `n` samples.
     pub fn truncated(mut self, n: usize) -> Dataset {
-        let keep = n.min(self.len()) * self.sample_len();
-        self.pixels.truncate(keep);
+        let n = n.min(self.len());
+        self.pixels.truncate(n * self.sample_len());
+        if let Some((labels, _)) = &mut self.labels {
+            labels.truncate(n);
+        }
         self
     }
 
@@ -107,7 +123,10 @@ impl Dataset {
                 }
             }
         }
-        Ok(Dataset { channels: 1, resolution, pixels, source: "MNIST digits (assets/mnist)".into() })
+        let mut labels = mnist_labels();
+        labels.truncate(count);
+        let labels = Some((labels, MNIST_CLASS_COUNTS.len()));
+        Ok(Dataset { channels: 1, resolution, pixels, labels, source: "MNIST digits (assets/mnist)".into() })
     }
 
     /// Every image under `dir` (recursive), centre-cropped to a square and
@@ -144,7 +163,7 @@ impl Dataset {
         if skipped > 0 {
             eprintln!("warning: skipped {skipped} of {} files", files.len());
         }
-        Ok(Dataset { channels, resolution, pixels, source: dir.display().to_string() })
+        Ok(Dataset { channels, resolution, pixels, labels: None, source: dir.display().to_string() })
     }
 
     /// Gather samples `indices` into one (batch, C, R, R) array, mirroring

@@ -21,6 +21,7 @@ use anyhow::{bail, ensure, Context, Result};
 
 use crate::data::Dataset;
 use crate::gpu::{Gpu, Tensor, VIEW_ALIGN_ELEMS};
+use crate::ops::cross_entropy::class_labels;
 use crate::ops::ddpm::{self, noise_steps, DdpmTables, NoiseKey};
 use crate::ops::vlb::{self, VlbTables};
 use crate::sample::{predict_noise, Model, NoisePredictor, Progress};
@@ -173,7 +174,8 @@ pub fn bits_per_dim(
             &t,
             NoiseKey { seed: request.seed, step: noise_steps::NLL + i as u32, first_sample: request.first_sample },
         )?;
-        let output = model(&xt, &t, i).with_context(|| format!("nll: the model at timestep index {i}"))?;
+        let output = model(&xt, &t, i, request.first_sample as usize)
+            .with_context(|| format!("nll: the model at timestep index {i}"))?;
         ensure!(
             output.shape() == x0.shape(),
             "nll: the model returned {:?} for x_t {:?} at timestep index {i}",
@@ -274,7 +276,12 @@ pub fn dataset_bits_per_dim(
             crate::patch::unshuffle(&real.pixels()[first * len..(first + n) * len], real.channels, resolution, p);
         let x0 = gpu.upload(&[n, config.in_channels, resolution / p, resolution / p], &images)?;
         let chunk = NllRequest { first_sample: request.first_sample + first as u32, ..*request };
-        let mut predictor = |x: &Tensor, t: &Tensor, _: usize| predict_noise(gpu, &model.unet, &model.weights, x, t);
+        // A class-conditional model's bound is that of its "no class" half: p(x), not p(x | y).
+        let unconditional =
+            config.num_class_embeds.map(|embeds| class_labels(gpu, &vec![embeds - 1; n], embeds)).transpose()?;
+        let mut predictor = |x: &Tensor, t: &Tensor, _: usize, _: usize| {
+            predict_noise(gpu, &model.unet, &model.weights, x, t, unconditional.as_ref())
+        };
         parts.push(bits_per_dim(gpu, &mut predictor, &model.scheduler, &x0, &chunk, &mut |done, _| {
             progress(c * per_chunk + done, chunks * per_chunk)
         })?);

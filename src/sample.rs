@@ -13,7 +13,10 @@ use anyhow::{bail, ensure, Context, Result};
 
 use crate::gpu::{Gpu, Tensor, VIEW_ALIGN_ELEMS};
 use crate::ops::attention::MAX_PROBS_BYTES;
+use crate::ops::concat::{concat, split};
+use crate::ops::cross_entropy::class_labels;
 use crate::ops::ddpm::{self, noise_steps, DdimTables, DdpmTables, NoiseKey};
+use crate::ops::elementwise as ew;
 use crate::patch;
 use crate::schedule::{ddim_timesteps, Schedule, SchedulerConfig};
 use crate::tape::Tape;
@@ -120,6 +123,27 @@ fn weights_file(dir: &Path, variant: Option<&str>) -> Result<PathBuf> {
 /// Progress of a sampling run: (steps done, total).
 pub type Progress<'a> = &'a mut dyn FnMut(usize, usize);
 
+/// How a class-conditional model is sampled. Such a model's last class
+/// embedding is "no class" (what training's class dropout puts in a label's
+/// place), so it has `num_class_embeds - 1` classes.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Guidance {
+    /// Every sample of this class; None: sample i of class i mod the
+    /// model's classes (every class equally, in grid order).
+    pub class: Option<usize>,
+    /// Classifier-free guidance weight w (Ho & Salimans 2022): the model's
+    /// output is u + w (c - u), c at the sample's class and u at "no
+    /// class". 1 is the conditional model alone (one UNet pass), 0 the
+    /// unconditional one; above 1 trades variety for class-typical samples.
+    pub scale: f32,
+}
+
+impl Guidance {
+    /// What `ddpm sample`, `ddpm eval` and the training grids use unless told
+    /// otherwise: all classes at guidance 2 (NOTES.md, "The default recipe").
+    pub const DEFAULT: Guidance = Guidance { class: None, scale: 1.75 };
+}
+
 /// What to draw.
 #[derive(Clone, Copy, Debug)]
 pub struct SampleRequest {
@@ -135,6 +159,8 @@ pub struct SampleRequest {
     /// so the result does not depend on it; [`default_sample_batch`] picks
     /// the largest the adapter holds.
     pub batch_size: usize,
+    /// Classes and guidance, for a class-conditional model (ignored by others).
+    pub guidance: Guidance,
 }
 
 /// Draw samples from `unet`; returns them as (count, C, R, R) images in
@@ -155,7 +181,29 @@ pub fn sample(
         "sample: resolution {} does not split into the model's {p}x{p} patches",
         request.resolution
     );
-    let mut model = |x: &Tensor, t: &Tensor, _index: usize| predict_noise(gpu, unet, weights, x, t);
+    let classes = match config.num_class_embeds {
+        Some(embeds) => {
+            let classes = embeds - 1;
+            ensure!(classes >= 1, "this model's class embedding has one row: no classes to sample");
+            let g = request.guidance;
+            if let Some(c) = g.class {
+                ensure!(c < classes, "class {c}: this model has classes 0 to {}", classes - 1);
+            }
+            ensure!(g.scale.is_finite() && g.scale >= 0.0, "guidance must be 0 or more, got {}", g.scale);
+            Some(classes)
+        }
+        None => None,
+    };
+    // The class labels of the chunk starting at sample `first`, made once per chunk.
+    let mut chunk_labels: Option<(usize, GuidedLabels)> = None;
+    let mut model = |x: &Tensor, t: &Tensor, _index: usize, first: usize| -> Result<Tensor> {
+        let Some(classes) = classes else { return predict_noise(gpu, unet, weights, x, t, None) };
+        if chunk_labels.as_ref().is_none_or(|(f, _)| *f != first) {
+            chunk_labels = Some((first, GuidedLabels::new(gpu, first, x.shape()[0], classes, &request.guidance)?));
+        }
+        let labels = &chunk_labels.as_ref().expect("made above").1;
+        predict_guided(gpu, unet, weights, x, t, labels, request.guidance.scale)
+    };
     let patched = SampleRequest { resolution: request.resolution / p, ..*request };
     let (samples, kept) = sample_with(gpu, &mut model, config.in_channels, scheduler, &patched, progress)?;
     let image = |x: &[f32]| patch::shuffle(x, config.image_channels(), request.resolution, p);
@@ -163,8 +211,9 @@ pub fn sample(
 }
 
 /// The model's output at x_t and the timestep index tensor t (scalar index
-/// given too): the noise, or what the scheduler's `prediction_type` names.
-pub type NoisePredictor<'a> = dyn FnMut(&Tensor, &Tensor, usize) -> Result<Tensor> + 'a;
+/// given too) for the chunk of samples starting at the given global sample
+/// index: the noise, or what the scheduler's `prediction_type` names.
+pub type NoisePredictor<'a> = dyn FnMut(&Tensor, &Tensor, usize, usize) -> Result<Tensor> + 'a;
 
 /// The sampling loop for any noise predictor (the UNet, or an exact one in
 /// tests), run over chunks of `request.batch_size` samples. Progress counts
@@ -177,7 +226,7 @@ pub fn sample_with(
     request: &SampleRequest,
     progress: Progress,
 ) -> Result<(Vec<f32>, Vec<Vec<f32>>)> {
-    let SampleRequest { count, resolution, sampler, seed, keep_every, batch_size } = *request;
+    let SampleRequest { count, resolution, sampler, seed, keep_every, batch_size, .. } = *request;
     ensure!(count >= 1, "sample: asked for no samples");
     ensure!(batch_size >= 1, "sample: batch_size must be at least 1");
     ensure!(count <= u32::MAX as usize, "sample: {count} samples exceed the noise generator's u32 sample index");
@@ -221,7 +270,8 @@ pub fn sample_with(
         let mut x = ddpm::randn(gpu, &[n, channels, resolution, resolution], key(noise_steps::INITIAL))?;
         for (k, &i) in indices.iter().enumerate() {
             let t = all_t.view(k * row, &[n])?;
-            let eps = ddpm::to_epsilon(gpu, &ddpm_tables, scheduler.prediction_type, &model(&x, &t, i)?, &x, &t)?;
+            let eps =
+                ddpm::to_epsilon(gpu, &ddpm_tables, scheduler.prediction_type, &model(&x, &t, i, first)?, &x, &t)?;
             x = match &ddim_tables {
                 Some(tables) => ddpm::ddim_step(gpu, tables, &x, &eps, &t, key(noise_steps::SAMPLING + i as u32))?,
                 None => ddpm::p_sample(gpu, &ddpm_tables, &x, &eps, &t, key(noise_steps::SAMPLING + i as u32))?,
@@ -322,7 +372,8 @@ pub fn forward_footprint(config: &UNetConfig, resolution: usize) -> ForwardFootp
 /// forward fits this adapter: its largest activation within one storage
 /// binding (and buffer), its attention probabilities within what the
 /// attention op allows, and its estimated peak within
-/// [`SAMPLE_MEMORY_BUDGET`]. At least 1. See [`forward_footprint`].
+/// [`SAMPLE_MEMORY_BUDGET`] (half that for a class-conditional model, whose
+/// guided passes double the batch). At least 1. See [`forward_footprint`].
 pub fn default_sample_batch(gpu: &Gpu, config: &UNetConfig, resolution: usize) -> usize {
     let f = forward_footprint(config, resolution);
     let info = gpu.info();
@@ -332,14 +383,78 @@ pub fn default_sample_batch(gpu: &Gpu, config: &UNetConfig, resolution: usize) -
     fits(binding, f.largest_activation)
         .min(fits(binding.min(MAX_PROBS_BYTES), f.largest_attention))
         .min(fits(SAMPLE_MEMORY_BUDGET, f.peak))
+        // Guided sampling runs the UNet on each chunk twice over.
+        .div_ceil(if config.num_class_embeds.is_some() { 2 } else { 1 })
         .clamp(1, MAX_SAMPLE_BATCH)
 }
 
 /// One UNet forward pass, keeping no activations for backward: the model's
-/// output, eps or what its scheduler's `prediction_type` names.
-pub fn predict_noise(gpu: &Gpu, unet: &UNet, weights: &ParamStore, x: &Tensor, t: &Tensor) -> Result<Tensor> {
+/// output, eps or what its scheduler's `prediction_type` names. A
+/// class-conditional UNet takes the (N) class-index tensor `classes`.
+pub fn predict_noise(
+    gpu: &Gpu,
+    unet: &UNet,
+    weights: &ParamStore,
+    x: &Tensor,
+    t: &Tensor,
+    classes: Option<&Tensor>,
+) -> Result<Tensor> {
     let mut tape = Tape::new(gpu);
     let p = ParamVars::new(&mut tape, weights, false)?;
     let xv = tape.input(x.clone());
-    Ok(unet.forward(&mut tape, &p, &xv, t)?.value)
+    Ok(unet.forward(&mut tape, &p, &xv, t, classes)?.value)
+}
+
+/// The class labels of one chunk: each sample's class, "no class" for
+/// each, and the two one after the other (the doubled batch of guided
+/// sampling).
+struct GuidedLabels {
+    conditional: Tensor,
+    unconditional: Tensor,
+    doubled: Tensor,
+}
+
+impl GuidedLabels {
+    fn new(gpu: &Gpu, first: usize, n: usize, classes: usize, g: &Guidance) -> Result<GuidedLabels> {
+        let own: Vec<usize> = (first..first + n).map(|i| g.class.unwrap_or(i % classes)).collect();
+        let doubled: Vec<usize> = own.iter().copied().chain(std::iter::repeat_n(classes, n)).collect();
+        Ok(GuidedLabels {
+            conditional: class_labels(gpu, &own, classes + 1)?,
+            unconditional: class_labels(gpu, &doubled[n..], classes + 1)?,
+            doubled: class_labels(gpu, &doubled, classes + 1)?,
+        })
+    }
+}
+
+/// Classifier-free guidance: u + scale (c - u), with c the UNet's output at
+/// each sample's class and u at "no class", from one pass over the batch
+/// doubled (one pass of the conditional or unconditional half when scale is
+/// 1 or 0).
+fn predict_guided(
+    gpu: &Gpu,
+    unet: &UNet,
+    weights: &ParamStore,
+    x: &Tensor,
+    t: &Tensor,
+    labels: &GuidedLabels,
+    scale: f32,
+) -> Result<Tensor> {
+    if scale == 1.0 {
+        return predict_noise(gpu, unet, weights, x, t, Some(&labels.conditional));
+    }
+    if scale == 0.0 {
+        return predict_noise(gpu, unet, weights, x, t, Some(&labels.unconditional));
+    }
+    let n = x.shape()[0];
+    // Twice along the batch: concatenated as two "channels" of one row.
+    let twice = |v: &Tensor, shape: &[usize]| -> Result<Tensor> {
+        let row = v.reshape(&[1, 1, v.len()])?;
+        concat(gpu, &row, &row)?.reshape(shape)
+    };
+    let mut shape = x.shape().to_vec();
+    shape[0] = 2 * n;
+    let out = predict_noise(gpu, unet, weights, &twice(x, &shape)?, &twice(t, &[2 * n])?, Some(&labels.doubled))?;
+    let (c, u) = split(gpu, &out.reshape(&[1, 2, x.len()])?, 1)?;
+    let lift = ew::axpy(gpu, &c, -1.0, &u)?;
+    ew::axpy(gpu, &u, scale, &lift)?.reshape(x.shape())
 }

@@ -20,6 +20,7 @@ use anyhow::{ensure, Result};
 
 use crate::gpu::{Gpu, Tensor};
 use crate::ops::attention::{attention_backward, attention_forward};
+use crate::ops::class_embedding::{class_embedding, class_embedding_backward_into};
 use crate::ops::concat::{concat, split};
 use crate::ops::conv2d::{
     conv2d_forward, conv2d_grad_bias, conv2d_grad_bias_into, conv2d_grad_input, conv2d_grad_weight,
@@ -105,6 +106,11 @@ enum Op {
     },
     Upsample2x {
         x: Input,
+    },
+    /// Rows of a (classes, dim) table picked by the (N) labels.
+    ClassEmbedding {
+        table: Input,
+        labels: Tensor,
     },
     /// Channels of `a` then `b`.
     Concat {
@@ -275,6 +281,14 @@ impl<'g> Tape<'g> {
     pub fn upsample_nearest2x(&mut self, x: &Var) -> Result<Var> {
         let y = upsample_nearest2x(self.gpu, &x.value)?;
         Ok(self.output(y, &[x.into()], || Op::Upsample2x { x: x.into() }))
+    }
+
+    /// The rows of `table` (classes, dim) for `labels`, the (N) class-index
+    /// tensor of [`crate::ops::cross_entropy::class_labels`].
+    pub fn class_embedding(&mut self, table: &Var, labels: &Tensor) -> Result<Var> {
+        let y = class_embedding(self.gpu, &table.value, labels)?;
+        let labels = labels.clone();
+        Ok(self.output(y, &[table.into()], || Op::ClassEmbedding { table: table.into(), labels }))
     }
 
     /// Channel concatenation of two (N, C, H, W) maps (the UNet's skips).
@@ -449,6 +463,14 @@ impl<'g> Tape<'g> {
                     give(v, g.dv)?;
                 }
                 Op::Upsample2x { x } => give(x, upsample_nearest2x_backward(gpu, &dy)?)?,
+                Op::ClassEmbedding { table, labels } => match into(&table) {
+                    Some(dtable) => class_embedding_backward_into(gpu, &dy, &labels, &dtable)?,
+                    None => {
+                        let dtable = gpu.uninit(&table.shape)?;
+                        class_embedding_backward_into(gpu, &dy, &labels, &dtable)?;
+                        give(table, dtable)?;
+                    }
+                },
                 Op::Concat { a, b, channels_a } => {
                     let (da, db) = split(gpu, &dy, channels_a)?;
                     give(a, da)?;

@@ -110,6 +110,10 @@ fn train_resume_and_sample() {
     assert!(scheduler.contains("\"beta_schedule\": \"squaredcos_cap_v2\""), "{scheduler}");
     assert!(split.join("checkpoint/unet/diffusion_pytorch_model.safetensors").is_file());
     assert!(split.join("checkpoint/scheduler/scheduler_config.json").is_file());
+    // Conditioned on the digits' 10 classes plus "no class", a tenth of the labels dropped.
+    let unet: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(split.join("checkpoint/unet/config.json")).unwrap()).unwrap();
+    assert_eq!((unet["num_class_embeds"].as_u64(), o["class_dropout"].as_f64()), (Some(11), Some(0.1)), "{unet}");
     // `latest`: the run in --out.
     let resumed = ddpm(&[
         "train",
@@ -162,6 +166,11 @@ fn train_resume_and_sample() {
     assert_eq!(strip.width() % (4 * 34), 4 * 2, "whole upscaled tiles");
     let loss = image::open(split.join("loss.png")).unwrap().to_rgb8();
     assert_eq!((loss.width(), loss.height()), (900, 640), "loss.png: loss and decile panels");
+    let checkpoint = split.join("checkpoint");
+    let one_class = ["sample", "--checkpoint", checkpoint.to_str().unwrap(), "--num", "2", "--sampler", "ddim"];
+    let one_class = [&one_class[..], &["--steps", "2", "--out", grid.to_str().unwrap(), "--guidance", "3"]].concat();
+    assert!(ddpm(&[&one_class[..], &["--class", "7"]].concat()).status.success());
+    fails_with(&[&one_class[..], &["--class", "10"]].concat(), "class 10: this model has classes 0 to 9");
     std::fs::remove_dir_all(&whole).unwrap();
     std::fs::remove_dir_all(&split).unwrap();
 }
@@ -205,6 +214,9 @@ fn sample_in_chunks_gives_the_one_batch_grid() {
     assert_eq!((chunked.width(), chunked.height()), ((3 * 10 + 2) * s, (2 * 10 + 2) * s));
     assert!(chunked == whole, "chunks of 2 and one batch of 5 gave different grids");
     assert!(chunked.pixels().any(|p| p.0[0] > 0 && p.0[0] < 255), "the samples must not be blank");
+    let out = dir.join("guided.png");
+    let guided = ["sample", "--checkpoint", &checkpoint, "--num", "1", "--out", out.to_str().unwrap()];
+    fails_with(&[&guided[..], &["--guidance", "2"]].concat(), "--guidance and --class need a class-conditional model");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -645,6 +657,19 @@ fn a_patched_model_trains_resumes_samples_and_evaluates_at_the_image_resolution(
     let resumed = ddpm(&["train", "--resume", split_s, "--steps", "3", "--sample-every", "0", "--grid-samples", "4"]);
     assert!(resumed.status.success());
     assert_eq!(losses(&whole), losses(&split), "the resumed patched run diverged");
+    // --unconditional: the same recipe without the class embedding.
+    let plain = temp("patched-unconditional");
+    assert!(ddpm(&[train_args(plain.to_str().unwrap(), None, "1"), vec!["--unconditional"]].concat()).status.success());
+    let plain_config = std::fs::read_to_string(plain.join("checkpoint/unet/config.json")).unwrap();
+    assert!(plain_config.contains("\"num_class_embeds\": null"), "{plain_config}");
+    let class_config = format!("{}/tests/fixtures/tiny_class_unet/config.json", env!("CARGO_MANIFEST_DIR"));
+    let refused = temp("patched-refused");
+    fails_with(
+        &[train_args(refused.to_str().unwrap(), Some(&class_config), "1"), vec!["--unconditional"]].concat(),
+        "--unconditional with a --config that has num_class_embeds",
+    );
+    std::fs::remove_dir_all(&plain).unwrap();
+    let _ = std::fs::remove_dir_all(&refused);
     let grid = split.join("grid.png");
     let checkpoint = split.join("checkpoint");
     let checkpoint_s = checkpoint.to_str().unwrap();

@@ -54,7 +54,7 @@ fn tiny_unet_overfits_fixed_batch() {
         let p = ParamVars::new(&mut tape, &store, true).unwrap();
         let x = tape.input(xt.clone());
         let target = tape.input(eps.clone());
-        let pred = unet.forward(&mut tape, &p, &x, &t).unwrap();
+        let pred = unet.forward(&mut tape, &p, &x, &t, None).unwrap();
         let loss = tape.mse_loss(&pred, &target).unwrap();
         let g = tape.backward(&loss).unwrap();
         for (name, var) in p.iter() {

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use ddpm_wgpu::checkpoint;
 use ddpm_wgpu::data::Dataset;
+use ddpm_wgpu::sample::Guidance;
 use ddpm_wgpu::schedule::SchedulerConfig;
 use ddpm_wgpu::train::{
     batch_indices, run, Cadence, DataSpec, GridSettings, Observer, Outcome, Readout, RunSettings, TrainOptions, Trainer,
@@ -36,7 +37,7 @@ fn settings(out: PathBuf, checkpoint_every: u64) -> RunSettings {
     RunSettings {
         out,
         cadence: Cadence { checkpoint_every, sample_every: 0, eval_every: 0 },
-        grid: GridSettings { samples: 4, ddim_steps: 2, eta: 1.0 },
+        grid: GridSettings { samples: 4, ddim_steps: 2, eta: 1.0, guidance: Guidance::DEFAULT },
         eval_samples: 0,
         checkpoints_total_limit: 0,
     }

@@ -8,8 +8,8 @@ mod common;
 use common::assert_close;
 use ddpm_wgpu::ops::attention::MAX_PROBS_BYTES;
 use ddpm_wgpu::sample::{
-    default_sample_batch, forward_footprint, sample, ForwardFootprint, SampleRequest, Sampler, MAX_SAMPLE_BATCH,
-    SAMPLE_MEMORY_BUDGET, WORKING_ACTIVATIONS,
+    default_sample_batch, forward_footprint, sample, ForwardFootprint, Guidance, SampleRequest, Sampler,
+    MAX_SAMPLE_BATCH, SAMPLE_MEMORY_BUDGET, WORKING_ACTIVATIONS,
 };
 use ddpm_wgpu::schedule::SchedulerConfig;
 use ddpm_wgpu::unet::{ParamStore, UNet, UNetConfig};
@@ -22,7 +22,11 @@ fn tiny_config() -> UNetConfig {
 
 /// The 28x28 test UNet with random non-zero weights, so the model's output matters.
 fn tiny_model(gpu: &Gpu) -> (UNet, ParamStore) {
-    let unet = UNet::new(&tiny_config()).unwrap();
+    tiny_model_of(gpu, &tiny_config())
+}
+
+fn tiny_model_of(gpu: &Gpu, config: &UNetConfig) -> (UNet, ParamStore) {
+    let unet = UNet::new(config).unwrap();
     let mut flat = unet.table.init(5, ddpm_wgpu::unet::layout::InitScheme::Ddpm);
     for (i, v) in flat.iter_mut().enumerate() {
         *v += 0.02 * ((i * 7919 % 200) as f32 / 100.0 - 1.0);
@@ -38,7 +42,15 @@ fn samples_do_not_depend_on_batch_size_and_seeds_reproduce() {
     let scheduler = SchedulerConfig { num_train_timesteps: 8, ..SchedulerConfig::default() };
     for sampler in [Sampler::Ddpm, Sampler::Ddim { steps: 4, eta: 1.0 }] {
         let run = |count: usize, seed: u64| {
-            let request = SampleRequest { count, resolution: 28, sampler, seed, keep_every: None, batch_size: count };
+            let request = SampleRequest {
+                count,
+                resolution: 28,
+                sampler,
+                seed,
+                keep_every: None,
+                batch_size: count,
+                guidance: Guidance::DEFAULT,
+            };
             sample(&gpu, &unet, &weights, &scheduler, &request, &mut |_, _| {}).unwrap().0
         };
         let few = run(2, 11);
@@ -76,7 +88,7 @@ fn samplers_recover_the_data_point_with_the_exact_predictor_of_each_prediction_t
         let scheduler = SchedulerConfig { clip_sample, prediction_type: prediction, ..SchedulerConfig::default() };
         let schedule = Schedule::new(scheduler.clone()).unwrap();
         for sampler in [Sampler::Ddpm, Sampler::Ddim { steps: 50, eta: 0.0 }, Sampler::Ddim { steps: 20, eta: 1.0 }] {
-            let mut exact = |x: &ddpm_wgpu::Tensor, _t: &ddpm_wgpu::Tensor, i: usize| {
+            let mut exact = |x: &ddpm_wgpu::Tensor, _t: &ddpm_wgpu::Tensor, i: usize, _first: usize| {
                 let (a, b) = (schedule.sqrt_alphas_cumprod[i] as f32, schedule.sqrt_one_minus_alphas_cumprod[i] as f32);
                 let eps = ew::scale(&gpu, &ew::axpy(&gpu, x, -a, &star_t)?, 1.0 / b)?;
                 match prediction {
@@ -85,12 +97,85 @@ fn samplers_recover_the_data_point_with_the_exact_predictor_of_each_prediction_t
                     PredictionType::VPrediction => ew::axpy(&gpu, &ew::scale(&gpu, &eps, a)?, -b, &star_t),
                 }
             };
-            let request =
-                SampleRequest { count, resolution: res, sampler, seed: 4, keep_every: None, batch_size: count };
+            let request = SampleRequest {
+                count,
+                resolution: res,
+                sampler,
+                seed: 4,
+                keep_every: None,
+                batch_size: count,
+                guidance: Guidance::DEFAULT,
+            };
             let (out, _) = sample_with(&gpu, &mut exact, 1, &scheduler, &request, &mut |_, _| {}).unwrap();
             assert_close(&format!("{prediction} {sampler:?} clip={clip_sample}"), &out, &star_batch, 2e-3, 1e-3);
         }
     }
+}
+
+/// Classifier-free guidance as `sample` does it (one UNet pass over the
+/// batch doubled, split, combined on the GPU) equals the sampling loop with
+/// a predictor that runs the conditional and the "no class" passes apart
+/// and combines them on the host, u + w (c - u); samples are drawn 3 at a
+/// time there and 7 at once here. Guidance 1 is the conditional pass alone,
+/// bit for bit; a fixed class gives, at the samples of that class in the
+/// cycle, the cycle's samples, and other classes give other samples.
+#[test]
+fn guided_sampling_combines_the_conditional_and_unconditional_passes() {
+    use ddpm_wgpu::ops::cross_entropy::class_labels;
+    use ddpm_wgpu::sample::{predict_noise, sample_with};
+    let (_turn, gpu) = common::gpu();
+    let (classes, per) = (3, 28 * 28);
+    let config = UNetConfig { num_class_embeds: Some(classes + 1), ..tiny_config() };
+    let (unet, weights) = tiny_model_of(&gpu, &config);
+    let scheduler = SchedulerConfig { num_train_timesteps: 8, ..SchedulerConfig::default() };
+    let sampler = Sampler::Ddim { steps: 4, eta: 1.0 };
+    let request = |guidance: Guidance, batch_size: usize| SampleRequest {
+        count: 7,
+        resolution: 28,
+        sampler,
+        seed: 3,
+        keep_every: None,
+        batch_size,
+        guidance,
+    };
+    let guided = |guidance: Guidance| sample(&gpu, &unet, &weights, &scheduler, &request(guidance, 3), &mut |_, _| {});
+    let reference = |scale: f32| {
+        let mut predictor = |x: &ddpm_wgpu::Tensor, t: &ddpm_wgpu::Tensor, _: usize, first: usize| {
+            let n = x.shape()[0];
+            let pass = |label: &dyn Fn(usize) -> usize| {
+                let labels: Vec<usize> = (first..first + n).map(label).collect();
+                let labels = class_labels(&gpu, &labels, classes + 1)?;
+                gpu.read(&predict_noise(&gpu, &unet, &weights, x, t, Some(&labels))?)
+            };
+            let (c, u) = (pass(&|i| i % classes)?, pass(&|_| classes)?);
+            let out: Vec<f32> = match scale {
+                1.0 => c,
+                _ => c.iter().zip(&u).map(|(c, u)| u + scale * (c - u)).collect(),
+            };
+            gpu.upload(x.shape(), &out)
+        };
+        let req = request(Guidance { class: None, scale }, 7);
+        sample_with(&gpu, &mut predictor, config.in_channels, &scheduler, &req, &mut |_, _| {}).unwrap().0
+    };
+    let two = guided(Guidance { class: None, scale: 2.0 }).unwrap().0;
+    assert_close("guidance 2 vs the two passes combined on the host", &two, &reference(2.0), 1e-4, 1e-3);
+    let one = guided(Guidance { class: None, scale: 1.0 }).unwrap().0;
+    assert_eq!(one, reference(1.0), "guidance 1 is the conditional pass alone");
+    let differing = one.iter().zip(&two).filter(|(a, b)| a != b).count();
+    assert!(differing > per, "guidance 2 must change the samples of guidance 1 ({differing} values differ)");
+    let of_class_1 = guided(Guidance { class: Some(1), scale: 2.0 }).unwrap().0;
+    for i in 0..7 {
+        let (a, b) = (&of_class_1[i * per..(i + 1) * per], &two[i * per..(i + 1) * per]);
+        if i % classes == 1 {
+            assert_close(&format!("sample {i} of class 1 vs the cycle's"), a, b, 1e-6, 1e-6);
+        } else {
+            assert!(a.iter().zip(b).filter(|(x, y)| x != y).count() > per / 4, "sample {i}: the class must matter");
+        }
+    }
+    let err = guided(Guidance { class: Some(3), scale: 2.0 }).err().unwrap().to_string();
+    assert!(err.contains("class 3: this model has classes 0 to 2"), "{err}");
+    let err = guided(Guidance { class: None, scale: f32::NAN }).err().unwrap().to_string();
+    assert!(err.contains("guidance must be 0 or more"), "{err}");
 }
 
 /// 7 samples drawn 3 at a time (chunks of 3, 3, 1) are the 7 of one batch,
@@ -103,8 +188,15 @@ fn chunked_sampling_equals_one_batch_bit_for_bit() {
     let scheduler = SchedulerConfig { num_train_timesteps: 8, ..SchedulerConfig::default() };
     for (sampler, steps) in [(Sampler::Ddpm, 8), (Sampler::Ddim { steps: 4, eta: 1.0 }, 4)] {
         let run = |batch_size: usize| {
-            let request =
-                SampleRequest { count: 7, resolution: 28, sampler, seed: 21, keep_every: Some(3), batch_size };
+            let request = SampleRequest {
+                count: 7,
+                resolution: 28,
+                sampler,
+                seed: 21,
+                keep_every: Some(3),
+                batch_size,
+                guidance: Guidance::DEFAULT,
+            };
             let mut calls = Vec::new();
             let (images, kept) =
                 sample(&gpu, &unet, &weights, &scheduler, &request, &mut |done, total| calls.push((done, total)))

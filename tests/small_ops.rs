@@ -1,13 +1,15 @@
-//! linear, timestep_embedding, upsample_nearest2x, concat/split, mse_loss
-//! and mse_loss_per_sample: CPU backward against finite differences, then every GPU
+//! linear, timestep_embedding, class_embedding, upsample_nearest2x,
+//! concat/split, mse_loss and mse_loss_per_sample: CPU backward against finite differences, then every GPU
 //! forward and backward against the CPU twin at odd and aligned shapes.
 
 mod common;
 mod gradcheck;
 
 use common::{assert_close, each_path, rng, uniform};
-use ddpm_wgpu::ops::{concat, embedding, linear, loss, upsample};
+use ddpm_wgpu::ops::cross_entropy::class_labels;
+use ddpm_wgpu::ops::{class_embedding, concat, embedding, linear, loss, upsample};
 use gradcheck::{assert_grad_close, numeric_grad, to_f32, to_f64, weighted_sum};
+use rand::Rng;
 
 #[test]
 fn cpu_backwards_match_finite_differences() {
@@ -21,6 +23,12 @@ fn cpu_backwards_match_finite_differences() {
     assert_grad_close("linear dx", &dx, &numeric_grad(&x, |x| loss(x, &w, &b)));
     assert_grad_close("linear dw", &dw, &numeric_grad(&w, |w| loss(&x, w, &b)));
     assert_grad_close("linear db", &db, &numeric_grad(&b, |b| loss(&x, &w, b)));
+
+    // class_embedding: 3 classes of dim 4, labels repeating one and skipping one
+    let (table, g, labels) = (rand64(12), rand64(16), [2, 0, 2, 2]);
+    let dtable = class_embedding::cpu::class_embedding_backward(&g, 4, &labels, 3);
+    let numeric = numeric_grad(&table, |t| weighted_sum(&g, &class_embedding::cpu::class_embedding(t, 4, &labels)));
+    assert_grad_close("class_embedding dtable", &dtable, &numeric);
 
     // upsample: 2 planes of 2x3
     let (x, g) = (rand64(12), rand64(48));
@@ -152,6 +160,35 @@ fn upsample_forward_and_backward() {
             assert_close(&format!("{what}: dx"), &gpu.read(&got).unwrap(), &to_f32(&dx), 1e-6, 1e-6);
         });
     }
+}
+
+/// Rows gathered exactly; the table's gradient sums each class's rows (a
+/// class no label names gets zeros, written over the poisoned output).
+#[test]
+fn class_embedding_forward_and_backward() {
+    let mut r = rng();
+    for (rows, classes, dim) in [(1, 1, 1), (5, 3, 7), (70, 11, 64), (3, 6, 130), (128, 2, 33)] {
+        let table = uniform(&mut r, classes * dim);
+        let dy = uniform(&mut r, rows * dim);
+        let labels: Vec<usize> = (0..rows).map(|_| r.random_range(0..classes)).collect();
+        let want = class_embedding::cpu::class_embedding(&to_f64(&table), dim, &labels);
+        let dtable = class_embedding::cpu::class_embedding_backward(&to_f64(&dy), dim, &labels, classes);
+        each_path(|gpu, path| {
+            let what = format!("class_embedding ({rows} of {classes} x {dim}) on {path:?}");
+            let tlabels = class_labels(gpu, &labels, classes).unwrap();
+            let ttable = gpu.upload(&[classes, dim], &table).unwrap();
+            let out = class_embedding::class_embedding(gpu, &ttable, &tlabels).unwrap();
+            assert_eq!(out.shape(), &[rows, dim]);
+            assert_close(&format!("{what}: out"), &gpu.read(&out).unwrap(), &to_f32(&want), 0.0, 0.0);
+            let got = gpu.uninit(&[classes, dim]).unwrap();
+            let tdy = gpu.upload(&[rows, dim], &dy).unwrap();
+            class_embedding::class_embedding_backward_into(gpu, &tdy, &tlabels, &got).unwrap();
+            assert_close(&format!("{what}: dtable"), &gpu.read(&got).unwrap(), &to_f32(&dtable), 1e-6, 1e-6);
+        });
+    }
+    let (_turn, gpu) = common::gpu();
+    let err = class_labels(&gpu, &[0, 3], 3).err().unwrap().to_string();
+    assert!(err.contains("label 3 is not below the 3 classes"), "{err}");
 }
 
 #[test]

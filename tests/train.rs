@@ -294,8 +294,11 @@ fn dropout_acts_in_training_only_and_a_resumed_run_redraws_its_masks() {
         let p = ParamVars::new(&mut tape, &store, false).unwrap();
         let xv = tape.input(x.clone());
         let key = ddpm_wgpu::ops::ddpm::NoiseKey { seed: 0, step: 0, first_sample: 0 };
-        let out =
-            if train { unet.forward_train(&mut tape, &p, &xv, &t, key) } else { unet.forward(&mut tape, &p, &xv, &t) };
+        let out = if train {
+            unet.forward_train(&mut tape, &p, &xv, &t, None, key)
+        } else {
+            unet.forward(&mut tape, &p, &xv, &t, None)
+        };
         gpu.read(&out.unwrap().value).unwrap()
     };
     let plain = UNet::new(&tiny_config()).unwrap();

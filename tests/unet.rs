@@ -35,7 +35,7 @@ fn forward_matches_diffusers() {
     let p = ParamVars::new(&mut tape, &store, false).unwrap();
     let x = tape.input(gpu.upload(&shape, &sample).unwrap());
     let t = gpu.upload(&[timesteps.len()], &timesteps).unwrap();
-    let out = unet.forward(&mut tape, &p, &x, &t).unwrap();
+    let out = unet.forward(&mut tape, &p, &x, &t, None).unwrap();
     assert_eq!(out.shape(), &shape[..]);
     let got = gpu.read(&out.value).unwrap();
     // f32 through ~40 layers in a different order from PyTorch's.
@@ -77,7 +77,7 @@ fn whole_tiny_unet_gradients_match_finite_differences() {
         let xv = tape.input(gpu.upload(&[2, 2, 8, 8], &x).unwrap());
         let tv = tape.input(gpu.upload(&[2, 2, 8, 8], &target).unwrap());
         let t = gpu.upload(&[2], &timesteps).unwrap();
-        let out = unet.forward(&mut tape, &p, &xv, &t).unwrap();
+        let out = unet.forward(&mut tape, &p, &xv, &t, None).unwrap();
         let loss = tape.mse_loss(&out, &tv).unwrap();
         (tape, p, loss)
     };
@@ -200,7 +200,7 @@ fn half_precision_variants_load_and_match_diffusers() {
         let p = ParamVars::new(&mut tape, &model.weights, false).unwrap();
         let x = tape.input(gpu.upload(&shape, &sample).unwrap());
         let t = gpu.upload(&[timesteps.len()], &timesteps).unwrap();
-        let got = gpu.read(&model.unet.forward(&mut tape, &p, &x, &t).unwrap().value).unwrap();
+        let got = gpu.read(&model.unet.forward(&mut tape, &p, &x, &t, None).unwrap().value).unwrap();
         let want = half_output(&format!("{variant}_output"));
         assert_close(&format!("{variant} UNet output vs diffusers"), &got, &want, 2e-4 * scale, 1e-3);
         // And within the weights' rounding of the f32 model's output.
@@ -220,8 +220,29 @@ fn half_precision_variants_load_and_match_diffusers() {
 /// (`tests/fixtures/make_tiny_paper_unet.py`).
 #[test]
 fn paper_family_forward_and_gradients_match_diffusers() {
+    let config = forward_and_gradients_match_diffusers("tiny_paper_unet");
+    assert!(
+        (config.downsample_padding, config.flip_sin_to_cos, config.freq_shift, config.norm_eps, config.dropout)
+            == (0, false, 1.0, 1e-6, 0.1)
+    );
+}
+
+/// A class-conditional UNet2DModel (`num_class_embeds`: an embedding row
+/// added to the time embedding), with labels that repeat a class and leave
+/// two unused (`tests/fixtures/make_tiny_class_unet.py`): forward, loss and
+/// every gradient, the class table's included, against diffusers.
+#[test]
+fn class_conditional_forward_and_gradients_match_diffusers() {
+    let config = forward_and_gradients_match_diffusers("tiny_class_unet");
+    assert_eq!(config.num_class_embeds, Some(5));
+}
+
+/// Load `tests/fixtures/NAME` and compare the forward pass, the loss
+/// mean((out - target)^2) and every parameter's gradient with diffusers'
+/// (its io.safetensors); returns the config.
+fn forward_and_gradients_match_diffusers(name: &str) -> UNetConfig {
     let (_turn, gpu) = common::gpu();
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny_paper_unet");
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name);
     let io = std::fs::read(dir.join("io.safetensors")).unwrap();
     let io = safetensors::SafeTensors::deserialize(&io).unwrap();
     let tensor = |name: &str| -> (Vec<usize>, Vec<f32>) {
@@ -229,10 +250,6 @@ fn paper_family_forward_and_gradients_match_diffusers() {
         (t.shape().to_vec(), t.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect())
     };
     let config = UNetConfig::load(&dir.join("config.json")).unwrap();
-    assert!(
-        (config.downsample_padding, config.flip_sin_to_cos, config.freq_shift, config.norm_eps, config.dropout)
-            == (0, false, 1.0, 1e-6, 0.1)
-    );
     let unet = UNet::new(&config).unwrap();
     let weights = unet.table.load(&dir.join("diffusion_pytorch_model.safetensors")).unwrap();
     let store = ParamStore::upload(&gpu, unet.table.clone(), &weights).unwrap();
@@ -243,13 +260,17 @@ fn paper_family_forward_and_gradients_match_diffusers() {
     let p = ParamVars::new(&mut tape, &store, true).unwrap();
     let x = tape.input(gpu.upload(&shape, &sample).unwrap());
     let t = gpu.upload(&[timesteps.len()], &timesteps).unwrap();
-    let out = unet.forward(&mut tape, &p, &x, &t).unwrap();
+    let labels = config.num_class_embeds.map(|_| {
+        let (label_shape, labels) = tensor("class_labels");
+        gpu.upload(&label_shape, &labels).unwrap()
+    });
+    let out = unet.forward(&mut tape, &p, &x, &t, labels.as_ref()).unwrap();
     let target = tape.input(gpu.upload(&shape, &target).unwrap());
     let loss = tape.mse_loss(&out, &target).unwrap();
     let got = gpu.read(&out.value).unwrap();
     let (_, want) = tensor("output");
     let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())) as f64;
-    assert_close("paper-family UNet output vs diffusers", &got, &want, 1e-4 * scale, 1e-3);
+    assert_close(&format!("{name} output vs diffusers"), &got, &want, 1e-4 * scale, 1e-3);
     let got_loss = gpu.read(&loss.value).unwrap()[0];
     let want_loss = tensor("loss").1[0];
     assert!(((got_loss - want_loss) / want_loss).abs() < 1e-5, "loss {got_loss} vs diffusers {want_loss}");
@@ -264,11 +285,13 @@ fn paper_family_forward_and_gradients_match_diffusers() {
         assert_eq!(grad_shape, e.shape, "{}", e.name);
         // Each tensor to 1e-4 of its own scale; a gradient that is zero in
         // exact arithmetic (the key bias: softmax ignores a shift shared by
-        // all keys) is rounding noise on both sides, compared at 1e-8 of the largest.
+        // all keys; an unused class's embedding row) is rounding noise or
+        // zero, compared at 1e-8 of the largest.
         let scale = max_abs(&want).max(1e-4 * largest);
-        assert_close(&format!("gradient of {}", e.name), &got, &want, 1e-4 * scale, 1e-3);
+        assert_close(&format!("{name}: gradient of {}", e.name), &got, &want, 1e-4 * scale, 1e-3);
         compared += 1;
     }
     assert_eq!(compared, unet.table.entries.len());
     assert!(compared > 100, "only {compared} parameters");
+    config
 }

@@ -108,7 +108,8 @@ fn configs_that_cannot_work_are_refused() {
         (r#""center_input_sample": true"#, "center_input_sample = true is not supported"),
         (r#""time_embedding_type": "fourier""#, "unsupported time_embedding_type 'fourier'"),
         (r#""resnet_time_scale_shift": "scale_shift""#, "unsupported resnet_time_scale_shift 'scale_shift'"),
-        (r#""class_embed_type": "timestep""#, "class-conditional UNets are not supported"),
+        (r#""class_embed_type": "timestep""#, "unsupported class_embed_type 'timestep'"),
+        (r#""num_class_embeds": 0"#, "num_class_embeds must be at least 1"),
     ] {
         let groups = if extra.contains("norm_num_groups\": ") && !extra.contains("attn") {
             ""

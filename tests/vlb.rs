@@ -285,7 +285,7 @@ fn exact_predictor_bound_matches_its_closed_form() {
         let s = Schedule::new(scheduler.clone()).unwrap();
         for timesteps in [None, Some(7)] {
             let mut calls = Vec::new();
-            let mut exact = |x: &Tensor, _t: &Tensor, i: usize| {
+            let mut exact = |x: &Tensor, _t: &Tensor, i: usize, _first: usize| {
                 calls.push(i);
                 let centred = ew::axpy(&gpu, x, -s.sqrt_alphas_cumprod[i] as f32, &star_t)?;
                 ew::scale(&gpu, &centred, 1.0 / s.sqrt_one_minus_alphas_cumprod[i] as f32)
@@ -328,14 +328,14 @@ fn bits_per_dim_reports_bad_input_and_non_finite_terms() {
         nll::bits_per_dim(&gpu, model, &scheduler, x0, &request, &mut |_, _| {}).unwrap_err().to_string()
     };
     let off_grid = gpu.upload(&[1, 1, 2, 2], &[0.0, 0.5, level(3), -1.0]).unwrap();
-    let err = run(&off_grid, &mut |x: &Tensor, _: &Tensor, _| zeros_like(&gpu, x));
+    let err = run(&off_grid, &mut |x: &Tensor, _: &Tensor, _, _| zeros_like(&gpu, x));
     assert!(err.contains("8-bit") && err.contains("element 0"), "{err}");
     let x0 = gpu.upload(&[2, 1, 2, 2], &[level(0), level(9), level(128), level(255)].repeat(2)).unwrap();
-    let err = run(&x0.reshape(&[2, 4]).unwrap(), &mut |x: &Tensor, _: &Tensor, _| zeros_like(&gpu, x));
+    let err = run(&x0.reshape(&[2, 4]).unwrap(), &mut |x: &Tensor, _: &Tensor, _, _| zeros_like(&gpu, x));
     assert!(err.contains("(N, C, H, W)"), "{err}");
     // A NaN in the model's output at one timestep is an error naming it.
     for bad in [23, 0] {
-        let mut model = |x: &Tensor, _: &Tensor, i: usize| {
+        let mut model = |x: &Tensor, _: &Tensor, i: usize, _: usize| {
             let eps = gpu.zeros(x.shape())?;
             if i == bad {
                 ew::fill_into(&gpu, &eps, f32::NAN)?;
@@ -345,7 +345,7 @@ fn bits_per_dim_reports_bad_input_and_non_finite_terms() {
         let err = run(&x0, &mut model);
         assert!(err.contains(&format!("timestep index {bad} ")), "{err}");
     }
-    let err = run(&x0, &mut |_: &Tensor, _: &Tensor, _| gpu.zeros(&[2, 1, 2, 3]));
+    let err = run(&x0, &mut |_: &Tensor, _: &Tensor, _, _| gpu.zeros(&[2, 1, 2, 3]));
     assert!(err.contains("[2, 1, 2, 3]"), "{err}");
 }
 
@@ -392,7 +392,8 @@ fn a_trained_model_scores_better_than_an_untrained_one() {
     let score = |trainer: &Trainer| {
         // EMA decay 0: the EMA weights are the trained weights.
         let weights = trainer.ema_store().unwrap();
-        let mut model = |x: &Tensor, t: &Tensor, _: usize| predict_noise(&gpu, &trainer.unet, &weights, x, t);
+        let mut model =
+            |x: &Tensor, t: &Tensor, _: usize, _: usize| predict_noise(&gpu, &trainer.unet, &weights, x, t, None);
         nll::bits_per_dim(&gpu, &mut model, &scheduler, &x0, &request, &mut |_, _| {}).unwrap()
     };
     let start = std::time::Instant::now();

@@ -26,6 +26,10 @@ ap.add_argument("--patch", type=int, default=1, help="pixel-unshuffle the images
 ap.add_argument("--channels", default=None, help="override block_out_channels, e.g. 32,64,64")
 ap.add_argument("--zero-init", action="store_true",
                 help="zero each ResBlock's conv2, attention's to_out and conv_out, as the DDPM code (and the engine) do")
+ap.add_argument("--beta2", type=float, default=0.999, help="Adam's second-moment decay")
+ap.add_argument("--tsample", default="uniform", help="training timesteps: uniform | logitnormal:M,S (t/T = sigmoid(N(M, S)))")
+ap.add_argument("--guidance", type=float, default=0.0,
+                help="> 0: class-conditional (num_class_embeds 11, class 10 = none, 10%% label drop), sampled with this CFG weight")
 a = ap.parse_args()
 torch.set_num_threads(2); torch.manual_seed(a.seed); np.random.seed(a.seed)
 out = f"runs/screen/{a.name}"; os.makedirs(out + "/samples", exist_ok=True)
@@ -36,12 +40,15 @@ cfg = json.load(open(a.config)); res = cfg["sample_size"]; pad = (res - 28) // 2
 data = np.full((len(tiles), 1, res, res), -1.0, np.float32)
 data[:, 0, pad:pad + 28, pad:pad + 28] = tiles / 127.5 - 1
 data = torch.from_numpy(data)
+counts = [1001, 1127, 991, 1032, 980, 863, 1014, 1070, 944, 978]
+labels = torch.tensor([d for k in range(max(counts)) for d in range(10) if k < counts[d]])
 keys = {k: v for k, v in cfg.items() if not k.startswith("_") and k != "dropout"}
 keys["attention_head_dim"] = keys.get("attention_head_dim")
 if a.channels: keys["block_out_channels"] = [int(c) for c in a.channels.split(",")]
 if a.patch > 1:
     data = torch.nn.functional.pixel_unshuffle(data, a.patch)
     keys.update(in_channels=a.patch ** 2, out_channels=a.patch ** 2, sample_size=res // a.patch)
+if a.guidance > 0: keys["num_class_embeds"] = 11
 model = UNet2DModel(**keys); ema = UNet2DModel(**keys)
 if a.zero_init:
     with torch.no_grad():
@@ -53,15 +60,19 @@ sched_kw = dict(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2" if a
                 clip_sample=True, prediction_type=a.pred)
 train_sched = DDPMScheduler(**sched_kw)
 abar = train_sched.alphas_cumprod
-opt = torch.optim.Adam(model.parameters(), lr=a.lr)
+opt = torch.optim.Adam(model.parameters(), lr=a.lr, betas=(0.9, a.beta2))
 t0 = time.time(); perm = torch.randperm(len(data)); pos = 0
 for s in range(a.steps):
     if pos + a.batch > len(data): perm = torch.randperm(len(data)); pos = 0
-    x0 = data[perm[pos:pos + a.batch]]; pos += a.batch
-    t = torch.randint(0, 1000, (a.batch,))
+    idx = perm[pos:pos + a.batch]; x0 = data[idx]; pos += a.batch
+    if a.tsample == "uniform": t = torch.randint(0, 1000, (a.batch,))
+    else:
+        m, sd = (float(v) for v in a.tsample.split(":")[1].split(","))
+        t = (torch.sigmoid(m + sd * torch.randn(a.batch)) * 1000).long().clamp(0, 999)
+    cls = torch.where(torch.rand(a.batch) < 0.1, 10, labels[idx]) if a.guidance > 0 else None
     eps = torch.randn_like(x0)
     xt = train_sched.add_noise(x0, eps, t)
-    pred = model(xt, t).sample
+    pred = model(xt, t, class_labels=cls).sample
     ab = abar[t].view(-1, 1, 1, 1)
     target = {"epsilon": eps, "v_prediction": ab.sqrt() * eps - (1 - ab).sqrt() * x0, "sample": x0}[a.pred]
     per = ((pred - target) ** 2).mean(dim=(1, 2, 3))
@@ -88,7 +99,12 @@ with torch.no_grad():
     for c in range(0, a.num, 256):
         x = torch.randn((min(256, a.num - c), a.patch ** 2, res // a.patch, res // a.patch), generator=g)
         for t in ddim.timesteps:
-            x = ddim.step(ema(x, t).sample, t, x, eta=a.eta, generator=g).prev_sample
+            if a.guidance > 0:
+                n = x.shape[0]; cl = torch.arange(c, c + n) % 10
+                out2 = ema(torch.cat([x, x]), t, class_labels=torch.cat([cl, torch.full_like(cl, 10)])).sample
+                pc, pu = out2[:n], out2[n:]; p = pu + a.guidance * (pc - pu)
+            else: p = ema(x, t).sample
+            x = ddim.step(p, t, x, eta=a.eta, generator=g).prev_sample
         imgs.append(torch.nn.functional.pixel_shuffle(x, a.patch) if a.patch > 1 else x)
 x = torch.cat(imgs).clamp(-1, 1)
 for i, im in enumerate(((x[:, 0] + 1) * 127.5).round().byte().numpy()):

@@ -16,6 +16,7 @@ use super::{template, Gpu};
 pub enum Shader {
     Attention,
     Ceiling,
+    ClassEmbedding,
     Concat,
     Conv2d,
     CrossEntropy,
@@ -37,6 +38,7 @@ pub enum Shader {
 pub const ALL_SHADERS: &[Shader] = &[
     Shader::Attention,
     Shader::Ceiling,
+    Shader::ClassEmbedding,
     Shader::Concat,
     Shader::Conv2d,
     Shader::CrossEntropy,
@@ -65,6 +67,7 @@ impl Shader {
         match self {
             Shader::Attention => file!("attention.wgsl"),
             Shader::Ceiling => file!("ceiling.wgsl"),
+            Shader::ClassEmbedding => file!("class_embedding.wgsl"),
             Shader::Concat => file!("concat.wgsl"),
             Shader::Conv2d => file!("conv2d.wgsl"),
             Shader::CrossEntropy => file!("cross_entropy.wgsl"),

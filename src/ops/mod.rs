@@ -3,6 +3,7 @@
 //! the WGSL lives in `shaders/` under the same name.
 
 pub mod attention;
+pub mod class_embedding;
 pub mod concat;
 pub mod conv2d;
 pub mod cross_entropy;
@@ -50,6 +51,7 @@ pub fn variants(shader: Shader) -> Vec<Vec<(&'static str, i64)>> {
 pub fn params_layouts() -> Vec<(Shader, ParamsLayout)> {
     vec![
         (Shader::Attention, attention::PARAMS_LAYOUT),
+        (Shader::ClassEmbedding, class_embedding::PARAMS_LAYOUT),
         (Shader::Concat, concat::PARAMS_LAYOUT),
         (Shader::Conv2d, conv2d::PARAMS_LAYOUT),
         (Shader::CrossEntropy, cross_entropy::PARAMS_LAYOUT),

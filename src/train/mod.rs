@@ -17,6 +17,7 @@ use crate::checkpoint::{self, SaveStep};
 use crate::data::Dataset;
 use crate::distributed::{share, Collective, SingleProcess};
 use crate::gpu::{Gpu, Tensor, VIEW_ALIGN_ELEMS};
+use crate::ops::cross_entropy::class_labels;
 use crate::ops::ddpm::{self, DdpmTables, NoiseKey};
 use crate::ops::loss;
 use crate::ops::optimizer::{self, Adam};
@@ -71,6 +72,11 @@ pub struct TrainOptions {
     /// timesteps stop dominating the gradient; 0 is the paper's L_simple.
     #[serde(default)]
     pub min_snr_gamma: f32,
+    /// For a class-conditional UNet: the probability that a sample's label
+    /// is replaced by "no class" (the UNet's last class embedding), so one
+    /// model learns both halves of classifier-free guidance.
+    #[serde(default)]
+    pub class_dropout: f32,
 }
 
 impl TrainOptions {
@@ -146,6 +152,9 @@ pub struct Recipe {
     pub beta_schedule: BetaSchedule,
     pub prediction_type: PredictionType,
     pub options: TrainOptions,
+    /// Condition the UNet on the data's class labels where it has them
+    /// (`num_class_embeds` = classes + 1, the last for "no class").
+    pub class_conditional: bool,
 }
 
 impl Default for Recipe {
@@ -155,7 +164,7 @@ impl Default for Recipe {
         Recipe {
             name: "default",
             summary:
-                "a 0.69M-parameter UNet on 2x2 patches predicting x_0, cosine schedule, batch 64, 500 steps: 10 minutes on 2 CPU cores",
+                "a 0.69M-parameter UNet on 2x2 patches predicting x_0, cosine schedule, conditioned on the digits' classes (10% dropped, for classifier-free guidance), batch 64, 500 steps: 10 minutes on 2 CPU cores",
             unet_config: include_str!("../../assets/configs/default_unet.json"),
             patch_size: 2,
             beta_schedule: BetaSchedule::SquaredCosCapV2,
@@ -177,7 +186,9 @@ impl Default for Recipe {
                 init: InitScheme::PyTorch,
                 grad_accum: 1,
                 min_snr_gamma: 0.0,
+                class_dropout: 0.1,
             },
+            class_conditional: true,
         }
     }
 }
@@ -217,7 +228,9 @@ impl Recipe {
                 init: InitScheme::Ddpm,
                 grad_accum: 1,
                 min_snr_gamma: 0.0,
+                class_dropout: 0.0,
             },
+            class_conditional: false,
         }
     }
 
@@ -241,6 +254,15 @@ pub struct DataSpec {
 }
 
 impl DataSpec {
+    /// How many classes the data is labelled with, known before loading it:
+    /// the MNIST digits have 10, an image folder none.
+    pub fn classes(&self) -> Option<usize> {
+        match self.folder {
+            Some(_) => None,
+            None => Some(crate::data::MNIST_CLASS_COUNTS.len()),
+        }
+    }
+
     pub fn load(&self) -> Result<Dataset> {
         ensure!(self.limit != Some(0), "--limit must be at least 1");
         ensure!(
@@ -473,6 +495,11 @@ impl<'g> Trainer<'g> {
         );
         ensure!(options.grad_accum >= 1, "--grad-accum must be at least 1");
         ensure!(
+            (0.0..1.0).contains(&options.class_dropout),
+            "--class-dropout must be in [0, 1), got {}",
+            options.class_dropout
+        );
+        ensure!(
             options.steps <= ddpm::noise_steps::SAMPLING as u64,
             "--steps must be at most {} (each step's noise has an id of its own)",
             ddpm::noise_steps::SAMPLING
@@ -598,6 +625,7 @@ impl<'g> Trainer<'g> {
         let p = self.unet.config().patch_size;
         let batch = patch::unshuffle(&data.batch(&indices, o.flip, &mut rng), data.channels, data.resolution, p);
         let t_indices: Vec<usize> = (0..micro * accum).map(|_| rng.random_range(0..self.tables.steps)).collect();
+        let labels = self.step_labels(data, &indices, &mut rng)?;
         let mine = self.shard_range();
         let micro_shard = |j: usize| j * micro + mine.start..j * micro + mine.end;
         // Every upload comes before the first command, so the step is one submission.
@@ -614,6 +642,9 @@ impl<'g> Trainer<'g> {
         }
         let ts: Vec<Tensor> =
             (0..accum).map(|j| ddpm::timesteps(gpu, &t_indices[micro_shard(j)])).collect::<Result<_>>()?;
+        let classes: Vec<Option<Tensor>> = (0..accum)
+            .map(|j| labels.as_ref().map(|(l, embeds)| class_labels(gpu, &l[micro_shard(j)], *embeds)).transpose())
+            .collect::<Result<_>>()?;
 
         let row = sample_log_row(mine.len());
         for (j, t) in ts.iter().enumerate() {
@@ -629,7 +660,7 @@ impl<'g> Trainer<'g> {
             let target = ddpm::training_target(gpu, &self.tables, self.scheduler.prediction_type, x0, &eps, t)?;
             let x = tape.input(xt);
             let target = tape.input(target);
-            let pred = self.unet.forward_train(&mut tape, &p, &x, t, key)?;
+            let pred = self.unet.forward_train(&mut tape, &p, &x, t, classes[j].as_ref(), key)?;
             let loss = match self.shard.loss_weights.get(j) {
                 Some(w) => tape.weighted_mse_loss(&pred, &target, w)?,
                 None => tape.mse_loss(&pred, &target)?,
@@ -677,6 +708,29 @@ impl<'g> Trainer<'g> {
         gpu.submit();
         self.step += 1;
         Ok(())
+    }
+
+    /// The class label of each of the step's samples for a class-conditional
+    /// UNet (each replaced by "no class" with probability `class_dropout`,
+    /// drawn from the step's generator), with the UNet's class-embedding count.
+    fn step_labels(&self, data: &Dataset, indices: &[usize], rng: &mut StdRng) -> Result<Option<(Vec<usize>, usize)>> {
+        let Some(embeds) = self.unet.config().num_class_embeds else { return Ok(None) };
+        let null = embeds - 1;
+        let labels = data.labels_of(indices).with_context(|| {
+            format!(
+                "this UNet is class-conditional (num_class_embeds {embeds}), but {} has no class labels",
+                data.source
+            )
+        })?;
+        ensure!(
+            data.classes() == Some(null),
+            "this UNet has {null} classes and \"no class\" (num_class_embeds {embeds}), but {} has {} classes",
+            data.source,
+            data.classes().unwrap_or(0)
+        );
+        let dropout = self.options.class_dropout as f64;
+        let labels = labels.into_iter().map(|l| if dropout > 0.0 && rng.random_bool(dropout) { null } else { l });
+        Ok(Some((labels.collect(), embeds)))
     }
 
     pub fn gpu(&self) -> &'g Gpu {

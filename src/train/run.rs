@@ -24,7 +24,7 @@ use crate::data::{grid_scale, save_grid, Dataset};
 use crate::eval::classifier::DigitClassifier;
 use crate::eval::{evaluate, EvalReport, Images};
 use crate::plot::{read_curves, training_plot, EvalPoint, TrainingCurves};
-use crate::sample::{default_sample_batch, sample, SampleRequest, Sampler};
+use crate::sample::{default_sample_batch, sample, Guidance, SampleRequest, Sampler};
 
 /// How often a run saves, draws and scores, in steps (0: never). The last
 /// step always saves a checkpoint and draws a grid, and scores when
@@ -64,6 +64,8 @@ pub struct GridSettings {
     pub samples: usize,
     pub ddim_steps: usize,
     pub eta: f64,
+    /// Classes and guidance of a class-conditional model's grids (and evaluations).
+    pub guidance: Guidance,
 }
 
 /// Where a run writes and how often.
@@ -344,6 +346,7 @@ impl RunState<'_, '_> {
             seed: trainer.options.seed,
             keep_every: None,
             batch_size: default_sample_batch(trainer.gpu(), trainer.unet.config(), resolution),
+            guidance: grid.guidance,
         };
         let weights = trainer.ema_store()?;
         Ok(sample(trainer.gpu(), &trainer.unet, &weights, &trainer.scheduler, &request, &mut |_, _| {})?.0)

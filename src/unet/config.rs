@@ -184,10 +184,10 @@ impl UNetConfig {
         if let Some(m) = &self.mid_block_type {
             unsupported("mid_block_type", m, "UNetMidBlock2D")?;
         }
-        ensure!(
-            self.class_embed_type.is_none() && self.num_class_embeds.is_none(),
-            "class-conditional UNets are not supported"
-        );
+        if let Some(kind) = &self.class_embed_type {
+            bail!("unsupported class_embed_type '{kind}' (only none: a table of num_class_embeds rows)");
+        }
+        ensure!(self.num_class_embeds != Some(0), "num_class_embeds must be at least 1");
         // Every other UNet2DModel key is read; `_`-prefixed ones are metadata.
         if let Some((key, value)) = self.other.iter().find(|(k, _)| !k.starts_with('_')) {
             bail!("unknown UNet2DModel key '{key}' (= {value})");

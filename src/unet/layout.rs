@@ -22,6 +22,8 @@ pub enum Init {
     },
     Zeros,
     Ones,
+    /// Standard normal, PyTorch's default for `nn.Embedding`.
+    Normal,
 }
 
 /// Where a fresh model's weights start: the DDPM reference code's (residual
@@ -231,6 +233,9 @@ impl UNetLayout {
         conv(&mut out, "conv_in", c.in_channels, c0, 3, Init::Uniform { fan_in: c.in_channels * 9 });
         linear(&mut out, "time_embedding.linear_1", c0, temb, false);
         linear(&mut out, "time_embedding.linear_2", temb, temb, false);
+        if let Some(classes) = c.num_class_embeds {
+            param(&mut out, "class_embedding.weight".into(), vec![classes, temb], Init::Normal);
+        }
         for level in &self.down {
             for (j, r) in level.resnets.iter().enumerate() {
                 resblock(&mut out, r, temb);

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 
 use super::layout::{AttnBlock, ResBlock, UNetLayout};
 use super::params::{view_of, ParamStore, ParamTable};
@@ -72,9 +72,17 @@ impl UNet {
 
     /// Predict the noise in `x` (N, C, H, W) at diffusers timestep indices
     /// `timesteps` (N), as an f32 GPU tensor (the paper's t minus one), in
-    /// eval mode (no dropout).
-    pub fn forward(&self, tape: &mut Tape, p: &ParamVars, x: &Var, timesteps: &Tensor) -> Result<Var> {
-        self.forward_with(tape, p, x, timesteps, None)
+    /// eval mode (no dropout). A class-conditional UNet takes the (N)
+    /// class-index tensor `classes` ([`crate::ops::cross_entropy::class_labels`]).
+    pub fn forward(
+        &self,
+        tape: &mut Tape,
+        p: &ParamVars,
+        x: &Var,
+        timesteps: &Tensor,
+        classes: Option<&Tensor>,
+    ) -> Result<Var> {
+        self.forward_with(tape, p, x, timesteps, classes, None)
     }
 
     /// [`UNet::forward`] in training mode: the config's dropout, in each
@@ -87,9 +95,10 @@ impl UNet {
         p: &ParamVars,
         x: &Var,
         timesteps: &Tensor,
+        classes: Option<&Tensor>,
         key: NoiseKey,
     ) -> Result<Var> {
-        self.forward_with(tape, p, x, timesteps, Some(key))
+        self.forward_with(tape, p, x, timesteps, classes, Some(key))
     }
 
     fn forward_with(
@@ -98,6 +107,7 @@ impl UNet {
         p: &ParamVars,
         x: &Var,
         timesteps: &Tensor,
+        classes: Option<&Tensor>,
         dropout: Option<NoiseKey>,
     ) -> Result<Var> {
         let c = self.config();
@@ -109,6 +119,14 @@ impl UNet {
             "UNet input {s:?}: H and W must be multiples of {factor}"
         );
         ensure!(timesteps.shape() == [s[0]], "UNet timesteps {:?} for a batch of {}", timesteps.shape(), s[0]);
+        match (c.num_class_embeds, classes) {
+            (Some(_), Some(labels)) => {
+                ensure!(labels.shape() == [s[0]], "UNet class labels {:?} for a batch of {}", labels.shape(), s[0])
+            }
+            (Some(k), None) => bail!("this UNet is class-conditional ({k} class embeddings): give class labels"),
+            (None, Some(_)) => bail!("this UNet has no class embedding: class labels cannot be given"),
+            (None, None) => {}
+        }
 
         let embedding = TimestepEmbedding {
             flip_sin_to_cos: c.flip_sin_to_cos,
@@ -119,6 +137,13 @@ impl UNet {
         let emb = linear(tape, p, "time_embedding.linear_1", &t_emb)?;
         let emb = tape.silu(&emb)?;
         let emb = linear(tape, p, "time_embedding.linear_2", &emb)?;
+        let emb = match classes {
+            Some(labels) => {
+                let class_emb = tape.class_embedding(p.get("class_embedding.weight")?, labels)?;
+                tape.add(&emb, &class_emb)?
+            }
+            None => emb,
+        };
         // Every ResBlock applies SiLU to the embedding first; once is enough.
         let emb = tape.silu(&emb)?;
         // Each ResBlock's dropout key, in forward order.

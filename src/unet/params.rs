@@ -11,6 +11,7 @@ use std::path::Path;
 
 use anyhow::{bail, ensure, Context, Result};
 use rand::{rngs::StdRng, Rng, SeedableRng};
+use rand_distr::StandardNormal;
 
 use super::layout::{Init, InitScheme, ParamSpec};
 use crate::gpu::{Gpu, Tensor, VIEW_ALIGN_ELEMS};
@@ -75,6 +76,7 @@ impl ParamTable {
             match (e.init, scheme) {
                 (Init::Zeros, _) | (Init::ZeroedBranch { .. }, InitScheme::Ddpm) => {}
                 (Init::Ones, _) => values.fill(1.0),
+                (Init::Normal, _) => values.iter_mut().for_each(|v| *v = rng.sample(StandardNormal)),
                 (Init::Uniform { fan_in } | Init::ZeroedBranch { fan_in }, _) => {
                     let bound = 1.0 / (fan_in as f32).sqrt();
                     values.iter_mut().for_each(|v| *v = rng.random_range(-bound..bound));

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 use clap::ValueEnum;
-use ddpm_wgpu::sample::Sampler;
+use ddpm_wgpu::sample::{Guidance, Sampler};
 use ddpm_wgpu::schedule::{BetaSchedule, PredictionType, SchedulerConfig};
 use ddpm_wgpu::train::{Cadence, GridSettings, LrSchedule, Recipe, RunSettings, TrainOptions};
 use ddpm_wgpu::unet::layout::InitScheme;
@@ -79,6 +79,18 @@ pub struct TrainArgs {
     /// Random horizontal flips (not for digits).
     #[arg(long)]
     pub flip: bool,
+    /// Ignore the data's class labels: an unconditional UNet (the default preset conditions on
+    /// the MNIST digits' classes, for classifier-free guidance; an image folder has no labels).
+    #[arg(long)]
+    pub unconditional: bool,
+    #[arg(long, help = preset_help(
+        "Probability that a training label is replaced by \"no class\" (what guidance contrasts with)",
+        |o| o.class_dropout.to_string()))]
+    pub class_dropout: Option<f32>,
+    /// Classifier-free guidance weight of a class-conditional run's grids and evaluations
+    /// (1: the conditional model alone; above 1: more typical of the class, less varied).
+    #[arg(long, default_value_t = Guidance::DEFAULT.scale)]
+    pub guidance: f32,
     /// Noise schedule: linear (the paper's) or cosine [default: the preset's].
     #[arg(long, value_enum)]
     pub schedule: Option<Schedule>,
@@ -204,6 +216,32 @@ pub struct SampleArgs {
     /// (default: the most this adapter's limits allow, at most 256).
     #[arg(long)]
     pub batch_size: Option<usize>,
+    #[command(flatten)]
+    pub guidance: GuidanceArgs,
+    /// Draw every sample of this class (class-conditional models; default: sample i of class
+    /// i mod the number of classes, so a grid holds every class).
+    #[arg(long)]
+    pub class: Option<usize>,
+}
+
+/// Guidance for sampling a class-conditional model.
+#[derive(clap::Args, Clone, Copy)]
+pub struct GuidanceArgs {
+    /// Classifier-free guidance weight (class-conditional models): 1 samples the conditional
+    /// model alone, 0 the unconditional one; above 1, more typical of the class, less varied
+    /// [default: 1.75].
+    #[arg(long)]
+    pub guidance: Option<f32>,
+}
+
+impl GuidanceArgs {
+    /// The guidance for `class`; refused for a model without classes.
+    pub fn for_model(self, class_conditional: bool, class: Option<usize>) -> Result<Guidance> {
+        if !class_conditional && (self.guidance.is_some() || class.is_some()) {
+            bail!("--guidance and --class need a class-conditional model (num_class_embeds in its config.json)");
+        }
+        Ok(Guidance { class, scale: self.guidance.unwrap_or(Guidance::DEFAULT.scale) })
+    }
 }
 
 #[derive(clap::Args)]
@@ -252,6 +290,8 @@ pub struct EvalArgs {
     /// Evaluate the KL terms at K evenly spaced timesteps only: a strided estimate, labelled so.
     #[arg(long)]
     pub nll_timesteps: Option<usize>,
+    #[command(flatten)]
+    pub guidance: GuidanceArgs,
 }
 
 impl TrainArgs {
@@ -285,6 +325,8 @@ impl TrainArgs {
             ("--schedule", self.schedule.is_some()),
             ("--prediction-type", self.prediction_type.is_some()),
             ("--flip", self.flip),
+            ("--unconditional", self.unconditional),
+            ("--class-dropout", self.class_dropout.is_some()),
             ("--seed", self.seed.is_some()),
             ("--out (the run stays in its folder)", self.out.is_some() && !self.resumes_latest()),
         ];
@@ -338,6 +380,7 @@ impl TrainArgs {
                 None => r.init,
             },
             min_snr_gamma: self.min_snr_gamma.unwrap_or(r.min_snr_gamma),
+            class_dropout: self.class_dropout.unwrap_or(r.class_dropout),
         }
     }
 
@@ -367,7 +410,12 @@ impl TrainArgs {
                 sample_every: self.sample_every,
                 eval_every: self.eval_every,
             },
-            grid: GridSettings { samples: self.grid_samples, ddim_steps: self.grid_ddim_steps, eta: self.grid_eta },
+            grid: GridSettings {
+                samples: self.grid_samples,
+                ddim_steps: self.grid_ddim_steps,
+                eta: self.grid_eta,
+                guidance: Guidance { class: None, scale: self.guidance },
+            },
             eval_samples: self.eval_samples,
             checkpoints_total_limit: self.checkpoints_total_limit,
         }

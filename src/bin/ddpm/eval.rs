@@ -98,8 +98,16 @@ pub fn eval_command(options: &GpuOptions, args: EvalArgs) -> Result<()> {
                 let sampler = args.sampler.sampler(args.steps, args.eta);
                 let config = model.unet.config();
                 let batch_size = args.batch_size.unwrap_or_else(|| default_sample_batch(&gpu, config, resolution));
-                let request =
-                    SampleRequest { count, resolution, sampler, seed: args.seed, keep_every: None, batch_size };
+                let guidance = args.guidance.for_model(config.num_class_embeds.is_some(), None)?;
+                let request = SampleRequest {
+                    count,
+                    resolution,
+                    sampler,
+                    seed: args.seed,
+                    keep_every: None,
+                    batch_size,
+                    guidance,
+                };
                 let started = Instant::now();
                 let (pixels, _) =
                     sample(&gpu, &model.unet, &model.weights, &model.scheduler, &request, &mut |done, total| {
@@ -107,7 +115,11 @@ pub fn eval_command(options: &GpuOptions, args: EvalArgs) -> Result<()> {
                             eprintln!("sampling: step {done}/{total} ({:.0} s)", started.elapsed().as_secs_f64());
                         }
                     })?;
-                let what = format!("{count} samples from {} ({sampler:?}, seed {})", dir.display(), args.seed);
+                let guided = match config.num_class_embeds {
+                    Some(_) => format!(", all classes, guidance {}", guidance.scale),
+                    None => String::new(),
+                };
+                let what = format!("{count} samples from {} ({sampler:?}{guided}, seed {})", dir.display(), args.seed);
                 (Images { channels, resolution, pixels }, what)
             }
             (_, _, Some(images)) => {

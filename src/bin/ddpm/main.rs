@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use args::{EvalArgs, SampleArgs, TrainArgs};
 use clap::{Parser, Subcommand};
 use ddpm_wgpu::gpu::{Gpu, GpuOptions};
@@ -142,8 +142,17 @@ fn train(options: &GpuOptions, args: TrainArgs, job: &Job) -> Result<()> {
             }
             config.patch_size = p;
             config.sample_size = Some(resolution / p);
+            let spec = DataSpec { folder: args.data.clone(), resolution, channels, limit: args.limit };
+            if args.config.is_none() {
+                // The recipe's classes follow the data's labels, plus one row for "no class".
+                let classes = if recipe.class_conditional && !args.unconditional { spec.classes() } else { None };
+                config.num_class_embeds = classes.map(|k| k + 1);
+            }
+            if args.unconditional && config.num_class_embeds.is_some() {
+                bail!("--unconditional with a --config that has num_class_embeds: remove one of them");
+            }
             config.validate()?;
-            (config, DataSpec { folder: args.data.clone(), resolution, channels, limit: args.limit })
+            (config, spec)
         }
     };
     let data = spec.load()?;
