@@ -7,7 +7,9 @@
 //   class_embedding_backward(dtable, dy, labels)   dtable: (K, D), dy: (N, D)
 //     dtable[k, d] = sum of dy[n, d] over the n with labels[n] == k, in n order
 // Labels are class indices stored as f32 (exact below 2^24), as the
-// cross-entropy kernels read them; the launcher checks they are below K.
+// cross-entropy kernels read them; callers make them with class_labels,
+// which checks each against the class count (an index past the table would
+// read what WGSL's bounds clamping gives, not fault).
 // One invocation per output element: the backward gathers rather than
 // scatters, so it needs no atomics and every sum has one fixed order.
 

@@ -277,8 +277,13 @@ pub fn dataset_bits_per_dim(
         let x0 = gpu.upload(&[n, config.in_channels, resolution / p, resolution / p], &images)?;
         let chunk = NllRequest { first_sample: request.first_sample + first as u32, ..*request };
         // A class-conditional model's bound is that of its "no class" half: p(x), not p(x | y).
-        let unconditional =
-            config.num_class_embeds.map(|embeds| class_labels(gpu, &vec![embeds - 1; n], embeds)).transpose()?;
+        let unconditional = match (config.num_class_embeds, config.null_class) {
+            (Some(embeds), Some(null)) => Some(class_labels(gpu, &vec![null; n], embeds)?),
+            (Some(_), None) => bail!(
+                "the NLL of a class-conditional model is that of its \"no class\" row (_null_class), which this one has not"
+            ),
+            (None, _) => None,
+        };
         let mut predictor = |x: &Tensor, t: &Tensor, _: usize, _: usize| {
             predict_noise(gpu, &model.unet, &model.weights, x, t, unconditional.as_ref())
         };

@@ -123,25 +123,37 @@ fn weights_file(dir: &Path, variant: Option<&str>) -> Result<PathBuf> {
 /// Progress of a sampling run: (steps done, total).
 pub type Progress<'a> = &'a mut dyn FnMut(usize, usize);
 
-/// How a class-conditional model is sampled. Such a model's last class
-/// embedding is "no class" (what training's class dropout puts in a label's
-/// place), so it has `num_class_embeds - 1` classes.
+/// How a class-conditional model is sampled.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Guidance {
     /// Every sample of this class; None: sample i of class i mod the
     /// model's classes (every class equally, in grid order).
     pub class: Option<usize>,
     /// Classifier-free guidance weight w (Ho & Salimans 2022): the model's
-    /// output is u + w (c - u), c at the sample's class and u at "no
-    /// class". 1 is the conditional model alone (one UNet pass), 0 the
+    /// output is u + w (c - u), c at the sample's class and u at "no class"
+    /// (the config's `_null_class` row). 1 is the conditional model alone
+    /// (one UNet pass; the only choice for a model without that row), 0 the
     /// unconditional one; above 1 trades variety for class-typical samples.
     pub scale: f32,
 }
 
 impl Guidance {
     /// What `ddpm sample`, `ddpm eval` and the training grids use unless told
-    /// otherwise: all classes at guidance 2 (NOTES.md, "The default recipe").
+    /// otherwise: all classes at guidance 1.75 (NOTES.md, "Third round").
     pub const DEFAULT: Guidance = Guidance { class: None, scale: 1.75 };
+
+    /// The conditional model alone, all classes.
+    pub const CONDITIONAL: Guidance = Guidance { class: None, scale: 1.0 };
+
+    /// [`Guidance::DEFAULT`] where `config` has a "no class" row, else
+    /// [`Guidance::CONDITIONAL`].
+    pub fn default_for(config: &UNetConfig) -> Guidance {
+        if config.null_class.is_some() {
+            Guidance::DEFAULT
+        } else {
+            Guidance::CONDITIONAL
+        }
+    }
 }
 
 /// What to draw.
@@ -181,15 +193,20 @@ pub fn sample(
         "sample: resolution {} does not split into the model's {p}x{p} patches",
         request.resolution
     );
-    let classes = match config.num_class_embeds {
-        Some(embeds) => {
-            let classes = embeds - 1;
-            ensure!(classes >= 1, "this model's class embedding has one row: no classes to sample");
+    let classes = match config.classes() {
+        Some(classes) => {
             let g = request.guidance;
+            ensure!(classes >= 1, "this model's class embedding has only its \"no class\" row: no classes to sample");
             if let Some(c) = g.class {
                 ensure!(c < classes, "class {c}: this model has classes 0 to {}", classes - 1);
+                ensure!(g.scale != 0.0, "class {c} at guidance 0: guidance 0 samples no class");
             }
             ensure!(g.scale.is_finite() && g.scale >= 0.0, "guidance must be 0 or more, got {}", g.scale);
+            ensure!(
+                g.scale == 1.0 || config.null_class.is_some(),
+                "guidance {} needs a \"no class\" embedding (_null_class in config.json), which this model has not: use 1",
+                g.scale
+            );
             Some(classes)
         }
         None => None,
@@ -202,7 +219,7 @@ pub fn sample(
             chunk_labels = Some((first, GuidedLabels::new(gpu, first, x.shape()[0], classes, &request.guidance)?));
         }
         let labels = &chunk_labels.as_ref().expect("made above").1;
-        predict_guided(gpu, unet, weights, x, t, labels, request.guidance.scale)
+        predict_guided(gpu, unet, weights, x, t, labels)
     };
     let patched = SampleRequest { resolution: request.resolution / p, ..*request };
     let (samples, kept) = sample_with(gpu, &mut model, config.in_channels, scheduler, &patched, progress)?;
@@ -372,8 +389,8 @@ pub fn forward_footprint(config: &UNetConfig, resolution: usize) -> ForwardFootp
 /// forward fits this adapter: its largest activation within one storage
 /// binding (and buffer), its attention probabilities within what the
 /// attention op allows, and its estimated peak within
-/// [`SAMPLE_MEMORY_BUDGET`] (half that for a class-conditional model, whose
-/// guided passes double the batch). At least 1. See [`forward_footprint`].
+/// [`SAMPLE_MEMORY_BUDGET`]; half that for a model with a "no class" row,
+/// whose guided passes double the batch. At least 1. See [`forward_footprint`].
 pub fn default_sample_batch(gpu: &Gpu, config: &UNetConfig, resolution: usize) -> usize {
     let f = forward_footprint(config, resolution);
     let info = gpu.info();
@@ -383,9 +400,10 @@ pub fn default_sample_batch(gpu: &Gpu, config: &UNetConfig, resolution: usize) -
     fits(binding, f.largest_activation)
         .min(fits(binding.min(MAX_PROBS_BYTES), f.largest_attention))
         .min(fits(SAMPLE_MEMORY_BUDGET, f.peak))
+        .min(MAX_SAMPLE_BATCH)
         // Guided sampling runs the UNet on each chunk twice over.
-        .div_ceil(if config.num_class_embeds.is_some() { 2 } else { 1 })
-        .clamp(1, MAX_SAMPLE_BATCH)
+        .div_euclid(if config.null_class.is_some() { 2 } else { 1 })
+        .max(1)
 }
 
 /// One UNet forward pass, keeping no activations for backward: the model's
@@ -405,24 +423,25 @@ pub fn predict_noise(
     Ok(unet.forward(&mut tape, &p, &xv, t, classes)?.value)
 }
 
-/// The class labels of one chunk: each sample's class, "no class" for
-/// each, and the two one after the other (the doubled batch of guided
-/// sampling).
+/// What one chunk's guided passes need: the labels of the one pass (each
+/// sample's class, or "no class" for all) at guidance 1 or 0, else those of
+/// the doubled batch (the classes, then as many "no class"), and the weight.
 struct GuidedLabels {
-    conditional: Tensor,
-    unconditional: Tensor,
-    doubled: Tensor,
+    labels: Tensor,
+    scale: f32,
 }
 
 impl GuidedLabels {
     fn new(gpu: &Gpu, first: usize, n: usize, classes: usize, g: &Guidance) -> Result<GuidedLabels> {
-        let own: Vec<usize> = (first..first + n).map(|i| g.class.unwrap_or(i % classes)).collect();
-        let doubled: Vec<usize> = own.iter().copied().chain(std::iter::repeat_n(classes, n)).collect();
-        Ok(GuidedLabels {
-            conditional: class_labels(gpu, &own, classes + 1)?,
-            unconditional: class_labels(gpu, &doubled[n..], classes + 1)?,
-            doubled: class_labels(gpu, &doubled, classes + 1)?,
-        })
+        let own = (first..first + n).map(|i| g.class.unwrap_or(i % classes));
+        let none = std::iter::repeat_n(classes, n);
+        let labels: Vec<usize> = match g.scale {
+            1.0 => own.collect(),
+            0.0 => none.collect(),
+            _ => own.chain(none).collect(),
+        };
+        // The "no class" row is index `classes` (the last) when the model has one.
+        Ok(GuidedLabels { labels: class_labels(gpu, &labels, classes + 1)?, scale: g.scale })
     }
 }
 
@@ -437,13 +456,9 @@ fn predict_guided(
     x: &Tensor,
     t: &Tensor,
     labels: &GuidedLabels,
-    scale: f32,
 ) -> Result<Tensor> {
-    if scale == 1.0 {
-        return predict_noise(gpu, unet, weights, x, t, Some(&labels.conditional));
-    }
-    if scale == 0.0 {
-        return predict_noise(gpu, unet, weights, x, t, Some(&labels.unconditional));
+    if labels.scale == 1.0 || labels.scale == 0.0 {
+        return predict_noise(gpu, unet, weights, x, t, Some(&labels.labels));
     }
     let n = x.shape()[0];
     // Twice along the batch: concatenated as two "channels" of one row.
@@ -453,8 +468,8 @@ fn predict_guided(
     };
     let mut shape = x.shape().to_vec();
     shape[0] = 2 * n;
-    let out = predict_noise(gpu, unet, weights, &twice(x, &shape)?, &twice(t, &[2 * n])?, Some(&labels.doubled))?;
+    let out = predict_noise(gpu, unet, weights, &twice(x, &shape)?, &twice(t, &[2 * n])?, Some(&labels.labels))?;
     let (c, u) = split(gpu, &out.reshape(&[1, 2, x.len()])?, 1)?;
     let lift = ew::axpy(gpu, &c, -1.0, &u)?;
-    ew::axpy(gpu, &u, scale, &lift)?.reshape(x.shape())
+    ew::axpy(gpu, &u, labels.scale, &lift)?.reshape(x.shape())
 }

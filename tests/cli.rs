@@ -113,7 +113,8 @@ fn train_resume_and_sample() {
     // Conditioned on the digits' 10 classes plus "no class", a tenth of the labels dropped.
     let unet: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(split.join("checkpoint/unet/config.json")).unwrap()).unwrap();
-    assert_eq!((unet["num_class_embeds"].as_u64(), o["class_dropout"].as_f64()), (Some(11), Some(0.1)), "{unet}");
+    let classes = (unet["num_class_embeds"].as_u64(), unet["_null_class"].as_u64(), o["class_dropout"].as_f64());
+    assert_eq!(classes, (Some(11), Some(10), Some(0.1)), "{unet}");
     // `latest`: the run in --out.
     let resumed = ddpm(&[
         "train",
@@ -376,6 +377,7 @@ fn eval_rejects_bad_input() {
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("--checkpoint"));
     let out = ddpm(&["eval", "--samples", empty.to_str().unwrap(), "--batch-size", "0"]);
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("--batch-size must be at least 1"));
+    fails_with(&["eval", "--samples", empty.to_str().unwrap(), "--guidance", "2"], "--guidance samples --checkpoint");
     // A colour sample among grey ones is an error, not a silent conversion.
     let mixed = temp("eval-mixed");
     std::fs::create_dir_all(&mixed).unwrap();
@@ -667,6 +669,10 @@ fn a_patched_model_trains_resumes_samples_and_evaluates_at_the_image_resolution(
     fails_with(
         &[train_args(refused.to_str().unwrap(), Some(&class_config), "1"), vec!["--unconditional"]].concat(),
         "--unconditional with a --config that has num_class_embeds",
+    );
+    fails_with(
+        &[train_args(refused.to_str().unwrap(), None, "1"), vec!["--unconditional", "--class-dropout", "0.2"]].concat(),
+        "--class-dropout needs a class-conditional UNet",
     );
     std::fs::remove_dir_all(&plain).unwrap();
     let _ = std::fs::remove_dir_all(&refused);

@@ -125,17 +125,22 @@ fn two_ranks_train_as_one_process_bit_identically_and_resume_in_one() {
     let dir = temp("parity");
     let path = |name: &str| dir.join(name).to_str().unwrap().to_string();
     let (one, job_a, job_b, split) = (path("one"), path("job_a"), path("job_b"), path("split"));
-    // With dropout, whose masks are keyed by the sample's index in the global batch.
+    // With dropout, whose masks are keyed by the sample's index in the global batch, and
+    // class labels, a third of them dropped to "no class" by draws made for the whole batch.
     let config = path("dropout.json");
     let mut json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(TINY_CONFIG).unwrap()).unwrap();
     json["dropout"] = 0.1.into();
+    json["num_class_embeds"] = 11.into();
+    fn classes(args: Vec<&str>) -> Vec<&str> {
+        [args, vec!["--class-dropout", "0.3"]].concat()
+    }
     std::fs::write(&config, json.to_string()).unwrap();
-    single(&train_args(&config, &one, "5", "8", "1000"));
-    let out = run(mpirun(2, &train_args(&config, &job_a, "5", "8", "1000"), "parity"));
+    single(&classes(train_args(&config, &one, "5", "8", "1000")));
+    let out = run(mpirun(2, &classes(train_args(&config, &job_a, "5", "8", "1000")), "parity"));
     let banner = String::from_utf8_lossy(&out.stderr);
     assert!(banner.contains("MPI job of 2 ranks") && banner.contains("rank 1 (host"), "{banner}");
     assert!(banner.contains("4 per rank"), "{banner}");
-    run(mpirun(2, &train_args(&config, &job_b, "5", "8", "1000"), "parity"));
+    run(mpirun(2, &classes(train_args(&config, &job_b, "5", "8", "1000")), "parity"));
     // `ddpm devices` under mpirun: the job's size and each rank's adapter, once (from rank 0).
     let listing = String::from_utf8_lossy(&run(mpirun(2, &["devices"], "devices")).stdout).into_owned();
     assert!(listing.contains("MPI job of 2 ranks") && listing.contains("rank 0 (host"), "{listing}");
@@ -166,7 +171,7 @@ fn two_ranks_train_as_one_process_bit_identically_and_resume_in_one() {
     }
 
     // 3 steps as a 2-rank job, then 2 more in one process: the job's losses.
-    run(mpirun(2, &train_args(&config, &split, "3", "8", "1000"), "parity"));
+    run(mpirun(2, &classes(train_args(&config, &split, "3", "8", "1000")), "parity"));
     single(&["train", "--resume", &split, "--steps", "5", "--sample-every", "0", "--grid-samples", "4"]);
     assert_close(&metrics(Path::new(&split)), &metrics(Path::new(&job_a)), 1e-5, "resumed in 1 process vs the job");
     std::fs::remove_dir_all(&dir).unwrap();

@@ -125,7 +125,7 @@ fn guided_sampling_combines_the_conditional_and_unconditional_passes() {
     use ddpm_wgpu::sample::{predict_noise, sample_with};
     let (_turn, gpu) = common::gpu();
     let (classes, per) = (3, 28 * 28);
-    let config = UNetConfig { num_class_embeds: Some(classes + 1), ..tiny_config() };
+    let config = UNetConfig { num_class_embeds: Some(classes + 1), null_class: Some(classes), ..tiny_config() };
     let (unet, weights) = tiny_model_of(&gpu, &config);
     let scheduler = SchedulerConfig { num_train_timesteps: 8, ..SchedulerConfig::default() };
     let sampler = Sampler::Ddim { steps: 4, eta: 1.0 };
@@ -176,6 +176,13 @@ fn guided_sampling_combines_the_conditional_and_unconditional_passes() {
     assert!(err.contains("class 3: this model has classes 0 to 2"), "{err}");
     let err = guided(Guidance { class: None, scale: f32::NAN }).err().unwrap().to_string();
     assert!(err.contains("guidance must be 0 or more"), "{err}");
+    // Without a "no class" row every row is a class, and only guidance 1 can be drawn.
+    let all_classes = UNetConfig { null_class: None, ..config.clone() };
+    let (unet, weights) = tiny_model_of(&gpu, &all_classes);
+    let run = |guidance| sample(&gpu, &unet, &weights, &scheduler, &request(guidance, 7), &mut |_, _| {});
+    let err = run(Guidance { class: None, scale: 2.0 }).err().unwrap().to_string();
+    assert!(err.contains("guidance 2 needs a \"no class\" embedding"), "{err}");
+    assert!(run(Guidance { class: Some(classes), scale: 1.0 }).is_ok(), "row {classes} is a class here");
 }
 
 /// 7 samples drawn 3 at a time (chunks of 3, 3, 1) are the 7 of one batch,

@@ -73,8 +73,9 @@ pub struct TrainOptions {
     #[serde(default)]
     pub min_snr_gamma: f32,
     /// For a class-conditional UNet: the probability that a sample's label
-    /// is replaced by "no class" (the UNet's last class embedding), so one
-    /// model learns both halves of classifier-free guidance.
+    /// is replaced by "no class" (the UNet's last class embedding,
+    /// `_null_class`), so one model learns both halves of classifier-free
+    /// guidance. Unconditional UNets have no labels to drop.
     #[serde(default)]
     pub class_dropout: f32,
 }
@@ -499,6 +500,13 @@ impl<'g> Trainer<'g> {
             "--class-dropout must be in [0, 1), got {}",
             options.class_dropout
         );
+        // Dropped labels need the "no class" row, and that row is trained only by them.
+        ensure!(
+            c.num_class_embeds.is_none() || (options.class_dropout > 0.0) == c.null_class.is_some(),
+            "--class-dropout {} with a UNet {} a \"no class\" embedding (_null_class in config.json)",
+            options.class_dropout,
+            if c.null_class.is_some() { "that has" } else { "without" }
+        );
         ensure!(
             options.steps <= ddpm::noise_steps::SAMPLING as u64,
             "--steps must be at most {} (each step's noise has an id of its own)",
@@ -714,8 +722,8 @@ impl<'g> Trainer<'g> {
     /// UNet (each replaced by "no class" with probability `class_dropout`,
     /// drawn from the step's generator), with the UNet's class-embedding count.
     fn step_labels(&self, data: &Dataset, indices: &[usize], rng: &mut StdRng) -> Result<Option<(Vec<usize>, usize)>> {
-        let Some(embeds) = self.unet.config().num_class_embeds else { return Ok(None) };
-        let null = embeds - 1;
+        let c = self.unet.config();
+        let (Some(embeds), Some(classes)) = (c.num_class_embeds, c.classes()) else { return Ok(None) };
         let labels = data.labels_of(indices).with_context(|| {
             format!(
                 "this UNet is class-conditional (num_class_embeds {embeds}), but {} has no class labels",
@@ -723,14 +731,19 @@ impl<'g> Trainer<'g> {
             )
         })?;
         ensure!(
-            data.classes() == Some(null),
-            "this UNet has {null} classes and \"no class\" (num_class_embeds {embeds}), but {} has {} classes",
+            data.classes() == Some(classes),
+            "this UNet is conditioned on {classes} classes (num_class_embeds {embeds}), but {} has {}",
             data.source,
             data.classes().unwrap_or(0)
         );
-        let dropout = self.options.class_dropout as f64;
-        let labels = labels.into_iter().map(|l| if dropout > 0.0 && rng.random_bool(dropout) { null } else { l });
-        Ok(Some((labels.collect(), embeds)))
+        let labels: Vec<usize> = match c.null_class {
+            Some(null) => {
+                let p = self.options.class_dropout as f64;
+                labels.into_iter().map(|l| if rng.random_bool(p) { null } else { l }).collect()
+            }
+            None => labels,
+        };
+        Ok(Some((labels, embeds)))
     }
 
     pub fn gpu(&self) -> &'g Gpu {
@@ -826,7 +839,9 @@ impl<'g> Trainer<'g> {
     }
 
     /// Write a resumable checkpoint to `dir`: a diffusers DDPMPipeline
-    /// folder (EMA weights in `unet/`, `scheduler/`) plus `training/` with
+    /// folder (EMA weights in `unet/`, `scheduler/`; a class-conditional
+    /// UNet loads there but needs `class_labels`, which the pipeline's
+    /// `__call__` does not pass) plus `training/` with
     /// the raw weights, Adam moments and state. Crash-safe at every point:
     /// see [`checkpoint`](crate::checkpoint).
     pub fn save_checkpoint(&self, dir: &Path, data: &DataSpec) -> Result<()> {

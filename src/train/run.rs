@@ -133,6 +133,9 @@ impl RunSettings {
         if !(g.eta.is_finite() && g.eta >= 0.0) {
             bail!("--grid-eta must be a finite number >= 0, got {}", g.eta);
         }
+        if !(g.guidance.scale.is_finite() && g.guidance.scale >= 0.0) {
+            bail!("--guidance must be a finite number >= 0, got {}", g.guidance.scale);
+        }
         if self.cadence.eval_every > 0 {
             DigitClassifier::accepts_shape(data.channels, data.resolution)
                 .context("--eval-every scores samples with the digit classifier")?;
@@ -346,7 +349,8 @@ impl RunState<'_, '_> {
             seed: trainer.options.seed,
             keep_every: None,
             batch_size: default_sample_batch(trainer.gpu(), trainer.unet.config(), resolution),
-            guidance: grid.guidance,
+            // Without a "no class" row only the conditional model can be sampled.
+            guidance: if trainer.unet.config().null_class.is_some() { grid.guidance } else { Guidance::CONDITIONAL },
         };
         let weights = trainer.ema_store()?;
         Ok(sample(trainer.gpu(), &trainer.unet, &weights, &trainer.scheduler, &request, &mut |_, _| {})?.0)

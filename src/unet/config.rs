@@ -58,6 +58,11 @@ pub struct UNetConfig {
     /// each p x p block as p² channels ([`crate::patch`]). 1: no patching.
     #[serde(rename = "_patch_size", skip_serializing_if = "is_one")]
     pub patch_size: usize,
+    /// This engine's own key: the class-embedding row that stands for "no
+    /// class" (training's class dropout puts it in a label's place; guided
+    /// sampling contrasts with it), always the last. None: every row is a class.
+    #[serde(rename = "_null_class", skip_serializing_if = "Option::is_none")]
+    pub null_class: Option<usize>,
     /// Metadata keys (`_diffusers_version`, `_name_or_path`), kept so a
     /// config round-trips; any other key is refused by [`UNetConfig::validate`].
     #[serde(flatten)]
@@ -99,6 +104,7 @@ impl Default for UNetConfig {
             num_class_embeds: None,
             num_train_timesteps: None,
             patch_size: 1,
+            null_class: None,
             other: BTreeMap::new(),
         }
     }
@@ -128,6 +134,12 @@ impl UNetConfig {
     /// Side of the images this UNet models (its sample_size times p).
     pub fn image_size(&self) -> Option<usize> {
         self.sample_size.map(|s| s * self.patch_size)
+    }
+
+    /// The classes a class-conditional UNet is conditioned on: its class
+    /// embeddings less the "no class" row. None: unconditional.
+    pub fn classes(&self) -> Option<usize> {
+        self.num_class_embeds.map(|k| k - usize::from(self.null_class.is_some()))
     }
 
     /// Width of the time embedding (`time_embedding.linear_1` output).
@@ -188,6 +200,13 @@ impl UNetConfig {
             bail!("unsupported class_embed_type '{kind}' (only none: a table of num_class_embeds rows)");
         }
         ensure!(self.num_class_embeds != Some(0), "num_class_embeds must be at least 1");
+        if let Some(null) = self.null_class {
+            ensure!(
+                null >= 1 && self.num_class_embeds == Some(null + 1),
+                "_null_class {null} must be the last of at least two class embeddings (num_class_embeds {:?})",
+                self.num_class_embeds
+            );
+        }
         // Every other UNet2DModel key is read; `_`-prefixed ones are metadata.
         if let Some((key, value)) = self.other.iter().find(|(k, _)| !k.starts_with('_')) {
             bail!("unknown UNet2DModel key '{key}' (= {value})");

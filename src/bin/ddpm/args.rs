@@ -9,6 +9,7 @@ use ddpm_wgpu::sample::{Guidance, Sampler};
 use ddpm_wgpu::schedule::{BetaSchedule, PredictionType, SchedulerConfig};
 use ddpm_wgpu::train::{Cadence, GridSettings, LrSchedule, Recipe, RunSettings, TrainOptions};
 use ddpm_wgpu::unet::layout::InitScheme;
+use ddpm_wgpu::unet::UNetConfig;
 
 #[derive(clap::Args)]
 pub struct TrainArgs {
@@ -88,7 +89,8 @@ pub struct TrainArgs {
         |o| o.class_dropout.to_string()))]
     pub class_dropout: Option<f32>,
     /// Classifier-free guidance weight of a class-conditional run's grids and evaluations
-    /// (1: the conditional model alone; above 1: more typical of the class, less varied).
+    /// (1: the conditional model alone, what a run without class dropout always uses; above 1:
+    /// more typical of the class, less varied).
     #[arg(long, default_value_t = Guidance::DEFAULT.scale)]
     pub guidance: f32,
     /// Noise schedule: linear (the paper's) or cosine [default: the preset's].
@@ -229,18 +231,19 @@ pub struct SampleArgs {
 pub struct GuidanceArgs {
     /// Classifier-free guidance weight (class-conditional models): 1 samples the conditional
     /// model alone, 0 the unconditional one; above 1, more typical of the class, less varied
-    /// [default: 1.75].
+    /// [default: 1.75 for a model trained with class dropout (a "no class" row), else 1].
     #[arg(long)]
     pub guidance: Option<f32>,
 }
 
 impl GuidanceArgs {
-    /// The guidance for `class`; refused for a model without classes.
-    pub fn for_model(self, class_conditional: bool, class: Option<usize>) -> Result<Guidance> {
-        if !class_conditional && (self.guidance.is_some() || class.is_some()) {
+    /// The guidance for `class` with the model of `config`; refused for a
+    /// model without classes.
+    pub fn for_model(self, config: &UNetConfig, class: Option<usize>) -> Result<Guidance> {
+        if config.num_class_embeds.is_none() && (self.guidance.is_some() || class.is_some()) {
             bail!("--guidance and --class need a class-conditional model (num_class_embeds in its config.json)");
         }
-        Ok(Guidance { class, scale: self.guidance.unwrap_or(Guidance::DEFAULT.scale) })
+        Ok(Guidance { class, scale: self.guidance.unwrap_or(Guidance::default_for(config).scale) })
     }
 }
 

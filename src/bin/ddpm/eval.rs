@@ -25,6 +25,9 @@ pub fn eval_command(options: &GpuOptions, args: EvalArgs) -> Result<()> {
     if args.nll && args.checkpoint.is_none() {
         bail!("--nll needs --checkpoint (the bound is a property of a model, not of samples)");
     }
+    if args.checkpoint.is_none() && args.guidance.guidance.is_some() {
+        bail!("--guidance samples --checkpoint; --samples are scored as they are");
+    }
     if args.nll && args.nll_num == 0 {
         bail!("--nll-num must be at least 1");
     }
@@ -92,13 +95,14 @@ pub fn eval_command(options: &GpuOptions, args: EvalArgs) -> Result<()> {
     }
 
     let mut metrics = serde_json::Map::new();
+    let mut guided_at = None;
     if scored {
         let (samples, source) = match (&args.checkpoint, &model, folder) {
             (Some(dir), Some(model), _) => {
                 let sampler = args.sampler.sampler(args.steps, args.eta);
                 let config = model.unet.config();
                 let batch_size = args.batch_size.unwrap_or_else(|| default_sample_batch(&gpu, config, resolution));
-                let guidance = args.guidance.for_model(config.num_class_embeds.is_some(), None)?;
+                let guidance = args.guidance.for_model(config, None)?;
                 let request = SampleRequest {
                     count,
                     resolution,
@@ -116,7 +120,10 @@ pub fn eval_command(options: &GpuOptions, args: EvalArgs) -> Result<()> {
                         }
                     })?;
                 let guided = match config.num_class_embeds {
-                    Some(_) => format!(", all classes, guidance {}", guidance.scale),
+                    Some(_) => {
+                        guided_at = Some(guidance.scale);
+                        format!(", all classes in turn, guidance {}", guidance.scale)
+                    }
                     None => String::new(),
                 };
                 let what = format!("{count} samples from {} ({sampler:?}{guided}, seed {})", dir.display(), args.seed);
@@ -153,6 +160,10 @@ pub fn eval_command(options: &GpuOptions, args: EvalArgs) -> Result<()> {
         if let serde_json::Value::Object(m) = serde_json::to_value(&report)? {
             metrics = m;
         }
+        if let Some(scale) = guided_at {
+            // The samples asked for every class equally: the class KL measures guidance hitting them.
+            metrics.insert("guidance".into(), scale.into());
+        }
     }
     if let Some(model) = model.as_ref().filter(|_| args.nll) {
         let batch = args.batch_size.unwrap_or_else(|| default_sample_batch(&gpu, model.unet.config(), resolution));
@@ -163,10 +174,12 @@ pub fn eval_command(options: &GpuOptions, args: EvalArgs) -> Result<()> {
                 eprintln!("NLL: timestep {done}/{total} ({:.0} s)", started.elapsed().as_secs_f64());
             }
         })?;
+        let conditional = model.unet.config().num_class_embeds.is_some();
+        let how = if conditional { "of the \"no class\" model, p(x); " } else { "" };
         let how = if n.strided {
-            format!("strided estimate over {} timesteps, runs low", n.evaluated_timesteps)
+            format!("{how}strided estimate over {} timesteps, runs low", n.evaluated_timesteps)
         } else {
-            format!("exact bound over all {} timesteps", n.evaluated_timesteps)
+            format!("{how}exact bound over all {} timesteps", n.evaluated_timesteps)
         };
         println!(
             "  NLL bits/dim        {:>9.3}   ({how}; {} real images: prior {:.4}, L_0 {:.3}, KL terms {:.3})",

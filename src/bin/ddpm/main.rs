@@ -113,6 +113,7 @@ fn train(options: &GpuOptions, args: TrainArgs, job: &Job) -> Result<()> {
         None
     };
     let checkpoint_dir = settings.checkpoint_dir();
+    let mut train_options = args.options(&recipe);
     // A resumed run keeps its config and data; a new one takes them from the recipe and flags.
     let (config, spec) = match &args.resume {
         Some(_) => {
@@ -146,10 +147,21 @@ fn train(options: &GpuOptions, args: TrainArgs, job: &Job) -> Result<()> {
             if args.config.is_none() {
                 // The recipe's classes follow the data's labels, plus one row for "no class".
                 let classes = if recipe.class_conditional && !args.unconditional { spec.classes() } else { None };
+                if recipe.class_conditional && !args.unconditional && classes.is_none() && job.is_root() {
+                    eprintln!("note: an image folder has no class labels: training an unconditional model");
+                }
                 config.num_class_embeds = classes.map(|k| k + 1);
             }
             if args.unconditional && config.num_class_embeds.is_some() {
                 bail!("--unconditional with a --config that has num_class_embeds: remove one of them");
+            }
+            // Dropped labels train the last row as "no class"; an unconditional UNet has none to drop.
+            match config.num_class_embeds {
+                Some(embeds) => config.null_class = (train_options.class_dropout > 0.0).then_some(embeds - 1),
+                None if args.class_dropout.is_some() => {
+                    bail!("--class-dropout needs a class-conditional UNet (labelled data, or num_class_embeds in --config)")
+                }
+                None => train_options.class_dropout = 0.0,
             }
             config.validate()?;
             (config, spec)
@@ -182,7 +194,7 @@ fn train(options: &GpuOptions, args: TrainArgs, job: &Job) -> Result<()> {
             say(&format!("resuming at step {} of {} (seed {})", state.step, o.steps, o.seed));
             trainer
         }
-        None => Trainer::new(&gpu, &config, args.scheduler(&recipe), args.options(&recipe), shape)?,
+        None => Trainer::new(&gpu, &config, args.scheduler(&recipe), train_options, shape)?,
     };
     let mut trainer = trainer.with_world(world)?;
     let o = &trainer.options;

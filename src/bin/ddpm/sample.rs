@@ -50,7 +50,7 @@ pub fn sample_command(options: &GpuOptions, args: SampleArgs) -> Result<()> {
     let bar = progress_bar(total as u64);
     let started = Instant::now();
     let keep_every = args.strip.as_ref().map(|_| (steps / 10).max(1));
-    let guidance = args.guidance.for_model(config.num_class_embeds.is_some(), args.class)?;
+    let guidance = args.guidance.for_model(config, args.class)?;
     let request =
         SampleRequest { count: args.num, resolution, sampler, seed: args.seed, keep_every, batch_size, guidance };
     let (images, kept) = sample(&gpu, &model.unet, &model.weights, &model.scheduler, &request, &mut |done, _| {
