@@ -33,6 +33,7 @@ pub struct Dataset {
     /// Each sample's class, and how many classes there are (the MNIST
     /// digits have them; an image folder has none).
     labels: Option<(Vec<usize>, usize)>,
+    class_names: Option<Vec<String>>,
     /// Where each sample came from, for messages.
     pub source: String,
 }
@@ -89,7 +90,7 @@ impl Dataset {
         if len == 0 || pixels.is_empty() || !pixels.len().is_multiple_of(len) {
             bail!("{source}: {} values do not make {channels}x{resolution}x{resolution} images", pixels.len());
         }
-        Ok(Dataset { channels, resolution, pixels, labels: None, source: source.to_string() })
+        Ok(Dataset { channels, resolution, pixels, labels: None, class_names: None, source: source.to_string() })
     }
 
     /// Only the first `n` samples.
@@ -126,13 +127,18 @@ impl Dataset {
         let mut labels = mnist_labels();
         labels.truncate(count);
         let labels = Some((labels, MNIST_CLASS_COUNTS.len()));
-        Ok(Dataset { channels: 1, resolution, pixels, labels, source: "MNIST digits (assets/mnist)".into() })
+        let class_names = Some((0..MNIST_CLASS_COUNTS.len()).map(|d| d.to_string()).collect());
+        let source = "MNIST digits (assets/mnist)".into();
+        Ok(Dataset { channels: 1, resolution, pixels, labels, class_names, source })
     }
 
     /// Every image under `dir` (recursive), centre-cropped to a square and
     /// resized to `resolution`, as `channels` = 1 (grey) or 3 (RGB).
     /// Unreadable files and images smaller than `resolution` are skipped with
-    /// a warning naming them; no usable image at all is an error.
+    /// a warning naming them; no usable image at all is an error. Laid out as
+    /// torchvision's ImageFolder (every image inside a subfolder, at least
+    /// two subfolders), each subfolder is a class, numbered in the sorted
+    /// order of their names ([`Dataset::class_names`]).
     pub fn from_folder(dir: &Path, resolution: usize, channels: usize) -> Result<Dataset> {
         if channels != 1 && channels != 3 {
             bail!("--channels must be 1 (grey) or 3 (RGB), got {channels}");
@@ -148,9 +154,17 @@ impl Dataset {
         }
         let mut pixels = Vec::new();
         let mut skipped = 0;
+        // The subfolder of `dir` each used image is in (None: at the top level).
+        let mut folders: Vec<Option<String>> = Vec::new();
         for file in &files {
             match load_image(file, resolution) {
-                Ok(img) => push_pixels(&mut pixels, &img, channels),
+                Ok(img) => {
+                    push_pixels(&mut pixels, &img, channels);
+                    let relative = file.strip_prefix(dir).unwrap_or(file);
+                    let mut parts = relative.components();
+                    let folder = parts.next().filter(|_| parts.next().is_some());
+                    folders.push(folder.map(|c| c.as_os_str().to_string_lossy().into_owned()));
+                }
                 Err(e) => {
                     eprintln!("warning: skipping {}: {e:#}", file.display());
                     skipped += 1;
@@ -163,7 +177,25 @@ impl Dataset {
         if skipped > 0 {
             eprintln!("warning: skipped {skipped} of {} files", files.len());
         }
-        Ok(Dataset { channels, resolution, pixels, labels: None, source: dir.display().to_string() })
+        let mut names: Vec<String> = folders.iter().flatten().cloned().collect();
+        names.sort();
+        names.dedup();
+        let labels = match folders.iter().all(Option::is_some) && names.len() >= 2 {
+            true => {
+                let label =
+                    |f: &Option<String>| names.binary_search(f.as_ref().expect("all in folders")).expect("a name");
+                Some((folders.iter().map(label).collect(), names.len()))
+            }
+            false => None,
+        };
+        let class_names = labels.as_ref().map(|_| names);
+        Ok(Dataset { channels, resolution, pixels, labels, class_names, source: dir.display().to_string() })
+    }
+
+    /// The name of each class, where the data has them (an ImageFolder's
+    /// subfolders; the MNIST digits are 0..9).
+    pub fn class_names(&self) -> Option<&[String]> {
+        self.class_names.as_deref()
     }
 
     /// Gather samples `indices` into one (batch, C, R, R) array, mirroring

@@ -721,3 +721,32 @@ fn a_patched_model_trains_resumes_samples_and_evaluates_at_the_image_resolution(
     std::fs::remove_dir_all(&whole).unwrap();
     std::fs::remove_dir_all(&split).unwrap();
 }
+
+/// An image folder with one subfolder per class trains the default recipe
+/// class-conditional on those classes, named at the start, and samples one.
+#[test]
+fn class_subfolders_make_a_class_conditional_run() {
+    let dir = temp("folder-classes");
+    for (class, v) in [("circles", 40u8), ("squares", 200)] {
+        std::fs::create_dir_all(dir.join("data").join(class)).unwrap();
+        for i in 0..3u8 {
+            image::GrayImage::from_pixel(32, 32, image::Luma([v + i]))
+                .save(dir.join(format!("data/{class}/{i}.png")))
+                .unwrap();
+        }
+    }
+    let (data, out) = (dir.join("data"), dir.join("run"));
+    let mut args = train_args(out.to_str().unwrap(), None, "1");
+    args.extend(["--data", data.to_str().unwrap(), "--channels", "1"]);
+    let run = ddpm(&args);
+    let log = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success() && log.contains("classes: 0 circles, 1 squares"), "{log}");
+    let config = std::fs::read_to_string(out.join("checkpoint/unet/config.json")).unwrap();
+    assert!(config.contains("\"num_class_embeds\": 3") && config.contains("\"_null_class\": 2"), "{config}");
+    let (grid, checkpoint) = (dir.join("grid.png"), out.join("checkpoint"));
+    let sample = ["sample", "--checkpoint", checkpoint.to_str().unwrap(), "--num", "2"];
+    let sample =
+        [&sample[..], &["--sampler", "ddim", "--steps", "2", "--class", "1", "--out", grid.to_str().unwrap()]].concat();
+    assert!(ddpm(&sample).status.success());
+    std::fs::remove_dir_all(&dir).unwrap();
+}

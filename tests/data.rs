@@ -55,6 +55,42 @@ fn folder_loading_skips_bad_files_and_reports_empty_ones() {
     std::fs::remove_dir_all(&empty).unwrap();
 }
 
+/// One subfolder per class (torchvision's ImageFolder): classes in sorted
+/// name order, each image labelled by the subfolder it is in (nested
+/// folders included), a class of unusable files dropped; a loose image at
+/// the top or a single class leaves the data unlabelled.
+#[test]
+fn class_subfolders_label_the_images() {
+    let dir = temp_dir("classes");
+    // Each class's images have their own grey level, so a sample's label can be read off it.
+    let grey = |v: u8| image::GrayImage::from_pixel(16, 16, image::Luma([v]));
+    for (class, v) in [("zebra", 250u8), ("cat", 10), ("dog", 130)] {
+        std::fs::create_dir_all(dir.join(class).join("more")).unwrap();
+        grey(v).save(dir.join(class).join("a.png")).unwrap();
+        grey(v).save(dir.join(class).join("more/b.png")).unwrap();
+    }
+    std::fs::create_dir_all(dir.join("broken")).unwrap();
+    std::fs::write(dir.join("broken/x.png"), b"garbage").unwrap();
+    let d = Dataset::from_folder(&dir, 16, 1).unwrap();
+    assert_eq!(d.len(), 6);
+    assert_eq!(d.class_names().unwrap(), ["cat", "dog", "zebra"]);
+    assert_eq!(d.classes(), Some(3));
+    let labels = d.labels_of(&(0..6).collect::<Vec<_>>()).unwrap();
+    for (i, &label) in labels.iter().enumerate() {
+        let level = ((d.sample(i)[0] + 1.0) * 127.5).round() as u8;
+        assert_eq!(label, [10, 130, 250].iter().position(|&v| v == level).unwrap(), "sample {i}");
+    }
+    assert_eq!(d.truncated(3).labels_of(&[2]), Some(vec![1]));
+    grey(0).save(dir.join("loose.png")).unwrap();
+    assert_eq!(Dataset::from_folder(&dir, 16, 1).unwrap().classes(), None, "a loose image: no classes");
+    let one = temp_dir("one-class");
+    std::fs::create_dir_all(one.join("only")).unwrap();
+    grey(0).save(one.join("only/a.png")).unwrap();
+    assert_eq!(Dataset::from_folder(&one, 16, 1).unwrap().classes(), None, "one subfolder: no classes");
+    std::fs::remove_dir_all(&dir).unwrap();
+    std::fs::remove_dir_all(&one).unwrap();
+}
+
 #[test]
 fn batches_gather_and_flip() {
     let d = Dataset::mnist(28, Some(4)).unwrap();

@@ -255,15 +255,6 @@ pub struct DataSpec {
 }
 
 impl DataSpec {
-    /// How many classes the data is labelled with, known before loading it:
-    /// the MNIST digits have 10, an image folder none.
-    pub fn classes(&self) -> Option<usize> {
-        match self.folder {
-            Some(_) => None,
-            None => Some(crate::data::MNIST_CLASS_COUNTS.len()),
-        }
-    }
-
     pub fn load(&self) -> Result<Dataset> {
         ensure!(self.limit != Some(0), "--limit must be at least 1");
         ensure!(

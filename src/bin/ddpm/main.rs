@@ -115,11 +115,11 @@ fn train(options: &GpuOptions, args: TrainArgs, job: &Job) -> Result<()> {
     let checkpoint_dir = settings.checkpoint_dir();
     let mut train_options = args.options(&recipe);
     // A resumed run keeps its config and data; a new one takes them from the recipe and flags.
-    let (config, spec) = match &args.resume {
+    let (config, spec, data) = match &args.resume {
         Some(_) => {
             let state = read_state(&checkpoint_dir)?;
             let found = existing_checkpoint(&checkpoint_dir)?;
-            (UNetConfig::load(&found.join("unet/config.json"))?, state.data)
+            (UNetConfig::load(&found.join("unet/config.json"))?, state.data, None)
         }
         None => {
             let mut config = match &args.config {
@@ -143,17 +143,25 @@ fn train(options: &GpuOptions, args: TrainArgs, job: &Job) -> Result<()> {
             }
             config.patch_size = p;
             config.sample_size = Some(resolution / p);
-            let spec = DataSpec { folder: args.data.clone(), resolution, channels, limit: args.limit };
-            if args.config.is_none() {
-                // The recipe's classes follow the data's labels, plus one row for "no class".
-                let classes = if recipe.class_conditional && !args.unconditional { spec.classes() } else { None };
-                if recipe.class_conditional && !args.unconditional && classes.is_none() && job.is_root() {
-                    eprintln!("note: an image folder has no class labels: training an unconditional model");
-                }
-                config.num_class_embeds = classes.map(|k| k + 1);
-            }
             if args.unconditional && config.num_class_embeds.is_some() {
                 bail!("--unconditional with a --config that has num_class_embeds: remove one of them");
+            }
+            // Checked before the data is read (which may take long); again once classes are set.
+            config.validate()?;
+            let spec = DataSpec { folder: args.data.clone(), resolution, channels, limit: args.limit };
+            let data = spec.load()?;
+            if args.config.is_none() {
+                // The recipe's classes follow the data's labels, plus one row for "no class".
+                let conditional = recipe.class_conditional && !args.unconditional;
+                let classes = data.classes().filter(|_| conditional);
+                if conditional && classes.is_none() && job.is_root() {
+                    eprintln!(
+                        "note: {} has no class labels (one subfolder per class, at least two): training an \
+                         unconditional model",
+                        data.source
+                    );
+                }
+                config.num_class_embeds = classes.map(|k| k + 1);
             }
             // Dropped labels train the last row as "no class"; an unconditional UNet has none to drop.
             match config.num_class_embeds {
@@ -164,10 +172,13 @@ fn train(options: &GpuOptions, args: TrainArgs, job: &Job) -> Result<()> {
                 None => train_options.class_dropout = 0.0,
             }
             config.validate()?;
-            (config, spec)
+            (config, spec, Some(data))
         }
     };
-    let data = spec.load()?;
+    let data = match data {
+        Some(data) => data,
+        None => spec.load()?,
+    };
     let gpu = Gpu::new(options)?;
     let world = job.world();
     let ranks = job.describe_ranks(&gpu.info().to_string())?;
@@ -186,6 +197,11 @@ fn train(options: &GpuOptions, args: TrainArgs, job: &Job) -> Result<()> {
     }
     let (channels, resolution) = (spec.channels, spec.resolution);
     say(&format!("data: {} images of {channels}x{resolution}x{resolution} from {}", data.len(), data.source));
+    if let (Some(_), Some(names)) = (config.num_class_embeds, data.class_names()) {
+        // What `ddpm sample --class K` will mean.
+        let classes: Vec<String> = names.iter().enumerate().map(|(k, name)| format!("{k} {name}")).collect();
+        say(&format!("classes: {}", classes.join(", ")));
+    }
     let shape = [channels, resolution, resolution];
     let trainer = match &args.resume {
         Some(_) => {
