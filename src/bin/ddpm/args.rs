@@ -81,7 +81,8 @@ pub struct TrainArgs {
     #[arg(long)]
     pub flip: bool,
     /// Ignore the data's class labels: an unconditional UNet (the default preset conditions on
-    /// the MNIST digits' classes, for classifier-free guidance; an image folder has no labels).
+    /// the classes of the MNIST digits or of a folder with one subfolder per class, for
+    /// classifier-free guidance; a folder of loose images has no labels).
     #[arg(long)]
     pub unconditional: bool,
     #[arg(long, help = preset_help(
