@@ -30,12 +30,19 @@ pub struct Dataset {
     pub resolution: usize,
     /// (len, channels, resolution, resolution), values in [-1, 1].
     pixels: Vec<f32>,
-    /// Each sample's class, and how many classes there are (the MNIST
-    /// digits have them; an image folder has none).
-    labels: Option<(Vec<usize>, usize)>,
-    class_names: Option<Vec<String>>,
+    /// Each sample's class and every class's name (the MNIST digits and a
+    /// folder of class subfolders have them; loose images have none).
+    labels: Option<Labels>,
     /// Where each sample came from, for messages.
     pub source: String,
+}
+
+/// The classes of a labelled dataset.
+struct Labels {
+    /// Each sample's class index.
+    of_sample: Vec<usize>,
+    /// The name of each class, by index.
+    names: Vec<String>,
 }
 
 impl std::fmt::Debug for Dataset {
@@ -76,12 +83,12 @@ impl Dataset {
 
     /// How many classes the samples are labelled with (None: unlabelled).
     pub fn classes(&self) -> Option<usize> {
-        self.labels.as_ref().map(|(_, classes)| *classes)
+        self.labels.as_ref().map(|l| l.names.len())
     }
 
     /// The class of each of `indices` (None: unlabelled).
     pub fn labels_of(&self, indices: &[usize]) -> Option<Vec<usize>> {
-        self.labels.as_ref().map(|(labels, _)| indices.iter().map(|&i| labels[i]).collect())
+        self.labels.as_ref().map(|l| indices.iter().map(|&i| l.of_sample[i]).collect())
     }
 
     /// A dataset of `pixels`, (len, C, R, R) in [-1, 1].
@@ -90,15 +97,15 @@ impl Dataset {
         if len == 0 || pixels.is_empty() || !pixels.len().is_multiple_of(len) {
             bail!("{source}: {} values do not make {channels}x{resolution}x{resolution} images", pixels.len());
         }
-        Ok(Dataset { channels, resolution, pixels, labels: None, class_names: None, source: source.to_string() })
+        Ok(Dataset { channels, resolution, pixels, labels: None, source: source.to_string() })
     }
 
     /// Only the first `n` samples.
     pub fn truncated(mut self, n: usize) -> Dataset {
         let n = n.min(self.len());
         self.pixels.truncate(n * self.sample_len());
-        if let Some((labels, _)) = &mut self.labels {
-            labels.truncate(n);
+        if let Some(labels) = &mut self.labels {
+            labels.of_sample.truncate(n);
         }
         self
     }
@@ -124,12 +131,11 @@ impl Dataset {
                 }
             }
         }
-        let mut labels = mnist_labels();
-        labels.truncate(count);
-        let labels = Some((labels, MNIST_CLASS_COUNTS.len()));
-        let class_names = Some((0..MNIST_CLASS_COUNTS.len()).map(|d| d.to_string()).collect());
-        let source = "MNIST digits (assets/mnist)".into();
-        Ok(Dataset { channels: 1, resolution, pixels, labels, class_names, source })
+        let mut of_sample = mnist_labels();
+        of_sample.truncate(count);
+        let names = (0..MNIST_CLASS_COUNTS.len()).map(|d| d.to_string()).collect();
+        let labels = Some(Labels { of_sample, names });
+        Ok(Dataset { channels: 1, resolution, pixels, labels, source: "MNIST digits (assets/mnist)".into() })
     }
 
     /// Every image under `dir` (recursive), centre-cropped to a square and
@@ -180,22 +186,17 @@ impl Dataset {
         let mut names: Vec<String> = folders.iter().flatten().cloned().collect();
         names.sort();
         names.dedup();
-        let labels = match folders.iter().all(Option::is_some) && names.len() >= 2 {
-            true => {
-                let label =
-                    |f: &Option<String>| names.binary_search(f.as_ref().expect("all in folders")).expect("a name");
-                Some((folders.iter().map(label).collect(), names.len()))
-            }
-            false => None,
-        };
-        let class_names = labels.as_ref().map(|_| names);
-        Ok(Dataset { channels, resolution, pixels, labels, class_names, source: dir.display().to_string() })
+        // Every image in a class subfolder, and at least two classes; else unlabelled.
+        let of_sample: Option<Vec<usize>> =
+            folders.iter().map(|f| f.as_ref().and_then(|f| names.binary_search(f).ok())).collect();
+        let labels = of_sample.filter(|_| names.len() >= 2).map(|of_sample| Labels { of_sample, names });
+        Ok(Dataset { channels, resolution, pixels, labels, source: dir.display().to_string() })
     }
 
     /// The name of each class, where the data has them (an ImageFolder's
     /// subfolders; the MNIST digits are 0..9).
     pub fn class_names(&self) -> Option<&[String]> {
-        self.class_names.as_deref()
+        self.labels.as_ref().map(|l| l.names.as_slice())
     }
 
     /// Gather samples `indices` into one (batch, C, R, R) array, mirroring

@@ -193,30 +193,28 @@ pub fn sample(
         "sample: resolution {} does not split into the model's {p}x{p} patches",
         request.resolution
     );
-    let classes = match config.classes() {
-        Some(classes) => {
-            let g = request.guidance;
-            ensure!(classes >= 1, "this model's class embedding has only its \"no class\" row: no classes to sample");
-            if let Some(c) = g.class {
-                ensure!(c < classes, "class {c}: this model has classes 0 to {}", classes - 1);
-                ensure!(g.scale != 0.0, "class {c} at guidance 0: guidance 0 samples no class");
-            }
-            ensure!(g.scale.is_finite() && g.scale >= 0.0, "guidance must be 0 or more, got {}", g.scale);
-            ensure!(
-                g.scale == 1.0 || config.null_class.is_some(),
-                "guidance {} needs a \"no class\" embedding (_null_class in config.json), which this model has not: use 1",
-                g.scale
-            );
-            Some(classes)
+    if let Some(classes) = config.classes() {
+        let g = request.guidance;
+        ensure!(classes >= 1, "this model's class embedding has only its \"no class\" row: no classes to sample");
+        if let Some(c) = g.class {
+            ensure!(c < classes, "class {c}: this model has classes 0 to {}", classes - 1);
+            ensure!(g.scale != 0.0, "class {c} at guidance 0: guidance 0 samples no class");
         }
-        None => None,
-    };
+        ensure!(g.scale.is_finite() && g.scale >= 0.0, "guidance must be 0 or more, got {}", g.scale);
+        ensure!(
+            g.scale == 1.0 || config.null_class.is_some(),
+            "guidance {} needs a \"no class\" embedding (_null_class in config.json), which this model has not: use 1",
+            g.scale
+        );
+    }
     // The class labels of the chunk starting at sample `first`, made once per chunk.
     let mut chunk_labels: Option<(usize, GuidedLabels)> = None;
     let mut model = |x: &Tensor, t: &Tensor, _index: usize, first: usize| -> Result<Tensor> {
-        let Some(classes) = classes else { return predict_noise(gpu, unet, weights, x, t, None) };
+        if config.num_class_embeds.is_none() {
+            return predict_noise(gpu, unet, weights, x, t, None);
+        }
         if chunk_labels.as_ref().is_none_or(|(f, _)| *f != first) {
-            chunk_labels = Some((first, GuidedLabels::new(gpu, first, x.shape()[0], classes, &request.guidance)?));
+            chunk_labels = Some((first, GuidedLabels::new(gpu, config, first, x.shape()[0], &request.guidance)?));
         }
         let labels = &chunk_labels.as_ref().expect("made above").1;
         predict_guided(gpu, unet, weights, x, t, labels)
@@ -397,13 +395,13 @@ pub fn default_sample_batch(gpu: &Gpu, config: &UNetConfig, resolution: usize) -
     let binding = info.max_storage_binding.min(info.max_buffer_size);
     let fits =
         |bytes: u64, floats: usize| if floats == 0 { usize::MAX } else { (bytes / (4 * floats as u64)) as usize };
-    fits(binding, f.largest_activation)
+    let fitting = fits(binding, f.largest_activation)
         .min(fits(binding.min(MAX_PROBS_BYTES), f.largest_attention))
         .min(fits(SAMPLE_MEMORY_BUDGET, f.peak))
-        .min(MAX_SAMPLE_BATCH)
-        // Guided sampling runs the UNet on each chunk twice over.
-        .div_euclid(if config.null_class.is_some() { 2 } else { 1 })
-        .max(1)
+        .min(MAX_SAMPLE_BATCH);
+    // Guided sampling runs the UNet on each chunk twice over.
+    let passes = if config.null_class.is_some() { 2 } else { 1 };
+    (fitting / passes).max(1)
 }
 
 /// One UNet forward pass, keeping no activations for backward: the model's
@@ -432,16 +430,23 @@ struct GuidedLabels {
 }
 
 impl GuidedLabels {
-    fn new(gpu: &Gpu, first: usize, n: usize, classes: usize, g: &Guidance) -> Result<GuidedLabels> {
+    /// For samples `first..first + n` of `config`'s class-conditional model;
+    /// guidance other than 1 needs its `null_class` (checked by `sample`).
+    fn new(gpu: &Gpu, config: &UNetConfig, first: usize, n: usize, g: &Guidance) -> Result<GuidedLabels> {
+        let (Some(embeds), Some(classes)) = (config.num_class_embeds, config.classes()) else {
+            bail!("guided sampling of a model without classes")
+        };
         let own = (first..first + n).map(|i| g.class.unwrap_or(i % classes));
-        let none = std::iter::repeat_n(classes, n);
+        let none = || -> Result<std::iter::RepeatN<usize>> {
+            let null = config.null_class.context("guided sampling without a \"no class\" row")?;
+            Ok(std::iter::repeat_n(null, n))
+        };
         let labels: Vec<usize> = match g.scale {
             1.0 => own.collect(),
-            0.0 => none.collect(),
-            _ => own.chain(none).collect(),
+            0.0 => none()?.collect(),
+            _ => own.chain(none()?).collect(),
         };
-        // The "no class" row is index `classes` (the last) when the model has one.
-        Ok(GuidedLabels { labels: class_labels(gpu, &labels, classes + 1)?, scale: g.scale })
+        Ok(GuidedLabels { labels: class_labels(gpu, &labels, embeds)?, scale: g.scale })
     }
 }
 
