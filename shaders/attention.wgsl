@@ -54,7 +54,7 @@ fn hmax(v: f32) -> f32 {
 
 const WG: u32 = 64u;
 const LANES_PER_ROW: u32 = 8u;
-const LOWEST: f32 = -3.4028235e38;
+const LOWEST: f32 = -0x1.fffffep+127f;
 
 //@if SUBGROUPS
 fn row_max(v: f32, li: u32) -> f32 {

@@ -108,12 +108,12 @@ fn minus_two_log(u: f32) -> f32 {
     return -4.0 * s * (1.0 + s2 * (1.0 / 3.0 + s2 * (1.0 / 5.0 + s2 * (1.0 / 7.0 + s2 * (1.0 / 9.0)))));
 }
 
-// Two independent N(0,1) values. The angle lies in (-pi, pi), where WGSL's
-// cos/sin accuracy is specified.
+// Two independent N(0,1) values. The angle lies in (-pi, pi), where the
+// series of sin_cos (lib/sin_cos.wgsl) holds.
 fn box_muller(a: u32, b: u32) -> vec2<f32> {
     let radius = sqrt(minus_two_log(open_uniform(a)));
     let angle = PI * (2.0 * open_uniform(b) - 1.0);
-    return radius * vec2<f32>(cos(angle), sin(angle));
+    return radius * sin_cos(angle).yx;
 }
 
 // N(0,1) noise for elements 4q..4q+3 of row n (global sample first_sample + n).

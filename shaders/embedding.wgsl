@@ -27,7 +27,7 @@ struct Params {
 
 // 2 pi split as C1 + C2 with C1 = 6.28125 exact in 8 bits, so k * C1 is
 // exact for the k that timesteps reach and the reduction loses no accuracy
-// before sin / cos (whose error bounds hold on [-pi, pi]).
+// before sin_cos (lib/sin_cos.wgsl, whose series holds on [-pi, pi]).
 const TWO_PI_HI: f32 = 6.28125;
 const TWO_PI_LO: f32 = 0.0019353071795864769;
 const INV_TWO_PI: f32 = 0.15915494309189535;
@@ -49,5 +49,6 @@ fn timestep_embedding(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgr
     let k = round(arg * INV_TWO_PI);
     let reduced = (arg - k * TWO_PI_HI) - k * TWO_PI_LO;
     let first_half = j < p.half;
-    out[o] = select(sin(reduced), cos(reduced), first_half == (p.flip_sin_to_cos != 0u));
+    let sc = sin_cos(reduced);
+    out[o] = select(sc.x, sc.y, first_half == (p.flip_sin_to_cos != 0u));
 }

@@ -12,6 +12,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
+/// The file written last in a checkpoint folder: its presence marks it complete.
+pub const STATE_FILE: &str = "training/state.json";
+
 /// `DIR.suffix`.
 pub fn sibling(dir: &Path, suffix: &str) -> PathBuf {
     let name = dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "checkpoint".into());
@@ -21,7 +24,7 @@ pub fn sibling(dir: &Path, suffix: &str) -> PathBuf {
 /// The step a complete checkpoint folder holds, or None when it is missing
 /// or incomplete.
 pub fn completed_step(dir: &Path) -> Option<u64> {
-    let text = std::fs::read_to_string(dir.join("training/state.json")).ok()?;
+    let text = std::fs::read_to_string(dir.join(STATE_FILE)).ok()?;
     let state: serde_json::Value = serde_json::from_str(&text).ok()?;
     state.get("step")?.as_u64()
 }

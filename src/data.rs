@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use image::{imageops::FilterType, DynamicImage};
 use rand::Rng;
 
@@ -296,6 +296,22 @@ pub fn save_image(path: &Path, image: &[f32], channels: usize, resolution: usize
     };
     let mut bytes = Vec::new();
     img.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)?;
+    crate::unet::params::write_atomically(path, &bytes)
+}
+
+/// Save `values` of `shape` as a float32 NumPy array (`.npy`, format 1.0,
+/// C order), written atomically: `numpy.load` reads it.
+pub fn save_npy(path: &Path, values: &[f32], shape: &[usize]) -> Result<()> {
+    ensure!(shape.iter().product::<usize>() == values.len(), "{} values for an array of shape {shape:?}", values.len());
+    let dims: Vec<String> = shape.iter().map(|d| format!("{d}, ")).collect();
+    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({}), }}", dims.concat());
+    // Magic, version and length take 10 bytes; the header pads the whole to 64 and ends the line.
+    header.push_str(&" ".repeat(63 - (10 + header.len()) % 64));
+    header.push('\n');
+    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+    bytes.extend((header.len() as u16).to_le_bytes());
+    bytes.extend(header.as_bytes());
+    bytes.extend(values.iter().flat_map(|v| v.to_le_bytes()));
     crate::unet::params::write_atomically(path, &bytes)
 }
 

@@ -17,8 +17,9 @@ use crate::ops::concat::{concat, split};
 use crate::ops::cross_entropy::class_labels;
 use crate::ops::ddpm::{self, noise_steps, DdimTables, DdpmTables, NoiseKey};
 use crate::ops::elementwise as ew;
+#[cfg(not(target_arch = "wasm32"))]
 use crate::patch;
-use crate::schedule::{ddim_timesteps, Schedule, SchedulerConfig};
+use crate::schedule::{ddim_timesteps, PredictionType, Schedule, SchedulerConfig};
 use crate::tape::Tape;
 use crate::unet::layout::{AttnBlock, UNetLayout};
 use crate::unet::{ParamStore, ParamVars, UNet, UNetConfig};
@@ -81,7 +82,26 @@ impl Model {
                 .with_context(|| format!("in {}", f.display()))?,
             None => SchedulerConfig::default(),
         };
-        let weights = ParamStore::upload(gpu, unet.table.clone(), &weights)?;
+        Model::upload(gpu, unet, &weights, scheduler)
+    }
+
+    /// A model from a diffusers folder's files in memory (as a web page
+    /// receives them): the UNet's `config.json`, its safetensors weights and
+    /// the scheduler's config (the default DDPM scheduler when None).
+    pub fn from_bytes(gpu: &Gpu, config_json: &str, safetensors: &[u8], scheduler_json: Option<&str>) -> Result<Model> {
+        let config = UNetConfig::from_json(config_json).context("in config.json")?;
+        let unet = UNet::new(&config)?;
+        unet.table.check_fits(gpu)?;
+        let weights = unet.table.load_bytes(safetensors).context("in the safetensors weights")?;
+        let scheduler = match scheduler_json {
+            Some(text) => SchedulerConfig::from_json(text).context("in scheduler_config.json")?,
+            None => SchedulerConfig::default(),
+        };
+        Model::upload(gpu, unet, &weights, scheduler)
+    }
+
+    fn upload(gpu: &Gpu, unet: UNet, weights: &[f32], scheduler: SchedulerConfig) -> Result<Model> {
+        let weights = ParamStore::upload(gpu, unet.table.clone(), weights)?;
         Ok(Model { unet, weights, scheduler })
     }
 }
@@ -178,6 +198,7 @@ pub struct SampleRequest {
 /// Draw samples from `unet`; returns them as (count, C, R, R) images in
 /// [-1, 1] (clipped), and the kept intermediate x_t of sample 0. With
 /// patching the samples are drawn at (C·p², R/p, R/p) and rearranged.
+#[cfg(not(target_arch = "wasm32"))]
 pub fn sample(
     gpu: &Gpu,
     unet: &UNet,
@@ -193,8 +214,25 @@ pub fn sample(
         "sample: resolution {} does not split into the model's {p}x{p} patches",
         request.resolution
     );
+    let mut model = unet_predictor(gpu, unet, weights, request.guidance)?;
+    let patched = SampleRequest { resolution: request.resolution / p, ..*request };
+    let (samples, kept) = sample_with(gpu, &mut model, config.in_channels, scheduler, &patched, progress)?;
+    let image = |x: &[f32]| patch::shuffle(x, config.image_channels(), request.resolution, p);
+    Ok((image(&samples), kept.iter().map(|x| image(x)).collect()))
+}
+
+/// `unet`'s noise predictor for sampling: one UNet pass per step, or for a
+/// class-conditional model the classes and guidance `guidance` asks for
+/// (checked against the model here).
+pub fn unet_predictor<'a>(
+    gpu: &'a Gpu,
+    unet: &'a UNet,
+    weights: &'a ParamStore,
+    guidance: Guidance,
+) -> Result<impl FnMut(&Tensor, &Tensor, usize, usize) -> Result<Tensor> + 'a> {
+    let config = unet.config();
     if let Some(classes) = config.classes() {
-        let g = request.guidance;
+        let g = guidance;
         ensure!(classes >= 1, "this model's class embedding has only its \"no class\" row: no classes to sample");
         if let Some(c) = g.class {
             ensure!(c < classes, "class {c}: this model has classes 0 to {}", classes - 1);
@@ -209,20 +247,16 @@ pub fn sample(
     }
     // The class labels of the chunk starting at sample `first`, made once per chunk.
     let mut chunk_labels: Option<(usize, GuidedLabels)> = None;
-    let mut model = |x: &Tensor, t: &Tensor, _index: usize, first: usize| -> Result<Tensor> {
+    Ok(move |x: &Tensor, t: &Tensor, _index: usize, first: usize| -> Result<Tensor> {
         if config.num_class_embeds.is_none() {
             return predict_noise(gpu, unet, weights, x, t, None);
         }
         if chunk_labels.as_ref().is_none_or(|(f, _)| *f != first) {
-            chunk_labels = Some((first, GuidedLabels::new(gpu, config, first, x.shape()[0], &request.guidance)?));
+            chunk_labels = Some((first, GuidedLabels::new(gpu, config, first, x.shape()[0], &guidance)?));
         }
         let labels = &chunk_labels.as_ref().expect("made above").1;
         predict_guided(gpu, unet, weights, x, t, labels)
-    };
-    let patched = SampleRequest { resolution: request.resolution / p, ..*request };
-    let (samples, kept) = sample_with(gpu, &mut model, config.in_channels, scheduler, &patched, progress)?;
-    let image = |x: &[f32]| patch::shuffle(x, config.image_channels(), request.resolution, p);
-    Ok((image(&samples), kept.iter().map(|x| image(x)).collect()))
+    })
 }
 
 /// The model's output at x_t and the timestep index tensor t (scalar index
@@ -233,6 +267,7 @@ pub type NoisePredictor<'a> = dyn FnMut(&Tensor, &Tensor, usize, usize) -> Resul
 /// The sampling loop for any noise predictor (the UNet, or an exact one in
 /// tests), run over chunks of `request.batch_size` samples. Progress counts
 /// the steps of every chunk: (done, steps x chunks).
+#[cfg(not(target_arch = "wasm32"))]
 pub fn sample_with(
     gpu: &Gpu,
     model: &mut NoisePredictor,
@@ -241,66 +276,156 @@ pub fn sample_with(
     request: &SampleRequest,
     progress: Progress,
 ) -> Result<(Vec<f32>, Vec<Vec<f32>>)> {
-    let SampleRequest { count, resolution, sampler, seed, keep_every, batch_size, .. } = *request;
+    let SampleRequest { count, resolution, keep_every, batch_size, .. } = *request;
     ensure!(count >= 1, "sample: asked for no samples");
     ensure!(batch_size >= 1, "sample: batch_size must be at least 1");
     ensure!(count <= u32::MAX as usize, "sample: {count} samples exceed the noise generator's u32 sample index");
     let chunk = batch_size.min(count);
-    let schedule = Schedule::new(scheduler.clone())?;
-    let (indices, stride) = match sampler {
-        Sampler::Ddpm => {
-            // diffusers' set_timesteps(T) would add the offset and index past the table.
-            ensure!(
-                scheduler.steps_offset == 0,
-                "the DDPM sampler visits every timestep, so steps_offset must be 0 (the config has {}): use DDIM",
-                scheduler.steps_offset
-            );
-            ((0..schedule.len()).rev().collect::<Vec<_>>(), 1)
-        }
-        Sampler::Ddim { steps, .. } => ddim_timesteps(scheduler, steps)?,
-    };
-    let ddpm_tables = DdpmTables::new(gpu, &schedule)?;
-    let ddim_tables = match sampler {
-        Sampler::Ddim { eta, .. } => Some(DdimTables::new(gpu, &schedule, stride, eta)?),
-        Sampler::Ddpm => None,
-    };
-    // Every step's timestep vector for one chunk, uploaded once for all
-    // chunks: row k of (steps, row) holds index k's (a smaller last chunk
-    // reads the start of each row).
-    let row = chunk.div_ceil(VIEW_ALIGN_ELEMS) * VIEW_ALIGN_ELEMS;
-    let mut all_t = vec![0.0f32; indices.len() * row];
-    for (k, &i) in indices.iter().enumerate() {
-        all_t[k * row..k * row + chunk].fill(i as f32);
-    }
-    let all_t = gpu.upload(&[all_t.len()], &all_t)?;
-
+    let plan = ReversePlan::new(gpu, scheduler, request, channels, chunk)?;
     let sample_len = channels * resolution * resolution;
-    let total = count.div_ceil(chunk) * indices.len();
+    let total = count.div_ceil(chunk) * plan.steps();
     let mut out = Vec::with_capacity(count * sample_len);
     let mut kept = Vec::new();
     for (c, first) in (0..count).step_by(chunk).enumerate() {
-        let n = chunk.min(count - first);
-        // Row r of this chunk is global sample first + r: the noise of one big batch.
-        let key = |step: u32| NoiseKey { seed, step, first_sample: first as u32 };
-        let mut x = ddpm::randn(gpu, &[n, channels, resolution, resolution], key(noise_steps::INITIAL))?;
-        for (k, &i) in indices.iter().enumerate() {
-            let t = all_t.view(k * row, &[n])?;
-            let eps =
-                ddpm::to_epsilon(gpu, &ddpm_tables, scheduler.prediction_type, &model(&x, &t, i, first)?, &x, &t)?;
-            x = match &ddim_tables {
-                Some(tables) => ddpm::ddim_step(gpu, tables, &x, &eps, &t, key(noise_steps::SAMPLING + i as u32))?,
-                None => ddpm::p_sample(gpu, &ddpm_tables, &x, &eps, &t, key(noise_steps::SAMPLING + i as u32))?,
-            };
-            gpu.submit();
+        let mut samples = plan.start(gpu, first, chunk.min(count - first))?;
+        while !samples.finished(&plan) {
+            let k = samples.steps_done();
+            samples.step(gpu, &plan, model)?;
             // Sample 0 is row 0 of the first chunk.
-            if first == 0 && keep_every.is_some_and(|every| k % every == 0 || k + 1 == indices.len()) {
-                kept.push(gpu.read(&x)?[..sample_len].to_vec());
+            if first == 0 && keep_every.is_some_and(|every| k % every == 0 || k + 1 == plan.steps()) {
+                kept.push(gpu.read(samples.x())?[..sample_len].to_vec());
             }
-            progress(c * indices.len() + k + 1, total);
+            progress(c * plan.steps() + k + 1, total);
         }
-        out.extend(gpu.read(&x)?.into_iter().map(|v| v.clamp(-1.0, 1.0)));
+        out.extend(gpu.read(samples.x())?.into_iter().map(|v| v.clamp(-1.0, 1.0)));
     }
     Ok((out, kept))
+}
+
+/// What every chunk of a sampling run shares: the timestep indices the
+/// sampler visits (from T-1 down), the tables its steps read, and every
+/// step's timestep vector, uploaded once.
+pub struct ReversePlan {
+    prediction_type: PredictionType,
+    indices: Vec<usize>,
+    ddpm_tables: DdpmTables,
+    ddim_tables: Option<DdimTables>,
+    /// Row k of (steps, row) holds index k's timestep for a whole chunk (a
+    /// smaller last chunk reads the start of each row).
+    all_t: Tensor,
+    row: usize,
+    seed: u64,
+    /// The shape of one sample as the model sees it: (C, R, R).
+    sample_shape: [usize; 3],
+    chunk: usize,
+}
+
+impl ReversePlan {
+    /// For `request`'s sampler and seed, samples of `channels` x
+    /// `request.resolution`² as the model sees them, at most `chunk` at a time.
+    pub fn new(
+        gpu: &Gpu,
+        scheduler: &SchedulerConfig,
+        request: &SampleRequest,
+        channels: usize,
+        chunk: usize,
+    ) -> Result<ReversePlan> {
+        ensure!(chunk >= 1, "sample: a chunk of no samples");
+        let schedule = Schedule::new(scheduler.clone())?;
+        let (indices, stride) = match request.sampler {
+            Sampler::Ddpm => {
+                // diffusers' set_timesteps(T) would add the offset and index past the table.
+                ensure!(
+                    scheduler.steps_offset == 0,
+                    "the DDPM sampler visits every timestep, so steps_offset must be 0 (the config has {}): use DDIM",
+                    scheduler.steps_offset
+                );
+                ((0..schedule.len()).rev().collect::<Vec<_>>(), 1)
+            }
+            Sampler::Ddim { steps, .. } => ddim_timesteps(scheduler, steps)?,
+        };
+        let ddpm_tables = DdpmTables::new(gpu, &schedule)?;
+        let ddim_tables = match request.sampler {
+            Sampler::Ddim { eta, .. } => Some(DdimTables::new(gpu, &schedule, stride, eta)?),
+            Sampler::Ddpm => None,
+        };
+        let row = chunk.div_ceil(VIEW_ALIGN_ELEMS) * VIEW_ALIGN_ELEMS;
+        let mut all_t = vec![0.0f32; indices.len() * row];
+        for (k, &i) in indices.iter().enumerate() {
+            all_t[k * row..k * row + chunk].fill(i as f32);
+        }
+        let all_t = gpu.upload(&[all_t.len()], &all_t)?;
+        Ok(ReversePlan {
+            prediction_type: scheduler.prediction_type,
+            indices,
+            ddpm_tables,
+            ddim_tables,
+            all_t,
+            row,
+            seed: request.seed,
+            sample_shape: [channels, request.resolution, request.resolution],
+            chunk,
+        })
+    }
+
+    /// Reverse steps per sample.
+    pub fn steps(&self) -> usize {
+        self.indices.len()
+    }
+
+    /// Samples `first..first + n` at x_T (n at most the plan's chunk): row r
+    /// is global sample `first + r`, with the noise of one big batch.
+    pub fn start(&self, gpu: &Gpu, first: usize, n: usize) -> Result<Samples> {
+        ensure!((1..=self.chunk).contains(&n), "sample: {n} samples in a plan for chunks of {}", self.chunk);
+        ensure!(first + n <= u32::MAX as usize, "sample: sample index past the noise generator's u32");
+        let [c, h, w] = self.sample_shape;
+        let x = ddpm::randn(gpu, &[n, c, h, w], self.key(first, noise_steps::INITIAL))?;
+        Ok(Samples { first, steps_done: 0, x })
+    }
+
+    fn key(&self, first: usize, step: u32) -> NoiseKey {
+        NoiseKey { seed: self.seed, step, first_sample: first as u32 }
+    }
+}
+
+/// A chunk of samples part-way through the reverse process.
+pub struct Samples {
+    first: usize,
+    steps_done: usize,
+    x: Tensor,
+}
+
+impl Samples {
+    /// x_t now: noise at the start, the samples (unclipped) once finished.
+    pub fn x(&self) -> &Tensor {
+        &self.x
+    }
+
+    pub fn steps_done(&self) -> usize {
+        self.steps_done
+    }
+
+    pub fn finished(&self, plan: &ReversePlan) -> bool {
+        self.steps_done == plan.steps()
+    }
+
+    /// Record the next reverse step with `model`'s prediction, and submit it.
+    pub fn step(&mut self, gpu: &Gpu, plan: &ReversePlan, model: &mut NoisePredictor) -> Result<()> {
+        ensure!(!self.finished(plan), "sample: every step of this chunk is done");
+        let (k, i) = (self.steps_done, plan.indices[self.steps_done]);
+        let t = plan.all_t.view(k * plan.row, &[self.x.shape()[0]])?;
+        let x = &self.x;
+        let prediction = model(x, &t, i, self.first)?;
+        let eps = ddpm::to_epsilon(gpu, &plan.ddpm_tables, plan.prediction_type, &prediction, x, &t)?;
+        let key = plan.key(self.first, noise_steps::SAMPLING + i as u32);
+        self.x = match &plan.ddim_tables {
+            Some(tables) => ddpm::ddim_step(gpu, tables, x, &eps, &t, key)?,
+            None => ddpm::p_sample(gpu, &plan.ddpm_tables, x, &eps, &t, key)?,
+        };
+        gpu.submit();
+        self.steps_done += 1;
+        Ok(())
+    }
 }
 
 /// Per-sample sizes, in floats, of what one UNet forward pass (sampling:

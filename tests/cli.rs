@@ -464,7 +464,8 @@ fn checkpoint_with(dir: &Path, edit: impl FnOnce(&mut Vec<f32>, &mut String, &mu
     let mut config_json = config.to_json();
     let mut scheduler = ddpm_wgpu::schedule::SchedulerConfig::default().to_json();
     edit(&mut weights, &mut config_json, &mut scheduler);
-    unet.table.save(&weights, &dir.join("diffusion_pytorch_model.safetensors")).unwrap();
+    let safetensors = unet.table.to_safetensors(&weights, None).unwrap();
+    std::fs::write(dir.join("diffusion_pytorch_model.safetensors"), safetensors).unwrap();
     std::fs::write(dir.join("config.json"), config_json).unwrap();
     std::fs::write(dir.join("scheduler_config.json"), scheduler).unwrap();
 }

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use ddpm_wgpu::data::{grid_scale, save_grid, to_u8, Dataset};
+use ddpm_wgpu::data::{grid_scale, save_grid, save_npy, to_u8, Dataset};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
 fn temp_dir(name: &str) -> PathBuf {
@@ -166,4 +166,30 @@ fn grids_upscale_each_pixel_to_a_block() {
 fn grid_scale_makes_tiles_about_128_pixels() {
     let scales: Vec<usize> = [28, 32, 64, 100, 128, 256, 8, 0].map(grid_scale).to_vec();
     assert_eq!(scales, vec![4, 4, 2, 1, 1, 1, 16, 128]);
+}
+
+#[test]
+fn npy_files_hold_the_values_numpy_reads() {
+    let dir = temp_dir("npy");
+    let mut r = StdRng::seed_from_u64(3);
+    for shape in [vec![3, 1, 5, 5], vec![2, 3, 8, 8], vec![7]] {
+        let values: Vec<f32> = (0..shape.iter().product::<usize>()).map(|_| r.random_range(-1.0..1.0)).collect();
+        let path = dir.join("x.npy");
+        save_npy(&path, &values, &shape).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(&bytes[..8], b"\x93NUMPY\x01\x00");
+        let header_len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+        // numpy requires the data to start on a 64-byte boundary, after a newline.
+        assert_eq!((10 + header_len) % 64, 0);
+        let header = std::str::from_utf8(&bytes[10..10 + header_len]).unwrap();
+        assert!(header.ends_with('\n'));
+        let dims: Vec<String> = shape.iter().map(|d| format!("{d}, ")).collect();
+        let want = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({}), }}", dims.concat());
+        assert_eq!(header.trim_end(), want);
+        let read: Vec<f32> =
+            bytes[10 + header_len..].chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
+        assert!(read.iter().zip(&values).all(|(a, b)| a.to_bits() == b.to_bits()) && read.len() == values.len());
+    }
+    assert!(save_npy(&dir.join("bad.npy"), &[1.0, 2.0], &[3]).is_err(), "a shape that does not hold the values");
+    std::fs::remove_dir_all(&dir).unwrap();
 }

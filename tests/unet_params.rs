@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use ddpm_wgpu::unet::params::ParamTable;
+use ddpm_wgpu::unet::params::{write_atomically, ParamTable};
 use ddpm_wgpu::unet::{UNetConfig, UNetLayout};
 
 fn fixture(name: &str) -> PathBuf {
@@ -39,7 +39,7 @@ fn checkpoint_round_trip_is_bit_identical() {
     let dir = std::env::temp_dir().join(format!("ddpm-roundtrip-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("weights.safetensors");
-    table.save(&loaded, &path).unwrap();
+    write_atomically(&path, &table.to_safetensors(&loaded, None).unwrap()).unwrap();
     let again = table.load(&path).unwrap();
     assert!(loaded.iter().zip(&again).all(|(a, b)| a.to_bits() == b.to_bits()));
     assert!(!path.with_extension("tmp").exists(), "the temporary file must be renamed away");

@@ -98,8 +98,11 @@ impl Shader {
     /// after it, so the line numbers of errors are the file's own.
     pub fn libraries(self) -> &'static [(&'static str, &'static str)] {
         const PHILOX: (&str, &str) = ("lib/philox.wgsl", include_str!("../../shaders/lib/philox.wgsl"));
+        const SIN_COS: (&str, &str) = ("lib/sin_cos.wgsl", include_str!("../../shaders/lib/sin_cos.wgsl"));
         match self {
-            Shader::Ddpm | Shader::Dropout => &[PHILOX],
+            Shader::Ddpm => &[PHILOX, SIN_COS],
+            Shader::Dropout => &[PHILOX],
+            Shader::Embedding => &[SIN_COS],
             _ => &[],
         }
     }
@@ -123,15 +126,22 @@ pub struct Caps {
     /// Subgroups are exactly 8 lanes (broadcasts from a constant lane);
     /// otherwise kernels shuffle within aligned groups of 8.
     pub sg8: bool,
+    /// The shader compiler is SwiftShader's (Chrome's software WebGPU, also a
+    /// Vulkan driver), which takes minutes over a loop body that loads many
+    /// inputs: kernels take tiles that load fewer ([`DeviceInfo::few_loads`]).
+    ///
+    /// [`DeviceInfo::few_loads`]: super::DeviceInfo::few_loads
+    pub few_loads: bool,
 }
 
 impl Caps {
-    /// Every kind of adapter the kernels tell apart: portable, 8-lane
-    /// subgroups, wider subgroups.
-    pub const ALL: [Caps; 3] = [
-        Caps { subgroups: false, sg8: false },
-        Caps { subgroups: true, sg8: true },
-        Caps { subgroups: true, sg8: false },
+    /// Every kind of adapter the kernels tell apart: portable (with
+    /// SwiftShader's tiles or not), 8-lane subgroups, wider subgroups.
+    pub const ALL: [Caps; 4] = [
+        Caps { subgroups: false, sg8: false, few_loads: false },
+        Caps { subgroups: false, sg8: false, few_loads: true },
+        Caps { subgroups: true, sg8: true, few_loads: false },
+        Caps { subgroups: true, sg8: false, few_loads: false },
     ];
 }
 
@@ -182,46 +192,49 @@ impl Gpu {
     fn build_pipeline(&self, kernel: &Kernel) -> Result<Pipeline> {
         let source = kernel.shader.expand(&kernel.defines)?;
         let label = format!("{}::{}", kernel.shader.file_name(), kernel.entry);
-        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
-            label: Some(&label),
-            source: wgpu::ShaderSource::Wgsl(source.into()),
-        });
-        let entries: Vec<wgpu::BindGroupLayoutEntry> = kernel
-            .bindings
-            .iter()
-            .enumerate()
-            .map(|(i, access)| wgpu::BindGroupLayoutEntry {
-                binding: i as u32,
-                visibility: wgpu::ShaderStages::COMPUTE,
-                ty: wgpu::BindingType::Buffer {
-                    ty: wgpu::BufferBindingType::Storage { read_only: *access == Access::Read },
-                    has_dynamic_offset: false,
-                    min_binding_size: None,
+        let build = || {
+            let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(&label),
+                source: wgpu::ShaderSource::Wgsl(source.into()),
+            });
+            let entries: Vec<wgpu::BindGroupLayoutEntry> = kernel
+                .bindings
+                .iter()
+                .enumerate()
+                .map(|(i, access)| wgpu::BindGroupLayoutEntry {
+                    binding: i as u32,
+                    visibility: wgpu::ShaderStages::COMPUTE,
+                    ty: wgpu::BindingType::Buffer {
+                        ty: wgpu::BufferBindingType::Storage { read_only: *access == Access::Read },
+                        has_dynamic_offset: false,
+                        min_binding_size: None,
+                    },
+                    count: None,
+                })
+                .collect();
+            let tensors_layout = self
+                .device
+                .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: Some(&label), entries: &entries });
+            let layout = self.device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                label: Some(&label),
+                bind_group_layouts: &[Some(&self.params_layout), Some(&tensors_layout)],
+                immediate_size: 0,
+            });
+            let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(&label),
+                layout: Some(&layout),
+                module: &module,
+                entry_point: Some(kernel.entry),
+                compilation_options: wgpu::PipelineCompilationOptions {
+                    constants: &[],
+                    zero_initialize_workgroup_memory: false,
                 },
-                count: None,
-            })
-            .collect();
-        let tensors_layout = self
-            .device
-            .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: Some(&label), entries: &entries });
-        let layout = self.device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-            label: Some(&label),
-            bind_group_layouts: &[Some(&self.params_layout), Some(&tensors_layout)],
-            immediate_size: 0,
-        });
-        let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-            label: Some(&label),
-            layout: Some(&layout),
-            module: &module,
-            entry_point: Some(kernel.entry),
-            compilation_options: wgpu::PipelineCompilationOptions {
-                constants: &[],
-                zero_initialize_workgroup_memory: false,
-            },
-            cache: None,
-        });
-        if let Some(err) = pollster::block_on(scope.pop()) {
+                cache: None,
+            });
+            (pipeline, tensors_layout)
+        };
+        let ((pipeline, tensors_layout), error) = super::scoped(&self.device, wgpu::ErrorFilter::Validation, build);
+        if let Some(err) = error {
             return Err(anyhow!("building kernel {label} {:?}: {err}", kernel.defines));
         }
         Ok(Pipeline { pipeline, tensors_layout })

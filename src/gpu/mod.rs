@@ -62,6 +62,28 @@ macro_rules! kernel_params {
 }
 pub(crate) use kernel_params;
 
+/// Run `make` inside an error scope catching `filter`'s errors, and return
+/// what it made with the error, if any. On the web a scope cannot be waited
+/// on, so the error goes to the device's handler and surfaces at the next
+/// readback ([`Gpu::read_async`]).
+pub(crate) fn scoped<T>(
+    device: &wgpu::Device,
+    filter: wgpu::ErrorFilter,
+    make: impl FnOnce() -> T,
+) -> (T, Option<wgpu::Error>) {
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        let scope = device.push_error_scope(filter);
+        let made = make();
+        (made, pollster::block_on(scope.pop()))
+    }
+    #[cfg(target_arch = "wasm32")]
+    {
+        let _ = (device, filter);
+        (make(), None)
+    }
+}
+
 /// How to pick an adapter. `None` fields defer to `WGPU_BACKEND` and
 /// `WGPU_ADAPTER_NAME`.
 #[derive(Clone, Debug, Default)]
@@ -77,6 +99,9 @@ pub struct GpuOptions {
     /// subgroups are wider than 8 lanes, even where broadcasts would do
     /// (to test that path on an 8-lane adapter).
     pub force_subgroup_shuffle: bool,
+    /// Take the tiles made for SwiftShader's compiler ([`DeviceInfo::few_loads`])
+    /// on any adapter (to test them elsewhere).
+    pub few_loads: bool,
     /// Fill every uninitialised tensor with NaN, so kernels that leave an
     /// output element unwritten are caught by tests.
     pub poison_uninit: bool,
@@ -103,6 +128,11 @@ pub struct DeviceInfo {
     pub subgroup_max_size: u32,
     /// GPU timestamps between commands are available (for benchmarks).
     pub timestamps: bool,
+    /// The shader compiler is SwiftShader's: the adapter is named so, or is
+    /// a browser's software fallback (Chrome's is SwiftShader). It takes
+    /// minutes over loop bodies that load many inputs (NOTES.md, "In the
+    /// browser"), so kernels take tiles that load fewer ([`Caps::few_loads`]).
+    pub few_loads: bool,
     pub max_storage_binding: u64,
     pub max_buffer_size: u64,
     pub max_workgroup_storage: u32,
@@ -129,6 +159,9 @@ pub struct Gpu {
     params_bind_group: wgpu::BindGroup,
     param_align: u64,
     recording: Mutex<Recording>,
+    /// The first error wgpu reported outside an error scope (on the web,
+    /// where scopes cannot be waited on: see [`scoped`]), for the next readback.
+    late_error: Arc<Mutex<Option<String>>>,
 }
 
 /// Which tensors a bind group binds: the layout, then each binding's
@@ -179,6 +212,7 @@ fn parse_backends(list: &str) -> Result<wgpu::Backends> {
     Ok(backends)
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 fn backend_rank(b: wgpu::Backend) -> u32 {
     match b {
         wgpu::Backend::Vulkan | wgpu::Backend::Metal | wgpu::Backend::Dx12 => 0,
@@ -186,6 +220,7 @@ fn backend_rank(b: wgpu::Backend) -> u32 {
     }
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 fn device_type_rank(t: wgpu::DeviceType) -> u32 {
     match t {
         wgpu::DeviceType::DiscreteGpu => 0,
@@ -196,16 +231,26 @@ fn device_type_rank(t: wgpu::DeviceType) -> u32 {
     }
 }
 
-/// Every adapter wgpu can reach with the given options' backends, best first.
-pub fn enumerate_adapters(options: &GpuOptions) -> Result<Vec<wgpu::Adapter>> {
-    let backend = options.backend.clone().or_else(|| std::env::var("WGPU_BACKEND").ok());
-    let backends = match backend {
-        Some(list) => parse_backends(&list)?,
-        None => wgpu::Backends::all(),
+/// The wgpu instance for the given options' backends (on the web: the
+/// browser's WebGPU, never WebGL, which has no compute shaders).
+fn instance(options: &GpuOptions) -> Result<(wgpu::Instance, wgpu::Backends)> {
+    let backends = if cfg!(target_arch = "wasm32") {
+        wgpu::Backends::BROWSER_WEBGPU
+    } else {
+        match options.backend.clone().or_else(|| std::env::var("WGPU_BACKEND").ok()) {
+            Some(list) => parse_backends(&list)?,
+            None => wgpu::Backends::all(),
+        }
     };
     let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
     desc.backends = backends;
-    let instance = wgpu::Instance::new(desc);
+    Ok((wgpu::Instance::new(desc), backends))
+}
+
+/// Every adapter wgpu can reach with the given options' backends, best first.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn enumerate_adapters(options: &GpuOptions) -> Result<Vec<wgpu::Adapter>> {
+    let (instance, backends) = instance(options)?;
     let mut adapters = pollster::block_on(instance.enumerate_adapters(backends));
     adapters.sort_by_key(|a| {
         let info = a.get_info();
@@ -214,6 +259,7 @@ pub fn enumerate_adapters(options: &GpuOptions) -> Result<Vec<wgpu::Adapter>> {
     Ok(adapters)
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 const NO_ADAPTER_HELP: &str = "no GPU adapter found. Install a Vulkan, Metal or DX12 driver for your GPU; \
 on Linux without a GPU, install the software Vulkan driver: \
 `sudo apt-get install mesa-vulkan-drivers libvulkan1` (run `ddpm devices` to list what wgpu sees)";
@@ -221,6 +267,7 @@ on Linux without a GPU, install the software Vulkan driver: \
 impl Gpu {
     /// Open the best adapter allowed by `options` and the environment (the
     /// `options.ordinal`-th of the equally good ones).
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn new(options: &GpuOptions) -> Result<Gpu> {
         let adapters = enumerate_adapters(options)?;
         let wanted =
@@ -240,10 +287,25 @@ impl Gpu {
             }
         }
         let pick = options.ordinal % candidates.len();
-        Self::from_adapter(candidates.swap_remove(pick), options)
+        pollster::block_on(Self::from_adapter(candidates.swap_remove(pick), options))
     }
 
-    fn from_adapter(adapter: wgpu::Adapter, options: &GpuOptions) -> Result<Gpu> {
+    /// Open the browser's WebGPU adapter (the web has one, and no way to
+    /// list others). `options` still chooses kernel paths and poisoning.
+    #[cfg(target_arch = "wasm32")]
+    pub async fn new(options: &GpuOptions) -> Result<Gpu> {
+        let (instance, _) = instance(options)?;
+        let adapter = instance
+            .request_adapter(&wgpu::RequestAdapterOptions {
+                power_preference: wgpu::PowerPreference::HighPerformance,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| anyhow!("this browser offers no WebGPU adapter ({e}): try a recent Chrome, Edge or Safari"))?;
+        Self::from_adapter(adapter, options).await
+    }
+
+    async fn from_adapter(adapter: wgpu::Adapter, options: &GpuOptions) -> Result<Gpu> {
         let adapter_info = adapter.get_info();
         let features = adapter.features();
         // Kernels share values across subgroups in groups of 8 lanes, so
@@ -262,15 +324,24 @@ impl Gpu {
         // Ask for everything the adapter offers: big storage bindings and many
         // storage buffers per stage matter for fused kernels.
         let limits = adapter.limits();
-        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
-            label: Some("ddpm-wgpu"),
-            required_features,
-            required_limits: limits.clone(),
-            experimental_features: wgpu::ExperimentalFeatures::disabled(),
-            memory_hints: wgpu::MemoryHints::Performance,
-            trace: wgpu::Trace::Off,
-        }))
-        .with_context(|| format!("could not open device on adapter {}", adapter_info.name))?;
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("ddpm-wgpu"),
+                required_features,
+                required_limits: limits.clone(),
+                experimental_features: wgpu::ExperimentalFeatures::disabled(),
+                memory_hints: wgpu::MemoryHints::Performance,
+                trace: wgpu::Trace::Off,
+            })
+            .await
+            .with_context(|| format!("could not open device on adapter {}", adapter_info.name))?;
+        let late_error = Arc::new(Mutex::new(None));
+        if cfg!(target_arch = "wasm32") {
+            let slot = late_error.clone();
+            device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+                slot.lock().unwrap().get_or_insert_with(|| e.to_string());
+            }));
+        }
 
         let info = DeviceInfo {
             name: adapter_info.name.clone(),
@@ -283,6 +354,10 @@ impl Gpu {
             subgroup_min_size: adapter_info.subgroup_min_size,
             subgroup_max_size: adapter_info.subgroup_max_size,
             timestamps,
+            few_loads: options.few_loads
+                || adapter_info.name.to_lowercase().contains("swiftshader")
+                || (adapter_info.backend == wgpu::Backend::BrowserWebGpu
+                    && adapter_info.device_type == wgpu::DeviceType::Cpu),
             max_storage_binding: limits.max_storage_buffer_binding_size,
             max_buffer_size: limits.max_buffer_size,
             max_workgroup_storage: limits.max_compute_workgroup_storage_size,
@@ -336,6 +411,7 @@ impl Gpu {
             params_bind_group,
             param_align,
             recording: Mutex::new(Recording::default()),
+            late_error,
         })
     }
 
@@ -345,7 +421,7 @@ impl Gpu {
 
     /// What kernel variants are chosen by on this adapter.
     pub fn caps(&self) -> Caps {
-        Caps { subgroups: self.info.subgroups, sg8: self.info.subgroup_is_8 }
+        Caps { subgroups: self.info.subgroups, sg8: self.info.subgroup_is_8, few_loads: self.info.few_loads }
     }
 
     /// Every kernel built so far (the pipeline cache's keys).
@@ -449,29 +525,50 @@ impl Gpu {
     }
 
     /// Copy a tensor back to the host (submits and waits).
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn read(&self, t: &Tensor) -> Result<Vec<f32>> {
+        pollster::block_on(self.read_async(t))
+    }
+
+    /// Copy a tensor back to the host once the GPU has finished what was
+    /// recorded before. The only readback on the web, where the answer
+    /// arrives through the page's event loop.
+    pub async fn read_async(&self, t: &Tensor) -> Result<Vec<f32>> {
         let bytes = t.byte_len();
         let staging = self.pooled_buffer(bytes.max(4), BufferKind::Readback)?;
         self.with_encoder(|enc| enc.copy_buffer_to_buffer(t.buffer(), t.byte_offset(), &staging, 0, bytes));
         self.submit();
-        let out = self.map_read(&staging, bytes)?;
+        let out = self.map_read_async(&staging, bytes).await;
         Pool::give_back(&self.pool, staging, BufferKind::Readback);
-        Ok(out)
+        out
     }
 
     /// The first `bytes` of a `MAP_READ` buffer whose contents have been
     /// submitted (waits for the GPU), as `T`s; unmapped again after.
+    #[cfg(not(target_arch = "wasm32"))]
     fn map_read<T: bytemuck::Pod>(&self, buffer: &wgpu::Buffer, bytes: u64) -> Result<Vec<T>> {
+        pollster::block_on(self.map_read_async(buffer, bytes))
+    }
+
+    async fn map_read_async<T: bytemuck::Pod>(&self, buffer: &wgpu::Buffer, bytes: u64) -> Result<Vec<T>> {
         if bytes == 0 {
             return Ok(Vec::new());
         }
         let slice = buffer.slice(0..bytes);
-        let (tx, rx) = std::sync::mpsc::channel();
+        let (tx, rx) = futures_channel::oneshot::channel();
         slice.map_async(wgpu::MapMode::Read, move |r| {
             let _ = tx.send(r);
         });
+        // Natively the callback runs inside the poll; on the web, when the
+        // browser resolves the mapping.
+        #[cfg(not(target_arch = "wasm32"))]
         self.wait()?;
-        rx.recv().context("readback callback dropped")?.context("mapping readback buffer")?;
+        let mapped = rx.await.context("readback callback dropped")?;
+        // An error reported since (a kernel that did not build, say) is the cause of any failure here.
+        if let Some(e) = self.late_error.lock().unwrap().take() {
+            bail!("the GPU reported an error: {e}");
+        }
+        mapped.context("mapping readback buffer")?;
         let view = slice.get_mapped_range().map_err(|e| anyhow!("reading back: {e:?}"))?;
         let v = bytemuck::cast_slice::<u8, T>(&view).to_vec();
         drop(view);
@@ -518,6 +615,7 @@ impl Gpu {
     }
 
     /// Block until every submitted command has finished.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn wait(&self) -> Result<()> {
         self.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| anyhow!("waiting for the GPU: {e}"))?;
         Ok(())

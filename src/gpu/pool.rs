@@ -79,17 +79,18 @@ impl Pool {
         p.stats.reserved_bytes += size;
         drop(p);
         // Out-of-memory surfaces as a validation/OOM error scope, not a panic.
-        let scope = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
-        let buffer = device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some(match kind {
-                BufferKind::Storage => "tensor",
-                BufferKind::Readback => "readback",
-            }),
-            size,
-            usage: kind.usage(),
-            mapped_at_creation: false,
+        let (buffer, error) = super::scoped(device, wgpu::ErrorFilter::OutOfMemory, || {
+            device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(match kind {
+                    BufferKind::Storage => "tensor",
+                    BufferKind::Readback => "readback",
+                }),
+                size,
+                usage: kind.usage(),
+                mapped_at_creation: false,
+            })
         });
-        if let Some(err) = pollster::block_on(scope.pop()) {
+        if let Some(err) = error {
             let mut p = pool.lock().unwrap();
             p.stats.live_bytes -= size;
             p.stats.reserved_bytes -= size;

@@ -1,12 +1,18 @@
 //! Timing a batch of GPU work for benchmarks: GPU timestamps around the
 //! recorded commands where the adapter has them, wall clock always; and a
 //! per-kernel profile, each launch timestamped in a compute pass of its own.
+//! Native only: timing waits for the GPU.
 
+#[cfg(not(target_arch = "wasm32"))]
 use std::time::Instant;
 
-use anyhow::{bail, ensure, Result};
+#[cfg(not(target_arch = "wasm32"))]
+use anyhow::bail;
+use anyhow::{ensure, Result};
 
-use super::{Gpu, Kernel};
+#[cfg(not(target_arch = "wasm32"))]
+use super::Gpu;
+use super::Kernel;
 
 /// Duration of one timed batch, in milliseconds.
 #[derive(Clone, Copy, Debug)]
@@ -24,6 +30,7 @@ impl Timing {
     }
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 impl Gpu {
     /// Run `record` (which records launches), submit, wait, and time it.
     /// Work recorded before the call is submitted and finished first.
@@ -133,6 +140,7 @@ impl Profiling {
     }
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 impl Gpu {
     /// Run `record` with every launch in a compute pass of its own, its
     /// start and end timestamped, and sum the GPU time by kernel. One pass

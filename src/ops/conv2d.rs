@@ -355,8 +355,19 @@ fn transposed_tile(subgroups: bool, g: &Conv2dGeometry) -> (usize, usize) {
 /// with subgroups the input rows are shared by the 8 lanes, so few output
 /// channels per lane; without, the two kinds of load are balanced, unless
 /// there are too few output channels for 8 lanes of 8.
-fn grad_weight_tile(subgroups: bool, k: usize, c_out: usize) -> (usize, usize) {
-    match (subgroups || c_out < 64, k) {
+///
+/// SwiftShader's compiler ([`Caps::few_loads`]) builds a lane that loads 9
+/// input items in 0.3 s and one that loads 16 or more in minutes, so there
+/// a lane takes one input channel of a 3x3 kernel (3 rows of 3 items), 8 of
+/// a 1x1, and output channels as c_out allows 8 lanes of them.
+fn grad_weight_tile(caps: Caps, k: usize, c_out: usize) -> (usize, usize) {
+    if caps.few_loads {
+        return match k {
+            1 => (8, 8),
+            _ => ([16, 8].into_iter().find(|&q| c_out >= 8 * q).unwrap_or(4), 1),
+        };
+    }
+    match (caps.subgroups || c_out < 64, k) {
         (true, 1) => (4, 32),
         (true, _) => (4, 4),
         (false, 1) => (8, 16),
@@ -397,7 +408,7 @@ fn transposed_variant(caps: Caps, g: &Conv2dGeometry) -> DirectVariant {
 }
 
 fn grad_weight_variant(caps: Caps, g: &Conv2dGeometry) -> DirectVariant {
-    let (q, tci) = grad_weight_tile(caps.subgroups, g.kw, g.c_out);
+    let (q, tci) = grad_weight_tile(caps, g.kw, g.c_out);
     DirectVariant {
         entry: Entry::GradWeight,
         transposed: false,

@@ -13,7 +13,7 @@ use rand::seq::SliceRandom;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::{self, SaveStep};
+use crate::checkpoint::{self, STATE_FILE};
 use crate::data::Dataset;
 use crate::distributed::{share, Collective, SingleProcess};
 use crate::gpu::{Gpu, Tensor, VIEW_ALIGN_ELEMS};
@@ -28,7 +28,10 @@ use crate::unet::layout::InitScheme;
 use crate::unet::params::{write_atomically, ParamStore};
 use crate::unet::{ParamVars, UNet, UNetConfig};
 
+// The run loop (files, grids, the wall clock) is native; the web page drives the steps itself.
+#[cfg(not(target_arch = "wasm32"))]
 mod run;
+#[cfg(not(target_arch = "wasm32"))]
 pub use run::{run, Cadence, Due, GridSettings, Observer, Outcome, Readout, RunSettings};
 
 /// Hyper-parameters of a run (saved in checkpoints).
@@ -235,11 +238,47 @@ impl Recipe {
         }
     }
 
+    /// The recipe's UNet for images of `channels` x `resolution`² in its
+    /// patches, conditioned on `classes` labels (plus a "no class" row, the
+    /// last: see [`settle_class_dropout`]) where the recipe conditions and
+    /// the data has them.
+    pub fn unet_config_for(&self, channels: usize, resolution: usize, classes: Option<usize>) -> Result<UNetConfig> {
+        let p = self.patch_size;
+        ensure!(resolution.is_multiple_of(p), "resolution {resolution} does not split into {p}x{p} patches");
+        let mut config = UNetConfig::from_json(self.unet_config)?;
+        config.in_channels = channels * p * p;
+        config.out_channels = channels * p * p;
+        config.patch_size = p;
+        config.sample_size = Some(resolution / p);
+        config.num_class_embeds = classes.filter(|_| self.class_conditional).map(|k| k + 1);
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The recipe's noise schedule and prediction target.
+    pub fn scheduler(&self) -> SchedulerConfig {
+        SchedulerConfig {
+            beta_schedule: self.beta_schedule,
+            prediction_type: self.prediction_type,
+            ..SchedulerConfig::default()
+        }
+    }
+
     pub fn named(name: &str) -> Result<Recipe> {
         let all = Recipe::all();
         let names: Vec<&str> = all.iter().map(|r| r.name).collect();
         let found = all.iter().find(|r| r.name == name).cloned();
         found.with_context(|| format!("no recipe '{name}' (there are: {})", names.join(", ")))
+    }
+}
+
+/// Labels dropped with `options.class_dropout` train the class embedding's
+/// last row as "no class" (`config.null_class`); an unconditional UNet has
+/// no labels to drop, so its runs drop none.
+pub fn settle_class_dropout(config: &mut UNetConfig, options: &mut TrainOptions) {
+    match config.num_class_embeds {
+        Some(embeds) => config.null_class = (options.class_dropout > 0.0).then_some(embeds - 1),
+        None => options.class_dropout = 0.0,
     }
 }
 
@@ -300,7 +339,7 @@ pub struct TrainState {
 /// Read the state saved in the checkpoint `dir` (or the one kept beside it).
 pub fn read_state(dir: &Path) -> Result<TrainState> {
     let dir = existing_checkpoint(dir)?;
-    let path = dir.join("training/state.json");
+    let path = dir.join(STATE_FILE);
     let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
 }
@@ -679,6 +718,8 @@ impl<'g> Trainer<'g> {
             }
         }
 
+        // Only native builds have ranks (MPI).
+        #[cfg(not(target_arch = "wasm32"))]
         if self.world.size() > 1 {
             // Staged through host memory: wgpu devices cannot share buffers.
             let mut grads = gpu.read(&self.grads)?;
@@ -769,7 +810,13 @@ impl<'g> Trainer<'g> {
     /// GPU). A NaN or infinite loss is an error naming its step. In a job,
     /// every rank calls this after the same steps and gets the whole job's
     /// logs (each rank's losses are gathered).
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn read_logs(&mut self) -> Result<Vec<StepLog>> {
+        pollster::block_on(self.read_logs_async())
+    }
+
+    /// [`Trainer::read_logs`] once the GPU has finished the steps (the web's way).
+    pub async fn read_logs_async(&mut self) -> Result<Vec<StepLog>> {
         if self.pending.is_empty() {
             return Ok(Vec::new());
         }
@@ -777,14 +824,20 @@ impl<'g> Trainer<'g> {
         let logged = self.pending.len() * accum;
         let shard = self.shard.batch();
         // This rank's logs as [slot losses | slot samples], then every rank's.
-        let mut mine: Vec<f32> =
-            self.gpu.read(&self.shard.loss_log)?.into_iter().step_by(VIEW_ALIGN_ELEMS).take(logged).collect();
+        let mut mine: Vec<f32> = self
+            .gpu
+            .read_async(&self.shard.loss_log)
+            .await?
+            .into_iter()
+            .step_by(VIEW_ALIGN_ELEMS)
+            .take(logged)
+            .collect();
         let row = sample_log_row(shard);
-        let per_sample = self.gpu.read(&self.shard.sample_log)?;
+        let per_sample = self.gpu.read_async(&self.shard.sample_log).await?;
         mine.extend((0..logged).flat_map(|j| per_sample[j * row..j * row + shard].iter().copied()));
         let all = self.world.all_gather(&mine)?;
         let ranks: Vec<&[f32]> = all.chunks(mine.len()).collect();
-        let norms = self.gpu.read(&self.norm_log)?;
+        let norms = self.gpu.read_async(&self.norm_log).await?;
         let mut out = Vec::new();
         for (i, (s, t)) in std::mem::take(&mut self.pending).into_iter().enumerate() {
             let slots = i * accum..(i + 1) * accum;
@@ -820,6 +873,7 @@ impl<'g> Trainer<'g> {
 
     /// The flat gradient of the last step (the mean over all its images,
     /// before clipping), in the parameter table's order. Waits for the GPU.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn read_gradients(&self) -> Result<Vec<f32>> {
         self.gpu.read(&self.grads)
     }
@@ -829,57 +883,74 @@ impl<'g> Trainer<'g> {
         Ok(ParamStore { table: self.unet.table.clone(), flat: self.ema.clone() })
     }
 
-    /// Write a resumable checkpoint to `dir`: a diffusers DDPMPipeline
-    /// folder (EMA weights in `unet/`, `scheduler/`; a class-conditional
-    /// UNet loads there but needs `class_labels`, which the pipeline's
-    /// `__call__` does not pass) plus `training/` with
-    /// the raw weights, Adam moments and state. Crash-safe at every point:
-    /// see [`checkpoint`](crate::checkpoint).
+    /// Write a resumable checkpoint to `dir`: the files of
+    /// [`Trainer::checkpoint_files`]. Crash-safe at every point: see
+    /// [`checkpoint`](crate::checkpoint).
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn save_checkpoint(&self, dir: &Path, data: &DataSpec) -> Result<()> {
         self.save_checkpoint_with(dir, data, &mut |_| Ok(()))
     }
 
     /// [`Trainer::save_checkpoint`], running `before` before each step of
     /// the swap (a test's crash points).
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn save_checkpoint_with(
         &self,
         dir: &Path,
         data: &DataSpec,
-        before: &mut dyn FnMut(SaveStep) -> Result<()>,
+        before: &mut dyn FnMut(checkpoint::SaveStep) -> Result<()>,
     ) -> Result<()> {
-        let gpu = self.gpu;
-        let table = &self.unet.table;
         // Everything is read back before the swap starts.
-        let ema = gpu.read(&self.ema)?;
-        let weights = gpu.read(&self.weights.flat)?;
-        let (exp_avg, exp_avg_sq) = (gpu.read(&self.exp_avg)?, gpu.read(&self.exp_avg_sq)?);
+        let files = pollster::block_on(self.checkpoint_files(data))?;
         let write = |tmp: &Path| -> Result<()> {
-            for sub in ["unet", "scheduler", "training"] {
-                std::fs::create_dir_all(tmp.join(sub))
-                    .with_context(|| format!("creating {}", tmp.join(sub).display()))?;
+            for (name, bytes) in &files {
+                let path = tmp.join(name);
+                if let Some(parent) = path.parent() {
+                    std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+                }
+                // The state goes last, atomically: its presence marks the folder complete.
+                match *name == STATE_FILE {
+                    true => write_atomically(&path, bytes)?,
+                    false => std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))?,
+                }
             }
-            let model_index = serde_json::json!({
-                "_class_name": "DDPMPipeline",
-                "scheduler": ["diffusers", "DDPMScheduler"],
-                "unet": ["diffusers", "UNet2DModel"],
-            });
-            std::fs::write(tmp.join("model_index.json"), serde_json::to_string_pretty(&model_index)?)?;
-            std::fs::write(tmp.join("unet/config.json"), self.unet.config().to_json())?;
-            table.save(&ema, &tmp.join("unet/diffusion_pytorch_model.safetensors"))?;
-            std::fs::write(tmp.join("scheduler/scheduler_config.json"), self.scheduler.to_json())?;
-            table.save(&weights, &tmp.join("training/weights.safetensors"))?;
-            table.save(&exp_avg, &tmp.join("training/exp_avg.safetensors"))?;
-            table.save(&exp_avg_sq, &tmp.join("training/exp_avg_sq.safetensors"))?;
-            let state = TrainState {
-                step: self.step,
-                options: self.options.clone(),
-                data: data.clone(),
-                adapter: gpu.info().to_string(),
-            };
-            // Last: its presence marks the folder complete.
-            write_atomically(&tmp.join("training/state.json"), serde_json::to_string_pretty(&state)?.as_bytes())
+            Ok(())
         };
         checkpoint::replace(dir, write, before)
+    }
+
+    /// A resumable checkpoint as (path, contents) pairs, [`STATE_FILE`]
+    /// last: a diffusers DDPMPipeline folder (EMA weights in `unet/`,
+    /// `scheduler/`; a class-conditional UNet loads there but needs
+    /// `class_labels`, which the pipeline's `__call__` does not pass) plus
+    /// `training/` with the raw weights, Adam moments and state.
+    pub async fn checkpoint_files(&self, data: &DataSpec) -> Result<Vec<(&'static str, Vec<u8>)>> {
+        let gpu = self.gpu;
+        let table = &self.unet.table;
+        let model_index = serde_json::json!({
+            "_class_name": "DDPMPipeline",
+            "scheduler": ["diffusers", "DDPMScheduler"],
+            "unet": ["diffusers", "UNet2DModel"],
+        });
+        let state = TrainState {
+            step: self.step,
+            options: self.options.clone(),
+            data: data.clone(),
+            adapter: gpu.info().to_string(),
+        };
+        Ok(vec![
+            ("model_index.json", serde_json::to_string_pretty(&model_index)?.into_bytes()),
+            ("unet/config.json", self.unet.config().to_json().into_bytes()),
+            (
+                "unet/diffusion_pytorch_model.safetensors",
+                table.to_safetensors(&gpu.read_async(&self.ema).await?, None)?,
+            ),
+            ("scheduler/scheduler_config.json", self.scheduler.to_json().into_bytes()),
+            ("training/weights.safetensors", table.to_safetensors(&gpu.read_async(&self.weights.flat).await?, None)?),
+            ("training/exp_avg.safetensors", table.to_safetensors(&gpu.read_async(&self.exp_avg).await?, None)?),
+            ("training/exp_avg_sq.safetensors", table.to_safetensors(&gpu.read_async(&self.exp_avg_sq).await?, None)?),
+            (STATE_FILE, serde_json::to_string_pretty(&state)?.into_bytes()),
+        ])
     }
 
     /// Continue the run saved in checkpoint `dir`. `steps` may extend it.
@@ -894,7 +965,7 @@ impl<'g> Trainer<'g> {
             std::fs::read_to_string(dir.join(p)).with_context(|| format!("reading {}", dir.join(p).display()))
         };
         let mut state: TrainState =
-            serde_json::from_str(&read("training/state.json")?).context("parsing training/state.json")?;
+            serde_json::from_str(&read(STATE_FILE)?).with_context(|| format!("parsing {STATE_FILE}"))?;
         let config = UNetConfig::from_json(&read("unet/config.json")?)?;
         let scheduler = SchedulerConfig::from_json(&read("scheduler/scheduler_config.json")?)?;
         let unet = UNet::new(&config)?;
@@ -965,7 +1036,7 @@ pub fn decile_means(losses: &[f32], t: &[usize], steps: usize) -> ([f32; DECILES
 /// The newest complete checkpoint: `dir`, or one a cut-short save left beside it.
 pub fn existing_checkpoint(dir: &Path) -> Result<PathBuf> {
     checkpoint::newest(dir)
-        .with_context(|| format!("no resumable checkpoint in {} (expected training/state.json)", dir.display()))
+        .with_context(|| format!("no resumable checkpoint in {} (expected {STATE_FILE})", dir.display()))
 }
 
 /// The generator for step `s`'s host-side choices (flips, timesteps).

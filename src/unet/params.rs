@@ -187,11 +187,6 @@ impl ParamTable {
         }
         Ok(safetensors::serialize(tensors, metadata)?)
     }
-
-    /// Write `flat` to `path` atomically (temporary file, then rename).
-    pub fn save(&self, flat: &[f32], path: &Path) -> Result<()> {
-        write_atomically(path, &self.to_safetensors(flat, None)?)
-    }
 }
 
 /// The largest safetensors header read (the format's own limit is 100 MB).

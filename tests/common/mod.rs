@@ -17,13 +17,17 @@ pub enum Path {
     SubgroupShuffle,
     /// No subgroup operations (GL, WebGPU without subgroups, small subgroups).
     Portable,
+    /// The portable path with the tiles SwiftShader's compiler needs
+    /// (Chrome's software WebGPU).
+    FewLoads,
 }
 
 fn open(path: Path) -> &'static Mutex<Gpu> {
-    static GPUS: [OnceLock<Mutex<Gpu>>; 3] = [OnceLock::new(), OnceLock::new(), OnceLock::new()];
+    static GPUS: [OnceLock<Mutex<Gpu>>; 4] = [OnceLock::new(), OnceLock::new(), OnceLock::new(), OnceLock::new()];
     GPUS[path as usize].get_or_init(|| {
         let options = GpuOptions {
-            no_subgroups: path == Path::Portable,
+            no_subgroups: matches!(path, Path::Portable | Path::FewLoads),
+            few_loads: path == Path::FewLoads,
             force_subgroup_shuffle: path == Path::SubgroupShuffle,
             poison_uninit: true,
             ..GpuOptions::default()
@@ -50,8 +54,11 @@ pub fn each_path(mut f: impl FnMut(&Gpu, Path)) {
         sg.info().subgroups
     };
     drop(default);
-    let paths: &[Path] =
-        if has_subgroups { &[Path::Subgroups, Path::SubgroupShuffle, Path::Portable] } else { &[Path::Portable] };
+    let paths: &[Path] = if has_subgroups {
+        &[Path::Subgroups, Path::SubgroupShuffle, Path::Portable, Path::FewLoads]
+    } else {
+        &[Path::Portable, Path::FewLoads]
+    };
     for &path in paths {
         let gpu = gpu_on(path);
         f(&gpu, path);

@@ -209,6 +209,10 @@ pub struct SampleArgs {
     /// Also write each sample as its own PNG into this folder.
     #[arg(long)]
     pub individual: Option<PathBuf>,
+    /// Also write the samples as a float32 NumPy array (num, C, H, W) in [-1, 1]: the values
+    /// before the PNGs round them to 8 bits.
+    #[arg(long)]
+    pub npy: Option<PathBuf>,
     /// Also write a strip of sample 0's reverse process (x_t every few steps) to this PNG.
     #[arg(long)]
     pub strip: Option<PathBuf>,
@@ -390,19 +394,20 @@ impl TrainArgs {
 
     /// The recipe's noise schedule and prediction type, overridden by the flags given.
     pub fn scheduler(&self, recipe: &Recipe) -> SchedulerConfig {
+        let base = recipe.scheduler();
         SchedulerConfig {
             beta_schedule: match self.schedule {
                 Some(Schedule::Linear) => BetaSchedule::Linear,
                 Some(Schedule::Cosine) => BetaSchedule::SquaredCosCapV2,
-                None => recipe.beta_schedule,
+                None => base.beta_schedule,
             },
             prediction_type: match self.prediction_type {
                 Some(Prediction::Epsilon) => PredictionType::Epsilon,
                 Some(Prediction::V) => PredictionType::VPrediction,
                 Some(Prediction::Sample) => PredictionType::Sample,
-                None => recipe.prediction_type,
+                None => base.prediction_type,
             },
-            ..SchedulerConfig::default()
+            ..base
         }
     }
 

@@ -17,7 +17,9 @@ use anyhow::{bail, ensure, Context, Result};
 use args::{EvalArgs, SampleArgs, TrainArgs};
 use clap::{Parser, Subcommand};
 use ddpm_wgpu::gpu::{Gpu, GpuOptions};
-use ddpm_wgpu::train::{existing_checkpoint, read_state, run, DataSpec, Observer, Outcome, Readout, Trainer};
+use ddpm_wgpu::train::{
+    existing_checkpoint, read_state, run, settle_class_dropout, DataSpec, Observer, Outcome, Readout, Trainer,
+};
 use ddpm_wgpu::unet::UNetConfig;
 use indicatif::{ProgressBar, ProgressStyle};
 use job::Job;
@@ -163,14 +165,10 @@ fn train(options: &GpuOptions, args: TrainArgs, job: &Job) -> Result<()> {
                 }
                 config.num_class_embeds = classes.map(|k| k + 1);
             }
-            // Dropped labels train the last row as "no class"; an unconditional UNet has none to drop.
-            match config.num_class_embeds {
-                Some(embeds) => config.null_class = (train_options.class_dropout > 0.0).then_some(embeds - 1),
-                None if args.class_dropout.is_some() => {
-                    bail!("--class-dropout needs a class-conditional UNet (labelled data, or num_class_embeds in --config)")
-                }
-                None => train_options.class_dropout = 0.0,
+            if config.num_class_embeds.is_none() && args.class_dropout.is_some() {
+                bail!("--class-dropout needs a class-conditional UNet (labelled data, or num_class_embeds in --config)")
             }
+            settle_class_dropout(&mut config, &mut train_options);
             config.validate()?;
             (config, spec, Some(data))
         }

@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use ddpm_wgpu::data::{grid_scale, save_grid, save_image};
+use ddpm_wgpu::data::{grid_scale, save_grid, save_image, save_npy};
 use ddpm_wgpu::gpu::{Gpu, GpuOptions};
 use ddpm_wgpu::sample::{default_sample_batch, sample, Model, SampleRequest, Sampler};
 
@@ -25,7 +25,7 @@ pub fn sample_command(options: &GpuOptions, args: SampleArgs) -> Result<()> {
     if args.out.is_dir() {
         bail!("--out {} is a folder: give the grid's file name", args.out.display());
     }
-    for file in std::iter::once(&args.out).chain(&args.strip) {
+    for file in std::iter::once(&args.out).chain(&args.strip).chain(&args.npy) {
         if let Some(parent) = file.parent().filter(|p| !p.as_os_str().is_empty()) {
             ensure_writable(parent)?;
         }
@@ -70,6 +70,10 @@ pub fn sample_command(options: &GpuOptions, args: SampleArgs) -> Result<()> {
     let cols = (args.num as f64).sqrt().ceil() as usize;
     save_grid(&args.out, &images, channels, resolution, cols, grid_scale(resolution))?;
     eprintln!("wrote {} ({} samples in {:.1} s)", args.out.display(), args.num, started.elapsed().as_secs_f64());
+    if let Some(npy) = &args.npy {
+        save_npy(npy, &images, &[args.num, channels, resolution, resolution])?;
+        eprintln!("wrote {}", npy.display());
+    }
     if let Some(dir) = &args.individual {
         let len = channels * resolution * resolution;
         for (i, img) in images.chunks_exact(len).enumerate() {
