@@ -46,7 +46,7 @@ function drawLoss(canvas, logs, totalSteps) {
   ctx.strokeRect(left, top, w - left - right, h - top - bottom);
   ctx.fillText("step", w / 2 - 10, h - 6);
   ctx.save();
-  ctx.translate(14, h / 2 + 40);
+  ctx.translate(12, h / 2 + 40);
   ctx.rotate(-Math.PI / 2);
   ctx.fillText("loss (log scale)", 0, 0);
   ctx.restore();
@@ -55,7 +55,9 @@ function drawLoss(canvas, logs, totalSteps) {
   const [lo, hi] = [Math.min(...losses), Math.max(...losses) + 1e-6];
   const x = (step) => left + ((w - left - right) * step) / totalSteps;
   const y = (v) => top + ((h - top - bottom) * (hi - v)) / (hi - lo);
-  for (const v of [lo, (lo + hi) / 2, hi]) ctx.fillText((10 ** v).toPrecision(3), 4, y(v) + 4);
+  ctx.textAlign = "right";
+  for (const v of [lo, (lo + hi) / 2, hi]) ctx.fillText((10 ** v).toPrecision(3), left - 4, y(v) + 4);
+  ctx.textAlign = "left";
   ctx.fillText("0", left - 3, h - bottom + 14);
   ctx.fillText(String(totalSteps), w - right - 24, h - bottom + 14);
   ctx.strokeStyle = "#1f6fb4";
@@ -258,7 +260,9 @@ async function main() {
     return;
   }
   const a = JSON.parse(engine.adapter());
-  $("adapter").textContent = `adapter: ${a.name} (${a.backend}), ${a.subgroup_kernels ? "subgroup" : "portable"} kernels, ` +
+  const name = a.name || (a.device_type === "Cpu" ? "the browser's software fallback" : "unnamed");
+  $("adapter").textContent = `adapter: ${name} (${a.backend}), ${a.subgroup_kernels ? "subgroup" : "portable"} kernels` +
+    `${a.few_loads ? " with SwiftShader's tiles" : ""}, ` +
     `largest storage binding ${a.max_storage_binding_mib} MiB, timestamps ${a.timestamps ? "yes" : "no"}`;
   if (params.has("test")) await test(engine, params);
   else await page(engine);
