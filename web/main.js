@@ -113,6 +113,7 @@ const number = (id) => ($(id).value === "" ? undefined : Number($(id).value));
 async function page(engine) {
   let loaded = null; // which model the engine holds: "shipped", "files" or "trained"
   let training = null; // { stop } while a run goes on
+  let dropped = null; // files dropped on the page
   const show = (id, text, error = false) => {
     $(id).textContent = text;
     $(id).classList.toggle("error", error);
@@ -122,7 +123,20 @@ async function page(engine) {
     $("model-files").hidden = $("model-source").value !== "files";
     loaded = null;
   };
-  $("model-files").onchange = () => (loaded = null);
+  $("model-files").onchange = () => {
+    loaded = null;
+    dropped = null;
+  };
+  // A diffusers folder's files dropped anywhere on the page are the model to sample.
+  document.addEventListener("dragover", (e) => e.preventDefault());
+  document.addEventListener("drop", (e) => {
+    e.preventDefault();
+    dropped = e.dataTransfer.files;
+    $("model-source").value = "files";
+    $("model-files").hidden = false;
+    loaded = null;
+    show("sample-status", `dropped: ${[...dropped].map((f) => f.name).join(", ")}; press Sample`);
+  });
 
   $("sample").onclick = async () => {
     $("sample").disabled = true;
@@ -133,7 +147,8 @@ async function page(engine) {
           source === "trained"
             ? engine.use_trained_model()
             : await (async () => {
-                const m = source === "shipped" ? await fetchModel("model/") : await filesModel($("model-files").files);
+                const files = $("model-files").files.length ? $("model-files").files : dropped ?? [];
+                const m = source === "shipped" ? await fetchModel("model/") : await filesModel(files);
                 return engine.load_model(m.config, m.weights, m.scheduler);
               })(),
         );
