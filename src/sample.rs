@@ -214,49 +214,66 @@ pub fn sample(
         "sample: resolution {} does not split into the model's {p}x{p} patches",
         request.resolution
     );
-    let mut model = unet_predictor(gpu, unet, weights, request.guidance)?;
+    let mut predictor = UNetPredictor::new(config, request.guidance)?;
+    let mut model = |x: &Tensor, t: &Tensor, _: usize, first: usize| predictor.predict(gpu, unet, weights, x, t, first);
     let patched = SampleRequest { resolution: request.resolution / p, ..*request };
     let (samples, kept) = sample_with(gpu, &mut model, config.in_channels, scheduler, &patched, progress)?;
     let image = |x: &[f32]| patch::shuffle(x, config.image_channels(), request.resolution, p);
     Ok((image(&samples), kept.iter().map(|x| image(x)).collect()))
 }
 
-/// `unet`'s noise predictor for sampling: one UNet pass per step, or for a
-/// class-conditional model the classes and guidance `guidance` asks for
-/// (checked against the model here).
-pub fn unet_predictor<'a>(
-    gpu: &'a Gpu,
-    unet: &'a UNet,
-    weights: &'a ParamStore,
+/// `unet`'s noise prediction for sampling: one UNet pass per step, or for a
+/// class-conditional model the classes and guidance asked for, with each
+/// chunk's class labels made once (at its first step) and kept.
+pub struct UNetPredictor {
     guidance: Guidance,
-) -> Result<impl FnMut(&Tensor, &Tensor, usize, usize) -> Result<Tensor> + 'a> {
-    let config = unet.config();
-    if let Some(classes) = config.classes() {
-        let g = guidance;
-        ensure!(classes >= 1, "this model's class embedding has only its \"no class\" row: no classes to sample");
-        if let Some(c) = g.class {
-            ensure!(c < classes, "class {c}: this model has classes 0 to {}", classes - 1);
-            ensure!(g.scale != 0.0, "class {c} at guidance 0: guidance 0 samples no class");
+    /// The chunk (its first sample) the labels are for, and the labels.
+    chunk_labels: Option<(usize, GuidedLabels)>,
+}
+
+impl UNetPredictor {
+    /// `guidance` for a model of `config`, checked against its classes.
+    pub fn new(config: &UNetConfig, guidance: Guidance) -> Result<UNetPredictor> {
+        if let Some(classes) = config.classes() {
+            let g = guidance;
+            ensure!(classes >= 1, "this model's class embedding has only its \"no class\" row: no classes to sample");
+            if let Some(c) = g.class {
+                ensure!(c < classes, "class {c}: this model has classes 0 to {}", classes - 1);
+                ensure!(g.scale != 0.0, "class {c} at guidance 0: guidance 0 samples no class");
+            }
+            ensure!(g.scale.is_finite() && g.scale >= 0.0, "guidance must be 0 or more, got {}", g.scale);
+            ensure!(
+                g.scale == 1.0 || config.null_class.is_some(),
+                "guidance {} needs a \"no class\" embedding (_null_class in config.json), which this model has not: use 1",
+                g.scale
+            );
         }
-        ensure!(g.scale.is_finite() && g.scale >= 0.0, "guidance must be 0 or more, got {}", g.scale);
-        ensure!(
-            g.scale == 1.0 || config.null_class.is_some(),
-            "guidance {} needs a \"no class\" embedding (_null_class in config.json), which this model has not: use 1",
-            g.scale
-        );
+        Ok(UNetPredictor { guidance, chunk_labels: None })
     }
-    // The class labels of the chunk starting at sample `first`, made once per chunk.
-    let mut chunk_labels: Option<(usize, GuidedLabels)> = None;
-    Ok(move |x: &Tensor, t: &Tensor, _index: usize, first: usize| -> Result<Tensor> {
+
+    /// The model's output at `x` and timesteps `t` for the chunk starting
+    /// at global sample `first` (a [`NoisePredictor`] once `unet` and
+    /// `weights` are bound).
+    pub fn predict(
+        &mut self,
+        gpu: &Gpu,
+        unet: &UNet,
+        weights: &ParamStore,
+        x: &Tensor,
+        t: &Tensor,
+        first: usize,
+    ) -> Result<Tensor> {
+        let config = unet.config();
         if config.num_class_embeds.is_none() {
             return predict_noise(gpu, unet, weights, x, t, None);
         }
-        if chunk_labels.as_ref().is_none_or(|(f, _)| *f != first) {
-            chunk_labels = Some((first, GuidedLabels::new(gpu, config, first, x.shape()[0], &guidance)?));
+        if self.chunk_labels.as_ref().is_none_or(|(f, _)| *f != first) {
+            let labels = GuidedLabels::new(gpu, config, first, x.shape()[0], &self.guidance)?;
+            self.chunk_labels = Some((first, labels));
         }
-        let labels = &chunk_labels.as_ref().expect("made above").1;
+        let labels = &self.chunk_labels.as_ref().expect("made above").1;
         predict_guided(gpu, unet, weights, x, t, labels)
-    })
+    }
 }
 
 /// The model's output at x_t and the timestep index tensor t (scalar index

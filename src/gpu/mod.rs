@@ -538,9 +538,10 @@ impl Gpu {
         let staging = self.pooled_buffer(bytes.max(4), BufferKind::Readback)?;
         self.with_encoder(|enc| enc.copy_buffer_to_buffer(t.buffer(), t.byte_offset(), &staging, 0, bytes));
         self.submit();
-        let out = self.map_read_async(&staging, bytes).await;
+        let out = self.map_read_async(&staging, bytes).await?;
+        // Only a buffer that mapped and unmapped cleanly goes back to the pool.
         Pool::give_back(&self.pool, staging, BufferKind::Readback);
-        out
+        Ok(out)
     }
 
     /// The first `bytes` of a `MAP_READ` buffer whose contents have been

@@ -14,10 +14,10 @@ use std::rc::Rc;
 use anyhow::{ensure, Context, Result};
 use ddpm_wgpu::data::{to_u8, Dataset};
 use ddpm_wgpu::patch;
-use ddpm_wgpu::sample::{self, Guidance, Model, ReversePlan, SampleRequest, Sampler, Samples};
+use ddpm_wgpu::sample::{Guidance, Model, ReversePlan, SampleRequest, Sampler, Samples, UNetPredictor};
 use ddpm_wgpu::train::{settle_class_dropout, DataSpec, Recipe, StepLog, Trainer};
 use ddpm_wgpu::unet::{UNet, UNetConfig};
-use ddpm_wgpu::{Gpu, GpuOptions};
+use ddpm_wgpu::{Gpu, GpuOptions, Tensor};
 use js_sys::{Promise, Uint8Array};
 use serde::Deserialize;
 use wasm_bindgen::prelude::*;
@@ -46,7 +46,7 @@ struct State {
 struct Sampling {
     plan: ReversePlan,
     samples: Samples,
-    guidance: Guidance,
+    predictor: UNetPredictor,
     /// Height and width of each image (before patching).
     resolution: usize,
 }
@@ -200,7 +200,10 @@ impl Engine {
         if s.samples.finished(&s.plan) {
             return Ok(false);
         }
-        let mut predict = sample::unet_predictor(gpu, &model.unet, &model.weights, s.guidance).map_err(js_error)?;
+        let predictor = &mut s.predictor;
+        let mut predict = |x: &Tensor, t: &Tensor, _: usize, first: usize| {
+            predictor.predict(gpu, &model.unet, &model.weights, x, t, first)
+        };
         s.samples.step(gpu, &s.plan, &mut predict).map_err(js_error)?;
         Ok(!s.samples.finished(&s.plan))
     }
@@ -361,10 +364,10 @@ fn start_sampling(
         guidance,
     };
     // Checked before the first step: the classes and guidance against the model.
-    drop(sample::unet_predictor(gpu, &model.unet, &model.weights, guidance)?);
+    let predictor = UNetPredictor::new(config, guidance)?;
     let plan = ReversePlan::new(gpu, &model.scheduler, &request, config.in_channels, count)?;
     let samples = plan.start(gpu, 0, count)?;
-    Ok(Sampling { plan, samples, guidance, resolution })
+    Ok(Sampling { plan, samples, predictor, resolution })
 }
 
 fn start_training(gpu: &'static Gpu, request: TrainRequest) -> Result<Training> {
